@@ -7,9 +7,27 @@ in chunks of at most `max_rows` rows so memory stays bounded. Prompt tokens are 
 visible, padding is left as it is (and the attention mask repeated), and only the positions
 of block k are read from the forward of block k. K = n (blocks="all") is the exact
 any-order autoregressive likelihood; smaller K is the likelihood of the K-step parallel
-sampler that follows the order. Either way sum_x exp(l_o(x)) = 1.
+sampler that follows the order: the blocks are cut as `UnmaskingSampler` commits
+(`jointobj.orders.block_index`: the first n mod K blocks one position longer). Either way
+sum_x exp(l_o(x)) = 1.
 
     loglik = order_log_likelihood(denoiser, batch, orders, blocks=4, max_rows=64)   # [b, M]
+
+Normalisation. p(x_i | ...) is the softmax over the *whole* vocabulary, [MASK] included:
+the model's conditional as TokenCELoss trains it, so the ELBO, the log-sum loss and the
+energies share one scale, and the log-sum gradient also pushes mass off [MASK] (which the
+data never holds). The sampler (`SampleOutput.log_prob`) instead renormalises over the
+vocabulary without [MASK], since it never writes one; per scored token the two differ by
+-log(1 - p([MASK])), which is 0 for a model that puts no mass on [MASK] (a trained one puts
+almost none). Then, with l2r orders and K = ceil(n / tokens_per_step), l_o of a sample
+equals the l2r sampler's log_prob at temperature 1 (tests/test_likelihood.py checks it).
+
+Distributed runs. Under ZeRO-3 every forward and backward gathers the parameters
+collectively, so every rank must run the same number of forwards, while the number of
+rows here (M * sum_b K_b) depends on each rank's answer lengths. With torch.distributed
+up and more than one rank, the chunk count is all-reduced (MAX) and a rank with fewer
+chunks runs padding chunks (its first row again) that enter the result with weight 0,
+so their backward, and their recomputation under checkpointing, run as well.
 
 The loss (losses/logsum.py), the energies and the evaluators all call this function.
 """
@@ -19,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
@@ -63,9 +82,12 @@ class BlockPlan:
         return noisy, targets
 
 
-def plan_blocks(orders: Orders, blocks: int | str) -> BlockPlan:
-    """Cut every order into its K_b blocks and list the forwards (see BlockPlan)."""
-    lengths = orders.lengths  # [b]
+def plan_blocks(orders: Orders, blocks: int | str, lengths: torch.Tensor | None = None) -> BlockPlan:
+    """Cut every order into its K_b blocks and list the forwards (see BlockPlan).
+
+    lengths [b]: scorable positions per row (default: counted from the orders' ranks).
+    """
+    lengths = orders.lengths if lengths is None else lengths  # [b]
     per_order = num_blocks(blocks, lengths)  # [b] K_b
     batch, num_orders = orders.rank.shape[:2]
     counts = per_order.repeat_interleave(num_orders)  # [b*M] blocks of each (row, order)
@@ -76,11 +98,12 @@ def plan_blocks(orders: Orders, blocks: int | str) -> BlockPlan:
 
 
 def _score_chunk(denoiser: nn.Module, plan: BlockPlan, input_ids: torch.Tensor, attention: torch.Tensor | None,
-                 rows: slice) -> torch.Tensor:
+                 rows: slice, anchor: torch.Tensor | None = None) -> torch.Tensor:
     """Sum of log p(x_i | the row's noisy input) over each plan row's targets: [r].
 
     The rows' inputs are built here, not passed in, so a checkpoint of this call keeps only
-    `rows` alive between forward and backward, never the chunk's [r, l] inputs.
+    `rows` alive between forward and backward, never the chunk's [r, l] inputs. `anchor`: a
+    scalar that requires grad, for reentrant checkpointing (see `score_orders`); not used.
     """
     noisy, targets = plan.inputs(input_ids, denoiser.mask_token_id, rows)  # [r, l] each
     owner = plan.batch_row[rows]  # [r]
@@ -100,6 +123,7 @@ def order_log_likelihood(
     *,
     max_rows: int | None = None,
     checkpoint: bool = False,
+    sync_ranks: bool = True,
 ) -> torch.Tensor:
     """l_o(x) for every row and order: [b, M] float32 (nats per sequence).
 
@@ -109,28 +133,91 @@ def order_log_likelihood(
     checkpoint: wrap each chunk in activation checkpointing, so that under autograd the saved
     activations are one chunk's, whatever M and K. Gradients flow when grad mode is on;
     call it under `torch.no_grad()` to score only.
+    sync_ranks: with torch.distributed up and more than one rank, run as many forwards as the
+    rank with the most (see the module doc). Pass False when only some ranks score (e.g. an
+    evaluation on rank 0 alone), or the all-reduce waits for the others forever.
+
+    Checks the batch and the orders, then calls `score_orders`.
     """
     scorable = check_batch(batch)  # [b, l]
     check_orders(orders.rank, scorable)
+    return score_orders(denoiser, batch, scorable, orders, blocks, max_rows=max_rows, checkpoint=checkpoint,
+                        sync_ranks=sync_ranks)
+
+
+def score_orders(
+    denoiser: nn.Module,
+    batch: Batch,
+    scorable: torch.Tensor,
+    orders: Orders,
+    blocks: int | str = "all",
+    *,
+    max_rows: int | None = None,
+    checkpoint: bool = False,
+    sync_ranks: bool = True,
+) -> torch.Tensor:
+    """`order_log_likelihood` without its checks, for callers that ran them once already.
+
+    scorable [b, l] is `check_batch(batch)`, and `orders` are permutations of it (drawn by
+    OrderProposal, or passed through `check_orders`). Returns l_o(x) [b, M].
+    """
     input_ids = batch["input_ids"]  # [b, l]
     attention = batch.get("attention_mask")
     max_rows = input_ids.shape[0] if max_rows is None else max_rows
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
         raise ValueError(f"max_rows must be an int >= 1 (rows per forward), got {max_rows!r}")
-    plan = plan_blocks(orders, blocks)
-    scores = []
-    for start in range(0, plan.num_rows, max_rows):
-        args = (denoiser, plan, input_ids, attention, slice(start, start + max_rows))
-        if checkpoint and torch.is_grad_enabled():
-            scores.append(activation_checkpoint(_score_chunk, *args, use_reentrant=False))  # [r]
-        else:
-            scores.append(_score_chunk(*args))  # [r]
+    plan = plan_blocks(orders, blocks, scorable.sum(-1))
+    grad_checkpoint = checkpoint and torch.is_grad_enabled()
+    reentrant = grad_checkpoint and zero3_partitioned(denoiser)
+    # Reentrant checkpointing back-propagates into the weights only if some input requires grad.
+    anchor = torch.zeros((), device=input_ids.device, requires_grad=True) if reentrant else None
+
+    def run(rows: slice) -> torch.Tensor:
+        args = (denoiser, plan, input_ids, attention, rows, anchor)
+        if grad_checkpoint:
+            return activation_checkpoint(_score_chunk, *args, use_reentrant=reentrant)  # [r]
+        return _score_chunk(*args)  # [r]
+
+    chunks = range(0, plan.num_rows, max_rows)
+    # Agreed before the first forward: a rank that ran out of chunks while another still gathers
+    # weights for its next forward would wait in a different collective (a deadlock).
+    missing = chunks_on_every_rank(len(chunks), input_ids.device, sync_ranks) - len(chunks)
+    scores = [run(slice(start, start + max_rows)) for start in chunks]  # [r] each
     flat = torch.cat(scores)  # [R]
     group = plan.batch_row * orders.num_orders + plan.order  # [R]
     total = torch.zeros(orders.rank.shape[0] * orders.num_orders, dtype=flat.dtype, device=flat.device)
     loglik = rearrange(total.index_add(0, group, flat), "(b m) -> b m", m=orders.num_orders)  # [b, M]
+    if missing > 0:  # padding forwards: the same collectives as the other ranks, weight 0 in the result
+        padding = torch.stack([run(slice(0, 1)).sum() for _ in range(missing)]).sum()  # []
+        loglik = loglik + 0.0 * padding
     check_loglik(loglik, input_ids)
     return loglik
+
+
+def chunks_on_every_rank(count: int, device: torch.device, sync_ranks: bool = True) -> int:
+    """The largest `count` over the ranks of torch.distributed's default group; `count` itself
+    when there is no such group, it has one rank, or `sync_ranks` is False."""
+    if not (sync_ranks and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return count
+    if dist.get_backend() == "nccl":  # NCCL reduces device tensors only
+        device = torch.device("cuda", torch.cuda.current_device())
+    most = torch.tensor([count], dtype=torch.long, device=device)
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    return int(most.item())
+
+
+def zero3_partitioned(denoiser: nn.Module) -> bool:
+    """Whether the denoiser's parameters are ZeRO-3 partitions (DeepSpeed tags them with `ds_id`).
+
+    Non-reentrant checkpointing cannot recompute a forward over frozen ZeRO-3 parameters
+    (they are re-gathered with another shape: "CheckpointError: Recomputed values ... shape
+    [0]", DeepSpeed before PR #8148), so such models are checkpointed with use_reentrant=True.
+    """
+    parameters = getattr(denoiser, "parameters", None)
+    if not callable(parameters):
+        return False
+    first = next(iter(parameters()), None)
+    return first is not None and hasattr(first, "ds_id")
 
 
 def check_loglik(loglik: torch.Tensor, input_ids: torch.Tensor) -> None:

@@ -134,14 +134,22 @@ def num_blocks(blocks: int | str, lengths: torch.Tensor) -> torch.Tensor:
 
 
 def block_index(rank: torch.Tensor, lengths: torch.Tensor, blocks: int | str) -> torch.Tensor:
-    """rank [b, M, l], lengths [b] -> block [b, M, l] long: floor(rank * K / n_b), -1 off the scorable positions.
+    """rank [b, M, l], lengths [b] -> block [b, M, l] long: the step k at which a K-step sampler
+    that follows the order commits each position, -1 off the scorable positions.
 
-    Block k holds ranks in [k n / K, (k+1) n / K): contiguous along the order, sizes differing
-    by at most one, none empty when K <= n.
+    The cut is the hard sampler's (`UnmaskingSampler`: at each step ceil(left / steps left)
+    tokens, LLaDA's even spread), so that the K-block likelihood is the likelihood of that
+    sampler: with n = q K + r, the first r blocks hold q + 1 positions and the other K - r
+    hold q (n=10, K=4: 3, 3, 2, 2). Blocks are contiguous along the order, differ in size by
+    at most one, and none is empty when K <= n.
     """
-    k = num_blocks(blocks, lengths)[:, None, None]  # [b, 1, 1]
-    n = lengths.clamp(min=1)[:, None, None]  # [b, 1, 1]
-    return torch.where(rank >= 0, torch.div(rank * k, n, rounding_mode="floor"), -1)
+    k = num_blocks(blocks, lengths).clamp(min=1)[:, None, None]  # [b, 1, 1]
+    n = lengths[:, None, None]  # [b, 1, 1]
+    small = (n // k).clamp(min=1)  # [b, 1, 1] q; rows with n = 0 have no rank >= 0
+    large = n % k  # [b, 1, 1] r blocks of q + 1
+    head = large * (small + 1)  # [b, 1, 1] ranks held by the r larger blocks
+    block = torch.where(rank < head, rank // (small + 1), large + (rank - head) // small)  # [b, M, l]
+    return torch.where(rank >= 0, block, -1)
 
 
 def _distribution(weights: Mapping[str, float], what: str) -> dict[str, float]:

@@ -82,6 +82,25 @@ def test_blocks_are_contiguous_even_and_never_empty(rows, k, seed):
             assert (block[b, m][~scorable[b]] == -1).all()
 
 
+def sampler_quotas(n: int, k: int) -> list[int]:
+    """Naive: tokens UnmaskingSampler commits per step, ceil(left / steps left), for n positions in k steps."""
+    sizes, left = [], n
+    for steps_left in range(k, 0, -1):
+        sizes.append(math.ceil(left / steps_left))
+        left -= sizes[-1]
+    return sizes
+
+
+def test_blocks_have_the_sizes_the_k_step_sampler_commits():
+    # n=10, K=4: the sampler commits 3, 3, 2, 2; a floor(rank K / n) cut would give 3, 2, 3, 2.
+    for n in range(1, 13):
+        rank = torch.arange(n)[None, None]  # [1, 1, n]: position i is generated at step i
+        for k in range(1, n + 1):
+            block = block_index(rank, torch.tensor([n]), k)[0, 0]
+            assert torch.bincount(block, minlength=k).tolist() == sampler_quotas(n, k), (n, k)
+            assert (block.diff() >= 0).all()
+
+
 def test_all_blocks_is_one_position_per_block():
     scorable = scorable_from([(5, 1, 2), (3, 2, 0)])
     orders = OrderProposal(["random"]).sample(scorable, torch.Generator().manual_seed(0))

@@ -184,13 +184,14 @@ def self_conditioned_likes_tennis() -> Denoiser:
 
 
 class KeepsLastLogits:
-    """Calls a denoiser and keeps the logits of its last forward; everything else is forwarded."""
+    """Calls a denoiser and keeps the logits of its first and last forwards; everything else is forwarded."""
 
     def __init__(self, denoiser):
-        self.denoiser, self.last = denoiser, None
+        self.denoiser, self.first, self.last = denoiser, None, None
 
     def __call__(self, **inputs):
         self.last = self.denoiser(**inputs)
+        self.first = self.last if self.first is None else self.first
         return self.last
 
     def __getattr__(self, name):
@@ -223,18 +224,37 @@ def test_gumbel_breaker_finds_both_modes_evenly_and_escapes_the_one_step_trap():
     assert abs(share - 0.5) <= 0.05 + 4.5 * math.sqrt(0.25 / int(valid.sum())), share
 
 
-def test_commit_one_breaker_finds_both_modes():
-    # The first commit is a draw from the model's ~50/50 marginal, so each mode leads about half
-    # the time among valid answers (same tolerance as above).
-    valid, he, _ = likes_tennis_samples(build_decoder("soft", 2, breaker="commit_one"))
-    share = float(he[valid].double().mean())
-    assert abs(share - 0.5) <= 0.05 + 4.5 * math.sqrt(0.25 / int(valid.sum())), share
+def test_commit_one_breaker_commits_a_draw_from_the_first_marginals():
+    # The breaker's hard evidence: at the first forward (nothing is confident on the all-masked
+    # answer) exactly one position commits, the most confident, and its token is a draw from that
+    # position's marginal, so both modes' first words appear, each as often as the model says
+    # (4.5 binomial standard errors over N samples). Which mode then yields more *valid* answers
+    # depends on how the trained model reads leaning states, and is not asserted.
+    recorder = KeepsLastLogits(self_conditioned_likes_tennis())
+    likes = load_toyset("likes_tennis")
+    prompts = likes.prompts[[0] * N]
+    out = build_decoder("soft", 2, breaker="commit_one").sample(recorder, prompts, 3, torch.Generator().manual_seed(0),
+                                                                 return_trace=True)
+    first = out.commit_step == 0  # [N, 3]
+    assert (first.sum(1) == 1).all(), first.sum(1).unique()
+    mask_id = toy_tokenizer().mask_token_id
+    marginals = recorder.first[0, prompts.shape[1]:].index_fill(-1, torch.tensor([mask_id]), -torch.inf).softmax(-1)
+    position = int(marginals.amax(-1).argmax())  # [3, V] -> the most confident position
+    assert first[:, position].all()
+    drawn = out.gen_ids[:, position]  # [N]
+    for token in marginals[position].topk(2).indices:  # the two modes' words at that position
+        p = float(marginals[position, token])
+        share = float((drawn == token).double().mean())
+        assert abs(share - p) <= 4.5 * math.sqrt(p * (1 - p) / N), (int(token), share, p)
 
 
 def test_without_a_breaker_the_last_step_is_one_product_of_marginals():
     # No noise, nothing confident (threshold 1): every sample sees the same states at every forward,
     # so the last forward draws the three positions independently from one set of marginals -- the
-    # marginal trap again, whatever the states converged to.
+    # marginal trap again, whatever the states converged to. (How valid that one product is depends
+    # on where this model's one deterministic state trajectory leans: under 0.5 for one training
+    # run, 0.72 for another that differs only in its self-conditioning draws; only the mechanism
+    # is asserted.)
     recorder = KeepsLastLogits(self_conditioned_likes_tennis())
     _, _, validity = likes_tennis_samples(build_decoder("soft", 1, breaker="none", threshold=1.0), recorder)
     last = recorder.last[:, 1:]  # [N, 3, V]
@@ -243,7 +263,6 @@ def test_without_a_breaker_the_last_step_is_one_product_of_marginals():
     probs = last[0].index_fill(-1, torch.tensor([mask_id]), -torch.inf).softmax(-1).double()  # [3, V]
     predicted = float(sum(probs[torch.arange(3), answer].prod() for answer in load_toyset("likes_tennis").answers[0]))
     assert abs(validity - predicted) <= 4.5 * math.sqrt(predicted * (1 - predicted) / N), (validity, predicted)
-    assert predicted < 0.5  # no better than a hard decoder at two forwards: the breaker is what helps
 
 
 # ---------------------------------------------------------------- bad input
