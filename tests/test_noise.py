@@ -46,3 +46,23 @@ def test_corrupt_masks_only_scorable_positions_at_the_given_rate():
     n = scorable.sum().item()
     tolerance = 4.5 * math.sqrt(rate * (1 - rate) / n)  # 4.5 binomial standard deviations
     assert abs(masked.sum().item() / n - rate) < tolerance
+
+
+@pytest.mark.parametrize("name", SCHEDULES.names())
+def test_float32_matches_a_float64_reference_at_small_t(name):
+    # 1 - cos(pi t / 2) cancels in float32: the cosine weight at t = 1e-3 came out 1971, not 2000.
+    schedule = SCHEDULES.get(name)()
+    t = torch.tensor([1e-5, 1e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0], dtype=torch.float64)
+    for quantity in ("mask_prob", "elbo_weight"):
+        reference = getattr(schedule, quantity)(t)  # float64
+        got = getattr(schedule, quantity)(t.float())
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), reference, rtol=1e-5, atol=0)
+
+
+def test_cosine_schedule_against_its_closed_form():
+    t = torch.tensor([1e-3, 0.25, 0.5, 0.9], dtype=torch.float64)
+    schedule = SCHEDULES.get("cosine")()
+    cos = torch.cos(0.5 * math.pi * t)
+    torch.testing.assert_close(schedule.mask_prob(t), 1 - cos)
+    torch.testing.assert_close(schedule.elbo_weight(t), 0.5 * math.pi * torch.sin(0.5 * math.pi * t) / (1 - cos))
