@@ -58,6 +58,16 @@ def grads(model, loss):
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
+def sampler_block_of_rank(n, k_count):
+    """Block of each rank 0..n-1 as the K-step sampler commits them: ceil(left / steps left) per step."""
+    block, left = [], n
+    for step in range(k_count):
+        size = math.ceil(left / (k_count - step))
+        block += [step] * size
+        left -= size
+    return block
+
+
 def naive_logsum_loss(denoiser, batch, orders, blocks):
     """-logsumexp_m(log w_m + l_m) summed over rows / #scorable, every block a separate forward, no checkpointing."""
     scorable = scorable_of(batch)
@@ -68,7 +78,7 @@ def naive_logsum_loss(denoiser, batch, orders, blocks):
         per_order = []
         for m in range(orders.num_orders):
             rank = orders.rank[b, m]
-            block = torch.where(rank >= 0, rank * k_count // n, -1)
+            block = torch.tensor(sampler_block_of_rank(n, k_count) + [-1])[rank]  # rank -1 picks the trailing -1
             total = 0.0
             for k in range(k_count):
                 noisy = batch["input_ids"][b].clone()
@@ -84,10 +94,11 @@ def naive_logsum_loss(denoiser, batch, orders, blocks):
 # ---------------------------------------------------------------- value and gradient
 
 
-@pytest.mark.parametrize("blocks", [2, "all"])
-def test_exact_gradient_matches_a_naive_logsumexp(blocks):
+@pytest.mark.parametrize("blocks, lengths, prompts", [(2, [7, 5], [2, 1]), ("all", [7, 5], [2, 1]),
+                                                     (4, [11, 6], [1, 1])])  # n=10, K=4: blocks of 3, 3, 2, 2
+def test_exact_gradient_matches_a_naive_logsumexp(blocks, lengths, prompts):
     denoiser = modernbert()
-    batch = make_batch([7, 5], [2, 1], pad_to=8, seed=1)
+    batch = make_batch(lengths, prompts, pad_to=max(lengths) + 1, seed=1)
     proposal = OrderProposal(mixture={"l2r": 1, "r2l": 1, "random": 2}, num_orders=3, prior={"l2r": 2, "r2l": 1, "random": 1})
     orders = proposal.sample(scorable_of(batch), torch.Generator().manual_seed(0))
     loss_fn = LogSumOrdersLoss(blocks=blocks, mode="exact", max_rows=5)

@@ -106,6 +106,29 @@ def test_half_the_steps_are_self_conditioned():
     assert abs(sum(used) / n - 0.5) <= 4.5 * math.sqrt(0.25 / n)
 
 
+@pytest.mark.parametrize("objective", ["token_ce", "logsum"])
+def test_the_choice_is_the_same_on_every_rank_whatever_its_batches(objective):
+    # Under ZeRO-3 every forward is collective, so all ranks must choose alike, though each rank's
+    # batches have other shapes and consumed its global RNG (and the loss's generator) differently.
+    def choices(rank):
+        torch.manual_seed(100 + rank)
+        generator = torch.Generator().manual_seed(rank)
+        loss_fn = (TokenCELoss(self_condition_prob=0.5) if objective == "token_ce"
+                   else LogSumOrdersLoss(["l2r"], blocks=1, self_condition_prob=0.5))
+        made = []
+        for step in range(12):
+            lengths = [4 + (step + rank) % 5, 3] + [6] * rank  # other lengths and batch sizes per rank
+            batch = make_batch(lengths, [1] * len(lengths), seed=step)
+            with torch.no_grad():
+                output = loss_fn(tiny(), batch, generator=generator if step % 2 else None)
+            made.append(int(output.metrics["self_condition_rate"]))
+        return made
+
+    first = choices(0)
+    assert 0 < sum(first) < len(first)  # both choices occur, so equality has teeth
+    assert choices(1) == first == choices(2)
+
+
 def test_logsum_with_self_conditioning_doubles_its_forwards_and_stays_finite():
     batch = make_batch([6, 5], [1, 2], seed=2)
     plain, conditioned = Recorder(tiny()), Recorder(tiny())
@@ -144,6 +167,10 @@ def test_config_field_reaches_every_part_of_the_objective(objective, tmp_path):
     loss = build_objective(JointObjConfig(output_dir=str(tmp_path), objective=objective, self_condition_prob=0.5))
     parts = [loss.token_ce, loss.logsum] if isinstance(loss, MixtureLoss) else [loss]
     assert [part.self_condition.prob for part in parts] == [0.5] * len(parts)
+    if objective != "token_ce":
+        seeded = build_objective(JointObjConfig(output_dir=str(tmp_path), objective=objective, seed=7,
+                                                self_condition_prob=0.5))
+        assert (seeded.logsum if objective == "mixture" else seeded).self_condition.seed == 7
     default = build_objective(JointObjConfig(output_dir=str(tmp_path), objective=objective))
     parts = [default.token_ce, default.logsum] if isinstance(default, MixtureLoss) else [default]
     assert all(part.self_condition.prob == 0.0 for part in parts)

@@ -21,10 +21,39 @@ class LossOutput:
 
 
 def check_finite(loss: torch.Tensor, what: str, batch_ids: torch.Tensor) -> None:
-    """Stop on a non-finite loss with enough context to find the batch that produced it."""
-    if not torch.isfinite(loss).all():
-        raise FloatingPointError(
-            f"{what} is not finite ({loss.detach().flatten()[:4].tolist()}) on a batch of shape "
-            f"{tuple(batch_ids.shape)} whose first row is {batch_ids[0].tolist()[:32]}; lower the learning rate, "
-            "check the data for empty responses, or enable gradient clipping"
-        )
+    """Stop on a non-finite loss with enough context to find the batch that produced it.
+
+    Under torch.distributed every rank stops together: the ranks all-reduce (MAX) a flag per rank
+    and each raises, naming the rank(s) that saw the non-finite loss, instead of the other ranks
+    waiting in the next gradient all-reduce until the timeout. Every rank must therefore call this
+    the same number of times per step, which the objectives do (once per loss term on every rank).
+    """
+    finite = torch.isfinite(loss.detach()).all()  # [] bool, on the loss's device
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not distributed or torch.distributed.get_world_size() == 1:
+        if not bool(finite):
+            raise _not_finite(loss, what, batch_ids, where="")
+        return
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    device = "cpu" if torch.distributed.get_backend() == "gloo" else loss.device  # NCCL needs device tensors
+    seen = torch.zeros(world, device=device)  # [world] 1 at each rank whose loss is not finite
+    seen[rank] = (~finite).float().to(device)
+    torch.distributed.all_reduce(seen, op=torch.distributed.ReduceOp.MAX)
+    bad_ranks = seen.nonzero().flatten().tolist()  # one sync, as the single-process check
+    if not bad_ranks:
+        return
+    if rank in bad_ranks:
+        others = [r for r in bad_ranks if r != rank]
+        raise _not_finite(loss, what, batch_ids, where=f" on rank {rank}" + (f" (and on rank(s) {others})" if others else ""))
+    raise FloatingPointError(
+        f"{what} is not finite on rank(s) {bad_ranks}; rank {rank} (whose loss is finite) stops with them. "
+        f"Rank {bad_ranks[0]}'s error names the batch."
+    )
+
+
+def _not_finite(loss: torch.Tensor, what: str, batch_ids: torch.Tensor, where: str) -> FloatingPointError:
+    return FloatingPointError(
+        f"{what} is not finite{where} ({loss.detach().flatten()[:4].tolist()}) on a batch of shape "
+        f"{tuple(batch_ids.shape)} whose first row is {batch_ids[0].tolist()[:32]}; lower the learning rate, "
+        "check the data for empty responses, or enable gradient clipping"
+    )

@@ -28,10 +28,10 @@ import torch
 from torch import nn
 
 from jointobj.batch import Batch, check_batch
-from jointobj.likelihood import order_log_likelihood
+from jointobj.likelihood import score_orders
 from jointobj.losses.base import LOSSES, LossOutput, check_finite
 from jointobj.losses.self_condition import SelfConditioning
-from jointobj.orders import OrderProposal, Orders, num_blocks
+from jointobj.orders import OrderProposal, Orders, check_orders, num_blocks
 
 MODES = ("exact", "sampled")
 
@@ -44,15 +44,17 @@ def logsum_nll(log_weights: torch.Tensor, loglik: torch.Tensor) -> torch.Tensor:
 def family_metrics(orders: Orders, loglik: torch.Tensor, posterior: torch.Tensor) -> dict[str, torch.Tensor]:
     """Detached per-family scalars: posterior mass (batch mean) and log-likelihood per token.
 
-    A family with no order in this batch (possible under a mixture proposal) reports NaN
-    log-likelihood and 0 posterior mass.
+    A family with no order in this batch (possible under a mixture proposal) has posterior
+    mass 0 and no `loglik_per_token_<family>` entry at all (a NaN would turn the trainer's
+    averaged log line into NaN).
     """
     per_token = loglik.detach() / orders.lengths[:, None]  # [b, M]
     metrics = {}
     for f, name in enumerate(orders.names):
         mine = orders.family == f  # [b, M]
         metrics[f"posterior_{name}"] = (posterior * mine).sum(-1).mean()
-        metrics[f"loglik_per_token_{name}"] = per_token[mine].mean() if mine.any() else torch.tensor(float("nan"))
+        if mine.any():
+            metrics[f"loglik_per_token_{name}"] = per_token[mine].mean()
     metrics["effective_orders"] = (1.0 / (posterior**2).sum(-1)).mean()  # 1 when r is one-hot, M when flat
     return metrics
 
@@ -68,6 +70,7 @@ class LogSumOrdersLoss(nn.Module):
     checkpoint: checkpoint the grad forwards (default: True in exact mode, False in sampled mode,
     whose grad pass holds b*K rows of activations; turn it on there to bound memory too).
     self_condition_prob: probability per step of self-conditioned block forwards (0 = off).
+    self_condition_seed: seed of the generator that makes that choice (the same on every rank).
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class LogSumOrdersLoss(nn.Module):
         max_rows: int | None = None,
         checkpoint: bool | None = None,
         self_condition_prob: float = 0.0,
+        self_condition_seed: int = 0,
     ):
         super().__init__()
         self.proposal = OrderProposal(None if mixture is not None else orders, mixture=mixture,
@@ -94,20 +98,20 @@ class LogSumOrdersLoss(nn.Module):
             raise ValueError(f"max_rows must be an int >= 1 (rows per forward) or None, got {max_rows!r}")
         self.blocks, self.mode, self.max_rows = blocks, mode, max_rows
         self.checkpoint = (mode == "exact") if checkpoint is None else bool(checkpoint)
-        self.self_condition = SelfConditioning(self_condition_prob)
+        self.self_condition = SelfConditioning(self_condition_prob, seed=self_condition_seed)
 
     @classmethod
     def from_config(cls, config) -> "LogSumOrdersLoss":
-        """Build from a JointObjConfig (fields: orders, blocks, logsum_mode, max_rows, self_condition_prob)."""
+        """Build from a JointObjConfig (fields: orders, blocks, logsum_mode, max_rows, self_condition_prob, seed)."""
         return cls(config.order_list, blocks=config.block_count, mode=config.logsum_mode, max_rows=config.max_rows,
-                   self_condition_prob=config.self_condition_prob)
+                   self_condition_prob=config.self_condition_prob, self_condition_seed=config.seed)
 
     def extra_repr(self) -> str:
         return f"{self.proposal}, blocks={self.blocks!r}, mode={self.mode!r}, max_rows={self.max_rows}"
 
-    def _loglik(self, denoiser: nn.Module, batch: Batch, orders: Orders) -> torch.Tensor:
-        return order_log_likelihood(denoiser, batch, orders, self.blocks, max_rows=self.max_rows,
-                                    checkpoint=self.checkpoint)  # [b, M]
+    def _loglik(self, denoiser: nn.Module, batch: Batch, scorable: torch.Tensor, orders: Orders) -> torch.Tensor:
+        return score_orders(denoiser, batch, scorable, orders, self.blocks, max_rows=self.max_rows,
+                            checkpoint=self.checkpoint)  # [b, M]; batch and orders were checked in forward
 
     def forward(self, denoiser: nn.Module, batch: Batch, generator: torch.Generator | None = None,
                 orders: Orders | None = None) -> LossOutput:
@@ -115,21 +119,23 @@ class LogSumOrdersLoss(nn.Module):
         scorable = check_batch(batch)  # [b, l]
         num_blocks(self.blocks, scorable.sum(-1))  # fail before any forward if K > n for some row
         if orders is None:
-            orders = self.proposal.sample(scorable, generator)
+            orders = self.proposal.sample(scorable, generator)  # permutations by construction
+        else:
+            check_orders(orders.rank, scorable)
         num_tokens = scorable.sum()
         model = self.self_condition.wrap(denoiser, generator)  # the same choice for every forward of the step
         if self.mode == "exact":
-            loglik = self._loglik(model, batch, orders)  # [b, M]
+            loglik = self._loglik(model, batch, scorable, orders)  # [b, M]
             nll = logsum_nll(orders.log_weights, loglik)  # [b]
             loss = nll.sum() / num_tokens
         else:
             with torch.no_grad():
-                loglik = self._loglik(model, batch, orders)  # [b, M]
+                loglik = self._loglik(model, batch, scorable, orders)  # [b, M]
             nll = logsum_nll(orders.log_weights, loglik)  # [b]
             posterior = torch.softmax(orders.log_weights + loglik, dim=-1)  # [b, M]
             source = generator.device if generator is not None else posterior.device
             pick = torch.multinomial(posterior.to(source), 1, generator=generator).squeeze(-1).to(posterior.device)  # [b]
-            surrogate = -self._loglik(model, batch, orders.select(pick)).sum() / num_tokens  # grad: -grad l_{o*}
+            surrogate = -self._loglik(model, batch, scorable, orders.select(pick)).sum() / num_tokens  # grad: -grad l_{o*}
             loss = nll.sum() / num_tokens + (surrogate - surrogate.detach())  # value: exact; gradient: sampled
         check_finite(loss, "logsum loss", batch["input_ids"])
         with torch.no_grad():

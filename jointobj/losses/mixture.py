@@ -4,6 +4,7 @@ Pure log-sum sends its gradient to the orders the model already does best and ca
 random orders that adaptive (confidence) decoders rely on; mixing in the per-token ELBO, which
 averages over all orders, keeps them. Both terms use the same normaliser (scorable tokens),
 so lambda weighs like-for-like. Metrics of each term are prefixed `token_ce/` and `logsum/`.
+A term whose weight is 0 (lambda = 0 or 1) is not run at all, and has no metrics.
 
     MixtureLoss(token_ce_weight=0.5, logsum={"blocks": 4, "mode": "sampled"})
 """
@@ -58,10 +59,13 @@ class MixtureLoss(nn.Module):
         return f"token_ce_weight={self.token_ce_weight}"
 
     def forward(self, denoiser: nn.Module, batch: Batch, generator: torch.Generator | None = None) -> LossOutput:
-        token_ce = self.token_ce(denoiser, batch, generator=generator)
-        logsum = self.logsum(denoiser, batch, generator=generator)
-        loss = self.token_ce_weight * token_ce.loss + (1.0 - self.token_ce_weight) * logsum.loss
-        metrics = {f"token_ce/{k}": v for k, v in token_ce.metrics.items()}
-        metrics.update({f"logsum/{k}": v for k, v in logsum.metrics.items()})
-        metrics.update({"token_ce/loss": token_ce.loss.detach(), "logsum/loss": logsum.loss.detach()})
+        terms = {"token_ce": (self.token_ce, self.token_ce_weight), "logsum": (self.logsum, 1.0 - self.token_ce_weight)}
+        loss, metrics = None, {}
+        for name, (term, weight) in terms.items():  # token_ce first: it draws its noise before the orders
+            if weight == 0.0:
+                continue  # a term that cannot move the loss costs no forward
+            output = term(denoiser, batch, generator=generator)
+            loss = weight * output.loss if loss is None else loss + weight * output.loss
+            metrics.update({f"{name}/{k}": v for k, v in output.metrics.items()})
+            metrics[f"{name}/loss"] = output.loss.detach()
         return LossOutput(loss, metrics)

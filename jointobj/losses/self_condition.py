@@ -19,6 +19,11 @@ forward) run unchanged on the wrapper. The states are a function of the visible 
 K-block likelihood stays normalised. p = 0 draws no random number and builds no wrapper:
 the loss is bit-identical to a loss without the option.
 
+The per-step choice comes from the option's own generator (seeded by `seed`, one draw per
+step), never from the loss's generator or the global one: under ZeRO-3 every forward is a
+collective, so all ranks must make the same choice, while the global RNG has been consumed
+differently on each rank (corruption draws depend on the padded length).
+
 Cost, counted: `self_condition_rate` (1 on a step that ran the extra forwards, else 0; the
 trainer's log averages it into a rate) and `self_condition_rows` (rows of the extra, grad-free
 forwards this step, before any activation-checkpoint recomputation in backward).
@@ -67,25 +72,29 @@ class SelfConditionedDenoiser:
 
 
 class SelfConditioning:
-    """The per-step choice: `wrap(denoiser, generator)` returns the denoiser to run this step
-    (wrapped with probability `prob`), and `metrics(used)` what it cost."""
+    """The per-step choice: `wrap(denoiser)` returns the denoiser to run this step (wrapped with
+    probability `prob`), and `metrics(used)` what it cost. `seed` seeds the generator of the
+    choice, so every rank (every instance with that seed) makes the same sequence of choices."""
 
-    def __init__(self, prob: float = 0.0, mixing: float = 1.0):
+    def __init__(self, prob: float = 0.0, mixing: float = 1.0, seed: int = 0):
         if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
             raise ValueError(f"self_condition_prob must be a number in [0, 1] (0 = off, 0.5 is usual), got {prob!r}")
-        self.prob, self.mixing = float(prob), float(mixing)
+        self.prob, self.mixing, self.seed = float(prob), float(mixing), int(seed)
+        self.choices = torch.Generator().manual_seed(self.seed)  # CPU; advanced once per wrap when 0 < prob < 1
 
     def __repr__(self) -> str:
-        return f"SelfConditioning(prob={self.prob}, mixing={self.mixing})"
+        return f"SelfConditioning(prob={self.prob}, mixing={self.mixing}, seed={self.seed})"
 
     def wrap(self, denoiser: Any, generator: torch.Generator | None = None) -> Any:
-        """The denoiser itself, or a SelfConditionedDenoiser around it (probability `prob`)."""
+        """The denoiser itself, or a SelfConditionedDenoiser around it (probability `prob`).
+
+        `generator` (the loss's) is not drawn from: the choice must not depend on how much of it
+        this rank's batch consumed (see the module doc).
+        """
         if self.prob == 0.0:
             return denoiser  # no draw: the loss stays bit-identical to one without the option
-        if self.prob < 1.0:
-            source = generator.device if generator is not None else "cpu"
-            if float(torch.rand((), generator=generator, device=source)) >= self.prob:
-                return denoiser
+        if self.prob < 1.0 and float(torch.rand((), generator=self.choices)) >= self.prob:
+            return denoiser
         return SelfConditionedDenoiser(denoiser, self.mixing)
 
     def metrics(self, used: Any) -> dict[str, torch.Tensor]:
