@@ -4,8 +4,10 @@
     trainer = JointObjTrainer(denoiser, config, train_dataset=dataset)   # dataset: input_ids, prompt_mask
     trainer.train(resume_from_checkpoint=latest_checkpoint(config.output_dir))
 
-It overrides `compute_loss` (trl's signature) and `log` (to add the objective's metrics, e.g.
-the posterior mass per order family). Everything else — loop, DeepSpeed, checkpoints, LR
+It overrides `compute_loss` (trl's signature), `prediction_step` (so `evaluate()` scores the
+objective on the eval set: `eval_loss` plus the objective's metrics as `eval_*`), `save_model`
+(every save, checkpoints included, also writes jointobj.json) and `log` (to add the objective's
+metrics, e.g. the posterior mass per order family). Everything else — loop, DeepSpeed, checkpoints, LR
 schedule, logging — is the Trainer's. Objectives come from the `LOSSES` registry by name; each
 builds itself from the config's fields with `from_config`.
 """
@@ -31,8 +33,9 @@ LATEST = "latest"  # file in output_dir naming the newest *complete* checkpoint
 
 @dataclass
 class JointObjConfig(TrainingArguments):
-    """TrainingArguments plus the objective's fields. On a machine without CUDA it sets
-    `use_cpu=True` itself, which several CPU ranks under DeepSpeed need to agree on the world size."""
+    """TrainingArguments plus the objective's fields. On a machine with no accelerator (no CUDA,
+    MPS, XPU, ...) it sets `use_cpu=True` itself, which several CPU ranks under DeepSpeed need to
+    agree on the world size."""
 
     objective: str = field(default="logsum", metadata={"help": f"Training objective, one of: {', '.join(LOSSES.names())}."})
     mask_schedule: str = field(default="linear", metadata={"help": "token_ce masking schedule: linear or cosine."})
@@ -90,7 +93,7 @@ class JointObjConfig(TrainingArguments):
             check_deepspeed_config(self.deepspeed)
         elif self.deepspeed == "":
             self.deepspeed = None  # `--deepspeed ""` on the command line turns a YAML's DeepSpeed off
-        if not torch.cuda.is_available():
+        if not accelerator_available():
             self.use_cpu = True
         super().__post_init__()
 
@@ -103,9 +106,21 @@ class JointObjConfig(TrainingArguments):
         return "all" if self.blocks == "all" else int(self.blocks)
 
     @property
-    def energy_steps_k(self) -> int | None:
-        """energy_tokens_per_step as the sampler takes it (None: the whole answer in one step)."""
+    def energy_sampler_tokens_per_step(self) -> int | None:
+        """energy_tokens_per_step as the negatives' sampler takes it: tokens per step, or None for
+        the whole answer in one step."""
         return None if self.energy_tokens_per_step == "all" else int(self.energy_tokens_per_step)
+
+
+def accelerator_available() -> bool:
+    """Whether torch sees any accelerator (CUDA, ROCm, MPS, XPU, ...), not just CUDA."""
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    if accelerator is not None and hasattr(accelerator, "is_available"):
+        return bool(accelerator.is_available())
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return (torch.cuda.is_available() or bool(mps is not None and mps.is_available())
+            or bool(xpu is not None and xpu.is_available()))
 
 
 def check_deepspeed_config(path: str) -> None:
@@ -168,8 +183,10 @@ class JointObjTrainer(Trainer):
         super().__init__(model=denoiser.model, args=args, callbacks=callbacks, **kwargs)
         # Objectives normalise per scorable token themselves: average micro-batches, don't re-scale by item count.
         self.model_accepts_loss_kwargs = False
+        # Per split and metric: the sum over the steps that reported it, and how many did (a metric
+        # may be absent on a step, e.g. an order family no order of this batch belongs to).
         self._metric_sums: dict[str, dict[str, torch.Tensor]] = {"train": defaultdict(float), "eval": defaultdict(float)}
-        self._metric_counts = {"train": 0, "eval": 0}
+        self._metric_counts: dict[str, dict[str, int]] = {"train": defaultdict(int), "eval": defaultdict(int)}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         denoiser = self.denoiser.routed_through(model)  # model may be the DeepSpeed engine
@@ -183,16 +200,32 @@ class JointObjTrainer(Trainer):
         split = "train" if model.training else "eval"
         for name, value in output.metrics.items():
             self._metric_sums[split][name] = self._metric_sums[split][name] + torch.as_tensor(value).detach().float()
-        self._metric_counts[split] += 1
+            self._metric_counts[split][name] += 1
         return (output.loss, output) if return_outputs else output.loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """The objective's loss on an eval batch (no logits or labels: a dLLM objective has none to
+        gather). compute_loss adds the objective's metrics to the eval sums, which `log` reports
+        as eval_*; the Trainer averages the losses into eval_loss."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save as the Trainer does (the adapter only, with LoRA), then jointobj.json: the mask id and
+        the energy head's settings, so every checkpoint-N reloads with Denoiser.from_pretrained."""
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save:  # process zero (each node's, with save_on_each_node)
+            directory = Path(output_dir if output_dir is not None else self.args.output_dir)
+            directory.mkdir(parents=True, exist_ok=True)
+            self.denoiser.save_settings(directory)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         split = "eval" if any(key.startswith("eval_") for key in logs) else "train"
-        count = self._metric_counts[split]
-        if count:
-            prefix = "eval_" if split == "eval" else ""
-            for name, total in self._metric_sums[split].items():
-                logs[f"{prefix}{name}"] = round(float(total) / count, 4)
-            self._metric_sums[split].clear()
-            self._metric_counts[split] = 0
+        prefix = "eval_" if split == "eval" else ""
+        for name, total in self._metric_sums[split].items():  # the mean over the steps that reported it
+            logs[f"{prefix}{name}"] = round(float(total) / self._metric_counts[split][name], 4)
+        self._metric_sums[split].clear()
+        self._metric_counts[split].clear()
         super().log(logs, start_time)

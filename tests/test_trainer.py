@@ -54,6 +54,31 @@ def test_objective_metrics_reach_the_logs(tmp_path):
     assert len(logged) == 2 and all("masked_nll" in row and "masked_fraction" in row for row in logged)
 
 
+class SometimesReports(torch.nn.Module):
+    """Token CE plus metric `every` = 1 on every call and `odd` = the call number on odd calls only."""
+
+    def __init__(self, objective):
+        super().__init__()
+        self.objective, self.calls = objective, 0
+
+    def forward(self, denoiser, batch):
+        output = self.objective(denoiser, batch)
+        self.calls += 1
+        metrics = {"every": torch.tensor(1.0)} | ({"odd": torch.tensor(float(self.calls))} if self.calls % 2 else {})
+        return LossOutput(output.loss, metrics)
+
+
+def test_a_metric_absent_on_some_steps_is_averaged_over_the_steps_that_report_it(tmp_path):
+    # Logged every 4 steps: `odd` comes from calls 1 and 3 (mean 2), 5 and 7 (mean 6). Averaged over
+    # all 4 steps it would read 1 and 3 (how an order family absent from a batch diluted its log-likelihood).
+    settings = config(tmp_path, max_steps=8, logging_steps=4)
+    objective = SometimesReports(build_objective(settings))
+    trainer = JointObjTrainer(tiny_denoiser(), settings, objective=objective, train_dataset=DATA)
+    trainer.train()
+    logged = [row for row in trainer.state.log_history if "loss" in row]
+    assert [row["odd"] for row in logged] == [2.0, 6.0] and [row["every"] for row in logged] == [1.0, 1.0]
+
+
 class NaNAtStep(torch.nn.Module):
     """Wraps an objective; returns NaN from the given step on (as an exploding run would)."""
 
@@ -123,3 +148,30 @@ def test_loss_output_is_returned_when_asked(tmp_path):
     batch = trainer.data_collator([DATA[i] for i in range(4)])
     loss, output = trainer.compute_loss(trainer.model, batch, return_outputs=True)
     assert isinstance(output, LossOutput) and loss is output.loss
+
+
+def test_evaluate_reports_the_objective_and_leaves_the_model_alone(tmp_path):
+    # Fails without the prediction_step override (the Trainer's own gathers logits / labels a dLLM objective
+    # does not have), if the objective's metrics are not logged as eval_*, or if evaluate steps the optimizer.
+    denoiser = tiny_denoiser()
+    trainer = JointObjTrainer(denoiser, config(tmp_path, max_steps=1, per_device_eval_batch_size=8), train_dataset=DATA,
+                              eval_dataset=DATA.select(range(16)))
+    trainer.train()
+    before = {name: value.clone() for name, value in denoiser.state_dict().items()}
+    metrics = trainer.evaluate()
+    assert math.isfinite(metrics["eval_loss"])
+    assert {"eval_masked_nll", "eval_masked_fraction"} <= set(metrics)
+    assert all(torch.equal(before[name], value) for name, value in denoiser.state_dict().items())
+
+
+def test_every_checkpoint_reloads_with_its_mask_id(tiny_model_dir, tmp_path):
+    # Fails if checkpoint-N holds no jointobj.json: the reload then takes the base tokenizer's mask id, not 5.
+    denoiser = Denoiser.from_pretrained(tiny_model_dir).add_lora(init_lora_weights="gaussian")
+    assert denoiser.mask_token_id != 5
+    denoiser.mask_token_id = 5
+    settings = config(tmp_path, max_steps=2, save_strategy="steps", save_steps=1)
+    JointObjTrainer(denoiser, settings, train_dataset=DATA).train()
+    for step in (1, 2):
+        checkpoint = tmp_path / "run" / f"checkpoint-{step}"
+        assert (checkpoint / "jointobj.json").exists()
+        assert Denoiser.from_pretrained(checkpoint).mask_token_id == 5
