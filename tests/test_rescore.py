@@ -17,6 +17,7 @@ from jointobj.decoding import build_decoder
 from jointobj.decoding.rescore import (
     RescoreSpec,
     best_of_n,
+    importance_log_weights,
     sampling_importance_resampling,
     select_best,
     select_sir,
@@ -273,3 +274,73 @@ def test_rescoring_sweep_script_writes_its_rows_and_the_target(tmp_path, capsys)
     assert ("sudoku_4", "random+best:exact,2,step", 2) in decoders
     printed = capsys.readouterr().out
     assert "sudoku_4: MET" in printed and "cities: " not in printed.split("target:")[1]
+
+
+# ---------------------------------------------------------------- select_sir draws the importance weights
+
+ROWS = 20_000  # one call, one draw per row: each candidate's frequency is a binomial proportion over ROWS
+
+
+def draw_frequencies(energy: torch.Tensor, log_q: torch.Tensor, residual: bool,
+                     seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row of N candidates repeated ROWS times -> (frequency [N] of each index drawn, fallback [ROWS])."""
+    index, fallback = select_sir(energy.expand(ROWS, -1), log_q.expand(ROWS, -1), residual,
+                                 torch.Generator().manual_seed(seed))
+    return torch.bincount(index, minlength=energy.shape[-1]).double() / ROWS, fallback
+
+
+def within_five_standard_errors(frequency: torch.Tensor, target: torch.Tensor) -> bool:
+    tolerance = 5 * (target * (1 - target) / ROWS).sqrt()  # 5 binomial standard errors of each proportion
+    return bool(((frequency - target).abs() <= tolerance).all())
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_sir_draws_in_proportion_to_the_importance_weights_with_unequal_proposal_probabilities(residual):
+    """w = exp(-E) / q (residual: exp(-E), what importance_log_weights computes for each). The
+    three targets are far apart (softmax(-E - log q) ~ [.22, .49, .30], softmax(-E) ~ [.51, .19, .31],
+    softmax(-E + log q) ~ [.80, .04, .15]), more than 5 standard errors (<= 0.018 at 20,000 rows),
+    so a selection blind to q, with q's sign flipped, or not residual-aware fails here."""
+    energy = torch.tensor([[0.0, 1.0, 0.5]], dtype=torch.float64)  # [1, N]
+    log_q = torch.tensor([[-0.2, -2.0, -1.0]], dtype=torch.float64)  # [1, N] unequal on purpose
+    expected_log_w = -energy if residual else -energy - log_q
+    torch.testing.assert_close(importance_log_weights(energy, log_q, residual), expected_log_w)
+    target = torch.softmax(expected_log_w[0], -1)  # [N]
+    frequency, fallback = draw_frequencies(energy, log_q, residual, seed=11)
+    assert not fallback.any()
+    assert within_five_standard_errors(frequency, target), (frequency, target)
+    other = torch.softmax((-energy if not residual else -energy - log_q)[0], -1)  # the other mode's target
+    assert not within_five_standard_errors(frequency, other)  # the test can tell the two apart
+
+
+@pytest.mark.parametrize("energy", [[math.inf, math.inf, math.inf], [math.nan, math.nan, math.nan],
+                                    [math.inf, math.nan, math.inf]])
+def test_sir_with_no_positive_weight_falls_back_to_a_uniform_draw(energy):
+    """All weights 0 (E = +inf) or undefined (NaN): fallback, and each candidate 1/3 of the time.
+    Fails if such a row is not flagged, or if it always takes one index (argmax of equal -inf)."""
+    frequency, fallback = draw_frequencies(torch.tensor([energy], dtype=torch.float64),
+                                           torch.tensor([[-0.1, -1.0, -3.0]], dtype=torch.float64), False, seed=12)
+    assert fallback.all()
+    assert within_five_standard_errors(frequency, torch.full((3,), 1 / 3, dtype=torch.float64)), frequency
+
+
+def test_sir_never_draws_a_nan_weight_and_flags_only_rows_without_a_positive_weight():
+    """A NaN energy counts as weight 0: never drawn, the rest in proportion to their weights.
+    Fails if NaN were kept (argmax of NaN picks it) or made the whole row fall back."""
+    energy = torch.tensor([[0.0, math.nan, 1.0]], dtype=torch.float64)
+    log_q = torch.tensor([[-1.0, -1.0, -0.5]], dtype=torch.float64)
+    frequency, fallback = draw_frequencies(energy, log_q, False, seed=13)
+    assert frequency[1] == 0 and not fallback.any()
+    target = torch.softmax(torch.tensor([1.0, -math.inf, -0.5], dtype=torch.float64), -1)  # -E - log q
+    assert within_five_standard_errors(frequency, target), (frequency, target)
+    mixed = torch.tensor([[0.0, 1.0, 2.0], [math.inf] * 3, [math.nan, 0.0, math.inf], [math.nan] * 3],
+                         dtype=torch.float64)  # [4, N]
+    index, fallback = select_sir(mixed, torch.zeros_like(mixed), generator=torch.Generator().manual_seed(0))
+    assert fallback.tolist() == [False, True, False, True]
+    assert index[2] == 1  # the one candidate with a positive weight
+
+
+def test_sir_draws_depend_only_on_the_seed():
+    energy = torch.rand(50, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    log_q = -torch.rand(50, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    first, again, other = (select_sir(energy, log_q, generator=torch.Generator().manual_seed(s))[0] for s in (4, 4, 5))
+    assert torch.equal(first, again) and not torch.equal(first, other)  # 50 rows of 6: a collision is ~impossible

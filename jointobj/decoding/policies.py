@@ -25,6 +25,7 @@ from typing import ClassVar
 
 import torch
 
+from jointobj.decoding.sampler import uniform
 from jointobj.registry import Registry
 
 __all__ = [
@@ -113,9 +114,7 @@ class RandomTopK(UnmaskingPolicy):
     name = "random"
 
     def scores(self, logits, generator):
-        b, length, _ = logits.shape
-        source = generator.device if generator is not None else logits.device
-        return torch.rand(b, length, generator=generator, device=source).to(logits.device)  # [b, L]
+        return uniform(logits.shape[:2], generator, logits.device)  # [b, L] float64: no ties to break
 
 
 @POLICIES.register("l2r")

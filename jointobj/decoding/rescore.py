@@ -54,11 +54,18 @@ from typing import Any, Callable
 
 import torch
 
+from jointobj.decoding.registry import build_decoder
 from jointobj.decoding.sampler import (
     _EXCLUDED_LOGIT,
     SampleOutput,
     UnmaskingSampler,
+    _ceil_div,
+    block_budget,
+    check_request,
+    eval_mode,
     gumbel_max,
+    gumbel_noise,
+    start_answer,
 )
 from jointobj.energies import Energy, build_energy
 from jointobj.registry import Registry
@@ -116,14 +123,14 @@ def select_best(energy: torch.Tensor, log_q: torch.Tensor, residual: bool = Fals
 @SELECTIONS.register("sir")
 def select_sir(energy: torch.Tensor, log_q: torch.Tensor, residual: bool = False,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """[b, N] -> (index [b] drawn ∝ exp(-E) / q, fallback [b] bool: no finite weight, drawn uniformly)."""
+    """[b, N] -> (index [b] drawn ∝ exp(-E) / q, fallback [b] bool: no candidate has a positive
+    weight, so one is drawn uniformly). Drawn by Gumbel-max, argmax(log w + g) with float64
+    noise (`gumbel_noise`); a NaN weight counts as 0."""
     log_w = importance_log_weights(energy.double(), log_q.double(), residual)  # [b, N]
-    fallback = ~torch.isfinite(log_w).any(-1)  # [b]
-    log_w = torch.where(fallback[:, None] | torch.isnan(log_w), torch.where(fallback[:, None], 0.0, -math.inf), log_w)
-    probs = torch.softmax(log_w, -1)  # [b, N]
-    source = generator.device if generator is not None else probs.device
-    index = torch.multinomial(probs.to(source), 1, generator=generator).squeeze(-1).to(probs.device)  # [b]
-    return index, fallback
+    log_w = log_w.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+    fallback = (log_w == -math.inf).all(-1)  # [b]
+    log_w[fallback] = 0.0  # uniform over the row's candidates
+    return (log_w + gumbel_noise(log_w.shape, generator, log_w.device)).argmax(-1), fallback  # [b], [b]
 
 
 def _check_candidates(candidates: Any) -> int:
@@ -174,16 +181,32 @@ def _bind(energy: "str | Energy", denoiser: Any) -> Energy:
 
 def check_residual(energy: "str | Energy", mode: str, decoder: Any, in_loop: bool) -> None:
     """SIR with a residual energy (p ∝ q_train exp(-E)) weighs by exp(-E): right only when the
-    proposal is the sampler it was trained against, after the loop. Refuse anything else."""
+    proposal is the very sampler it was trained against (same policy, K, temperature, blocks and
+    options: compared by repr), after the loop. Refuse anything else, and a residual energy whose
+    sampler is not recorded."""
     if isinstance(energy, str) or not energy.residual or mode != "sir":
         return
-    trained = energy.trained_against or {}
-    same = (trained.get("decoder"), trained.get("tokens_per_step")) == (decoder.name, decoder.tokens_per_step)
-    if in_loop or (trained and not same):
-        where = "inside the loop" if in_loop else f"with {decoder.name} at K={decoder.tokens_per_step}"
+    advice = ("Use best-of-N, that sampler after the loop, or a head trained with "
+              "energy_parameterisation=absolute")
+    trained = energy.trained_against
+    if not trained:
+        raise ValueError(f"the {energy.spec!r} energy is residual, relative to the sampler it was trained against, "
+                         f"and that sampler is not recorded (trained_against is {trained!r}); SIR would target an "
+                         f"unknown distribution. {advice}")
+    expected = trained.get("repr") or _default_sampler_repr(trained)
+    if in_loop or repr(decoder) != expected:
+        where = "inside the loop" if in_loop else f"with {decoder!r}"
         raise ValueError(f"the {energy.spec!r} energy is residual, relative to the sampler it was trained against "
-                         f"({trained or 'unknown'}); SIR {where} would target another distribution. Use best-of-N, "
-                         "that sampler after the loop, or a head trained with energy_parameterisation=absolute")
+                         f"({expected}); SIR {where} would target another distribution. {advice}")
+
+
+def _default_sampler_repr(trained: dict) -> str:
+    """The repr of the sampler an energy records only by name and K: the registered decoder with its
+    default options (what EnergyNCELoss builds)."""
+    try:
+        return repr(build_decoder(trained.get("decoder"), trained.get("tokens_per_step")))
+    except (ValueError, TypeError):
+        return repr(trained)
 
 
 # ---------------------------------------------------------------- after the loop
@@ -201,6 +224,11 @@ class EndOfLoopRescoring:
     @torch.no_grad()
     def sample(self, denoiser: Any, prompt_ids: torch.Tensor, gen_length: int, generator: torch.Generator | None = None,
                *, return_trace: bool = False) -> RescoredOutput:
+        with eval_mode(denoiser):  # the energy's forwards too: no dropout in the scores
+            return self._sample(denoiser, prompt_ids, gen_length, generator, return_trace)
+
+    def _sample(self, denoiser: Any, prompt_ids: torch.Tensor, gen_length: int, generator: torch.Generator | None,
+                return_trace: bool) -> RescoredOutput:
         energy, n = _bind(self.spec.energy, denoiser), self.spec.candidates
         check_residual(energy, self.spec.mode, self.decoder, in_loop=False)
         b, lp = prompt_ids.shape
@@ -264,15 +292,20 @@ class InLoopRescoring:
     @torch.no_grad()
     def sample(self, denoiser: Any, prompt_ids: torch.Tensor, gen_length: int, generator: torch.Generator | None = None,
                *, return_trace: bool = False) -> RescoredOutput:
+        with eval_mode(denoiser):  # marginals, energies and lookaheads alike: no dropout
+            return self._sample(denoiser, prompt_ids, gen_length, generator, return_trace)
+
+    def _sample(self, denoiser: Any, prompt_ids: torch.Tensor, gen_length: int, generator: torch.Generator | None,
+                return_trace: bool) -> RescoredOutput:
         energy, n, sampler = _bind(self.spec.energy, denoiser), self.spec.candidates, self.sampler
         if self.scope == "step" and not energy.accepts_masks:
             raise ValueError(f"the {energy.spec!r} energy cannot score partial candidates; use 'loop' or self / exact")
         check_residual(energy, self.spec.mode, sampler, in_loop=True)
-        sampler._check(denoiser, prompt_ids, gen_length)
-        device, mask_id = getattr(denoiser, "device", prompt_ids.device), int(denoiser.mask_token_id)
+        check_request(denoiser, prompt_ids, gen_length)
+        ids = start_answer(denoiser, prompt_ids, gen_length)  # [b, lp+L]
+        device, mask_id = ids.device, int(denoiser.mask_token_id)
         b, lp, length = *prompt_ids.shape, int(gen_length)
-        ids = torch.cat([prompt_ids.to(device).long(), torch.full((b, length), mask_id, device=device)], 1)  # [b, lp+L]
-        budget = math.ceil(length / (sampler.tokens_per_step or length))
+        budget = int(block_budget(length, sampler.tokens_per_step)[1].sum())  # ceil(L / K) denoising steps
         denoising = torch.zeros(b, dtype=torch.long, device=device)  # denoising steps per sample
         row_steps = torch.zeros(b, dtype=torch.long, device=device)  # sequential steps per sample
         fallback = torch.zeros(b, dtype=torch.long, device=device)
@@ -287,7 +320,7 @@ class InLoopRescoring:
             if len(live) == 0:
                 break
             x, m = ids[live], masked[live]  # [a, lp+L], [a, L]
-            quota = -torch.div(-m.sum(1), (budget - denoising[live]).clamp(min=1), rounding_mode="floor")  # [a]
+            quota = _ceil_div(m.sum(1), (budget - denoising[live]).clamp(min=1))  # [a] ceil(open / steps left)
             if ahead is None:  # the marginals forward: its own sequential step
                 logits = denoiser(input_ids=x, attention_mask=torch.ones_like(x))[:, lp:]  # [a, L, V]
                 logits = logits.index_fill(-1, mask_index, _EXCLUDED_LOGIT)

@@ -37,14 +37,17 @@ the forward rows spent per sample.
 
 from __future__ import annotations
 
-import math
+import contextlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
-from jointobj.decoding.policies import UnmaskingPolicy
+if TYPE_CHECKING:  # policies.py imports this module's noise helpers
+    from jointobj.decoding.policies import UnmaskingPolicy
 
-__all__ = ["SampleOutput", "UnmaskingSampler", "gumbel_max", "steps_for"]
+__all__ = ["SampleOutput", "UnmaskingSampler", "block_budget", "check_request", "eval_mode", "gumbel_max",
+           "gumbel_noise", "start_answer", "steps_for", "uniform"]
 
 # Logit given to the mask token: finite so entropies stay finite, exp() of it is exactly 0.
 _EXCLUDED_LOGIT = -1e9
@@ -94,25 +97,110 @@ class SampleOutput:
         return self.gen_length / self.steps_per_sample
 
 
+# ---------------------------------------------------------------- noise, shared by every decoder
+
+
+def uniform(shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None, device: torch.device | str,
+            dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """U[0, 1) draws of `shape` from `generator`, made on the generator's own device (a CUDA
+    generator draws on the GPU, a CPU one on the CPU, so a seed gives the same stream wherever
+    the model runs), then moved to `device`."""
+    source = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, dtype=dtype, device=source).to(device)
+
+
+def gumbel_noise(shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None,
+                 device: torch.device | str) -> torch.Tensor:
+    """Standard Gumbel draws -log(-log u), float64. In float32 u cannot come closer to 1 than
+    2^-24, which caps the noise at ~16.6 (float64: ~36.7) and truncates the tail a rare token
+    needs to win (a known LLaDA sampler bug). u = 0 is clamped to the smallest positive number."""
+    u = uniform(shape, generator, device).clamp_(min=torch.finfo(torch.float64).tiny)
+    return -(-u.log()).log()
+
+
 def gumbel_max(logits: torch.Tensor, temperature: float,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """[n, V] logits -> (tokens [n] long, log q(token) [n] float64) for q = softmax(logits / T).
-
-    The Gumbel noise is float64: in float32 (or bf16) -log(-log(u)) cannot reach the large
-    values a rare token needs to win, which truncates the tail (a known LLaDA sampler bug).
+    """[n, V] logits -> (tokens [n] long, log q(token) [n] float64) for q = softmax(logits / T),
+    drawn as argmax(log q + Gumbel noise) with float64 noise (`gumbel_noise`).
     T = 0 is argmax, with log q = 0 (the choice is deterministic).
     """
     if temperature == 0:
         return logits.argmax(-1), torch.zeros(logits.shape[0], dtype=torch.float64, device=logits.device)
     log_q = (logits.double() / temperature).log_softmax(-1)  # [n, V]
-    source = generator.device if generator is not None else logits.device
-    u = torch.rand(logits.shape, generator=generator, dtype=torch.float64, device=source).to(logits.device)  # [n, V]
-    tokens = (log_q - (-u.log()).log()).argmax(-1)  # [n]
+    tokens = (log_q + gumbel_noise(logits.shape, generator, logits.device)).argmax(-1)  # [n]
     return tokens, log_q.gather(1, tokens[:, None]).squeeze(1)
 
 
-def _ceil_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+# ---------------------------------------------------------------- the generation loop's scaffolding
+
+
+@contextlib.contextmanager
+def eval_mode(denoiser: Any) -> Iterator[None]:
+    """Decode with dropout off: the denoiser in eval mode inside the block, its own mode restored
+    after (also on error). Every decoding loop, and every energy it calls, runs inside one."""
+    was_training = getattr(denoiser, "training", False)
+    if was_training:
+        denoiser.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            denoiser.train()
+
+
+def check_whole_number(name: str, value: Any, none_means: str | None = None) -> None:
+    """A count option: a whole number >= 1 (a bool is not one), or None where `none_means` says what None does."""
+    if value is None and none_means is not None:
+        return
+    try:
+        whole = not isinstance(value, bool) and int(value) == value and value >= 1
+    except (TypeError, ValueError):
+        whole = False
+    if not whole:
+        alternative = f" (or None for {none_means})" if none_means else ""
+        raise ValueError(f"{name} must be a whole number >= 1{alternative}, got {value!r}")
+
+
+def check_request(denoiser: Any, prompt_ids: torch.Tensor, gen_length: int) -> None:
+    """What every decoder checks before its first forward: a [batch, prompt_length] prompt, a
+    whole gen_length >= 1, and prompt + answer within the model's positions."""
+    if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.dim() != 2:
+        shape = tuple(prompt_ids.shape) if isinstance(prompt_ids, torch.Tensor) else type(prompt_ids).__name__
+        raise ValueError(f"prompt_ids must be a [batch, prompt_length] tensor, got {shape}; "
+                         "for one prompt use prompt_ids[None]")
+    check_whole_number("gen_length", gen_length)
+    limit = getattr(denoiser, "max_positions", None)
+    total = prompt_ids.shape[1] + gen_length
+    if isinstance(limit, int) and total > limit:
+        raise ValueError(f"prompt ({prompt_ids.shape[1]}) + gen_length ({gen_length}) = {total} tokens, longer than "
+                         f"the model's {limit} positions; shorten the prompt or generate fewer tokens")
+
+
+def start_answer(denoiser: Any, prompt_ids: torch.Tensor, gen_length: int) -> torch.Tensor:
+    """[b, lp] prompts -> [b, lp + L] long on the denoiser's device: the prompt, then L masks."""
+    device = getattr(denoiser, "device", prompt_ids.device)
+    b = prompt_ids.shape[0]
+    masks = torch.full((b, int(gen_length)), int(denoiser.mask_token_id), dtype=torch.long, device=device)
+    return torch.cat([prompt_ids.to(device).long(), masks], 1)  # [b, lp+L]
+
+
+def _ceil_div(a: torch.Tensor, b: torch.Tensor | int) -> torch.Tensor:
     return -torch.div(-a, b, rounding_mode="floor")
+
+
+def block_budget(gen_length: int, tokens_per_step: int | None, block_length: int | None = None,
+                 device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step budget: (block_id [L] long, the block of each generated position; budget [nb] long,
+    ceil(B_j / K) steps for block j of B_j positions). K = None: one step per block; block_length
+    None: one block."""
+    block = block_length or gen_length
+    block_id = torch.arange(gen_length, device=device) // block  # [L]
+    return block_id, _ceil_div(torch.bincount(block_id), tokens_per_step or block)  # [L], [nb]
+
+
+def steps_for(gen_length: int, tokens_per_step: int | None, block_length: int | None = None) -> int:
+    """Forwards a top-k policy takes: sum over blocks of ceil(block / K)."""
+    return int(block_budget(gen_length, tokens_per_step, block_length)[1].sum())
 
 
 @dataclass
@@ -168,14 +256,10 @@ class UnmaskingSampler:
 
     def __init__(self, policy: UnmaskingPolicy, tokens_per_step: int | None = 1, temperature: float = 1.0,
                  block_length: int | None = None, name: str | None = None):
-        if tokens_per_step is not None and (isinstance(tokens_per_step, bool) or int(tokens_per_step) != tokens_per_step
-                                            or tokens_per_step < 1):
-            raise ValueError(f"tokens_per_step must be a whole number >= 1 (or None for all at once), "
-                             f"got {tokens_per_step!r}")
+        check_whole_number("tokens_per_step", tokens_per_step, "all at once")
         if not temperature >= 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-        if block_length is not None and (int(block_length) != block_length or block_length < 1):
-            raise ValueError(f"block_length must be a whole number >= 1 (or None for one block), got {block_length!r}")
+        check_whole_number("block_length", block_length, "one block")
         self.policy = policy
         self.tokens_per_step = None if tokens_per_step is None else int(tokens_per_step)
         self.temperature = float(temperature)
@@ -186,36 +270,17 @@ class UnmaskingSampler:
         return (f"UnmaskingSampler({self.policy!r}, tokens_per_step={self.tokens_per_step}, "
                 f"temperature={self.temperature}, block_length={self.block_length}, name={self.name!r})")
 
-    def _check(self, denoiser, prompt_ids: torch.Tensor, gen_length: int) -> None:
-        if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.dim() != 2:
-            shape = tuple(prompt_ids.shape) if isinstance(prompt_ids, torch.Tensor) else type(prompt_ids).__name__
-            raise ValueError(f"prompt_ids must be a [batch, prompt_length] tensor, got {shape}; "
-                             "for one prompt use prompt_ids[None]")
-        if isinstance(gen_length, bool) or int(gen_length) != gen_length or gen_length < 1:
-            raise ValueError(f"gen_length must be a whole number >= 1, got {gen_length!r}")
-        limit = getattr(denoiser, "max_positions", None)
-        total = prompt_ids.shape[1] + gen_length
-        if isinstance(limit, int) and total > limit:
-            raise ValueError(f"prompt ({prompt_ids.shape[1]}) + gen_length ({gen_length}) = {total} tokens, longer than "
-                             f"the model's {limit} positions; shorten the prompt or generate fewer tokens")
-
     @torch.no_grad()  # not inference_mode: samples feed later training (NCE negatives), which must be able to save them
     def sample(self, denoiser, prompt_ids: torch.Tensor, gen_length: int, generator: torch.Generator | None = None,
                *, return_trace: bool = False) -> SampleOutput:
         """Generate `gen_length` tokens after each row of `prompt_ids [b, lp]` (attention all ones)."""
-        self._check(denoiser, prompt_ids, gen_length)
-        device = getattr(denoiser, "device", prompt_ids.device)
-        mask_id = int(denoiser.mask_token_id)
-        b, lp = prompt_ids.shape
-        length = int(gen_length)
-        ids = torch.cat([prompt_ids.to(device).long(), torch.full((b, length), mask_id, device=device)], 1)  # [b, lp+L]
+        check_request(denoiser, prompt_ids, gen_length)
+        ids = start_answer(denoiser, prompt_ids, gen_length)  # [b, lp+L]
+        device, mask_id = ids.device, int(denoiser.mask_token_id)
+        (b, lp), length = prompt_ids.shape, int(gen_length)
         attention = torch.ones_like(ids)  # [b, lp+L]
-
-        block = self.block_length or length
-        block_id = torch.arange(length, device=device) // block  # [L]
-        blocks = int(block_id[-1]) + 1
-        per_step = self.tokens_per_step or block
-        budget = _ceil_div(torch.bincount(block_id, minlength=blocks), torch.tensor(per_step, device=device))  # [nb]
+        block_id, budget = block_budget(length, self.tokens_per_step, self.block_length, device)  # [L], [nb]
+        blocks = len(budget)
 
         ledger = CommitLedger.start(b, length, device, return_trace)
         used = torch.zeros(b, dtype=torch.long, device=device)  # steps spent in the current block
@@ -223,10 +288,7 @@ class UnmaskingSampler:
         mask_index = torch.tensor([mask_id], device=device)
         steps = rows = 0
 
-        was_training = getattr(denoiser, "training", False)
-        if was_training:
-            denoiser.eval()
-        try:
+        with eval_mode(denoiser):
             while True:
                 masked = ids[:, lp:] == mask_id  # [b, L]
                 active = masked.any(1)  # [b]
@@ -257,16 +319,6 @@ class UnmaskingSampler:
                     used[live], current_block[live] = spent + 1, block_now
                 steps += 1
                 rows += x.shape[0]
-        finally:
-            if was_training:
-                denoiser.train()
         return SampleOutput(ids=ids, prompt_length=lp, steps=steps, row_steps=ledger.row_steps,
                             rows_per_sample=rows / b, log_prob=ledger.log_prob, commit_step=ledger.commit_step)
 
-
-def steps_for(gen_length: int, tokens_per_step: int | None, block_length: int | None = None) -> int:
-    """Forwards a top-k policy takes: sum over blocks of ceil(block / K)."""
-    block = block_length or gen_length
-    per_step = tokens_per_step or block
-    sizes = [min(block, gen_length - start) for start in range(0, gen_length, block)]
-    return sum(math.ceil(size / per_step) for size in sizes)

@@ -69,7 +69,19 @@ import torch
 
 from jointobj.decoding.policies import ConfidenceThreshold, max_probability
 from jointobj.decoding.registry import DECODERS
-from jointobj.decoding.sampler import _EXCLUDED_LOGIT, CommitLedger, SampleOutput, gumbel_max, steps_for
+from jointobj.decoding.sampler import (
+    _EXCLUDED_LOGIT,
+    CommitLedger,
+    SampleOutput,
+    _ceil_div,
+    block_budget,
+    check_request,
+    check_whole_number,
+    eval_mode,
+    gumbel_max,
+    gumbel_noise,
+    start_answer,
+)
 from jointobj.registry import Registry
 from jointobj.soft_inputs import require_input_embeddings, soft_input_embeddings, soft_state
 
@@ -135,10 +147,7 @@ class GumbelStateNoise(SymmetryBreaker):
         return cls(noise)
 
     def perturb(self, logits, generator):
-        source = generator.device if generator is not None else logits.device
-        u = torch.rand(logits.shape, generator=generator, device=source).to(logits.device)  # [a, L, V]
-        gumbel = -(-u.clamp(min=torch.finfo(u.dtype).tiny).log()).log()  # [a, L, V]
-        return logits + self.scale * gumbel
+        return logits + self.scale * gumbel_noise(logits.shape, generator, logits.device)  # [a, L, V] float64
 
 
 @SYMMETRY_BREAKERS.register("commit_one")
@@ -173,9 +182,9 @@ class SoftStateDecoder:
                  schedule: str = "constant", top_k: int | None = None, temperature: float = 1.0,
                  state_temperature: float = 0.25, breaker: str | SymmetryBreaker = "gumbel", noise: float = 1.0,
                  quota: bool = False, block_length: int | None = None):
-        for name, value in (("tokens_per_step", tokens_per_step), ("top_k", top_k), ("block_length", block_length)):
-            if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-                raise ValueError(f"{name} must be a whole number >= 1 (or None), got {value!r}")
+        check_whole_number("tokens_per_step", tokens_per_step, "all at once")
+        check_whole_number("top_k", top_k, "the whole vocabulary")
+        check_whole_number("block_length", block_length, "one block")
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must lie in (0, 1], got {threshold}; 0.9 is usual, 1 commits only at the end")
         if not 0.0 <= mixing <= 1.0:
@@ -201,21 +210,10 @@ class SoftStateDecoder:
                 f"temperature={self.temperature}, state_temperature={self.state_temperature}, "
                 f"breaker={self.breaker!r}, quota={self.quota}, block_length={self.block_length})")
 
-    def _check(self, denoiser, prompt_ids: torch.Tensor, gen_length: int) -> None:
-        require_input_embeddings(denoiser)
-        if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.dim() != 2:
-            raise ValueError("prompt_ids must be a [batch, prompt_length] tensor; for one prompt use prompt_ids[None]")
-        if isinstance(gen_length, bool) or int(gen_length) != gen_length or gen_length < 1:
-            raise ValueError(f"gen_length must be a whole number >= 1, got {gen_length!r}")
-        limit, total = getattr(denoiser, "max_positions", None), prompt_ids.shape[1] + gen_length
-        if isinstance(limit, int) and total > limit:
-            raise ValueError(f"prompt ({prompt_ids.shape[1]}) + gen_length ({gen_length}) = {total} tokens, longer "
-                             f"than the model's {limit} positions; shorten the prompt or generate fewer tokens")
-
     def _commit(self, logits: torch.Tensor, eligible: torch.Tensor, steps_left: torch.Tensor) -> torch.Tensor:
         """[a, L, V] logits, [a, L] eligible, [a] steps left in the block -> [a, L] positions to commit now."""
         if self.quota:  # at the block's last step the quota is everything eligible
-            quota = -torch.div(-eligible.sum(1), steps_left, rounding_mode="floor")  # [a] ceil(open / steps left)
+            quota = _ceil_div(eligible.sum(1), steps_left)  # [a] ceil(open / steps left)
             return self._quota_policy.select(logits, eligible, quota)
         confidence = max_probability(logits).masked_fill(~eligible, -1.0)  # [a, L]
         commit = eligible & ((confidence > self.threshold) | (steps_left == 1)[:, None])  # [a, L]
@@ -234,29 +232,23 @@ class SoftStateDecoder:
     def sample(self, denoiser, prompt_ids: torch.Tensor, gen_length: int, generator: torch.Generator | None = None,
                *, return_trace: bool = False) -> SampleOutput:
         """Generate `gen_length` tokens after each row of `prompt_ids [b, lp]` (attention all ones)."""
-        self._check(denoiser, prompt_ids, gen_length)
-        device = getattr(denoiser, "device", prompt_ids.device)
-        mask_id, length = int(denoiser.mask_token_id), int(gen_length)
-        b, lp = prompt_ids.shape
-        ids = torch.cat([prompt_ids.to(device).long(), torch.full((b, length), mask_id, device=device)], 1)  # [b, lp+L]
+        require_input_embeddings(denoiser)
+        check_request(denoiser, prompt_ids, gen_length)
+        ids = start_answer(denoiser, prompt_ids, gen_length)  # [b, lp+L]
+        device, mask_id = ids.device, int(denoiser.mask_token_id)
+        (b, lp), length = prompt_ids.shape, int(gen_length)
         committed = torch.zeros(b, length, dtype=torch.bool, device=device)  # [b, L]
         state = None  # [b, L, V] once the first forward has run
         ledger = CommitLedger.start(b, length, device, return_trace)
         mask_index = torch.tensor([mask_id], device=device)
 
-        block_id = torch.arange(length, device=device) // (self.block_length or length)  # [L]
-        blocks = int(block_id[-1]) + 1
-        per_step = self.tokens_per_step or self.block_length or length
-        block_budget = -torch.div(-torch.bincount(block_id, minlength=blocks), per_step, rounding_mode="floor")  # [nb]
-        budget = steps_for(length, self.tokens_per_step, self.block_length)  # the most forwards a row runs
+        block_id, block_steps = block_budget(length, self.tokens_per_step, self.block_length, device)  # [L], [nb]
+        blocks, budget = len(block_steps), int(block_steps.sum())  # budget: the most forwards a row runs
         used = torch.zeros(b, dtype=torch.long, device=device)  # steps spent in the row's current block
         current = torch.zeros(b, dtype=torch.long, device=device)  # the row's current block
         steps = rows = 0
 
-        was_training = getattr(denoiser, "training", False)
-        if was_training:
-            denoiser.eval()
-        try:
+        with eval_mode(denoiser):
             while not committed.all():
                 live = (~committed).any(1).nonzero().squeeze(1)  # [a]
                 x, open_ = ids[live], ~committed[live]  # [a, lp+L], [a, L]
@@ -273,7 +265,7 @@ class SoftStateDecoder:
                 block_now = torch.where(open_, block_id, blocks).amin(1)  # [a]
                 spent = torch.where(block_now == current[live], used[live], 0)  # [a]
                 eligible = open_ & (block_id == block_now[:, None])  # [a, L]
-                steps_left = (block_budget[block_now] - spent).clamp(min=1)  # [a] 1: commit all of the block
+                steps_left = (block_steps[block_now] - spent).clamp(min=1)  # [a] 1: commit all of the block
                 commit = self._commit(logits, eligible, steps_left)  # [a, L]
                 tokens, token_log_q = gumbel_max(logits[commit], self.temperature, generator)  # [n], [n]
                 ledger.record(ids, lp, live, commit, tokens, token_log_q)
@@ -286,9 +278,6 @@ class SoftStateDecoder:
                     if state is None:
                         state = refined.new_zeros(b, length, refined.shape[-1])  # [b, L, V]
                     state[live] = refined
-        finally:
-            if was_training:
-                denoiser.train()
         return SampleOutput(ids=ids, prompt_length=lp, steps=steps, row_steps=ledger.row_steps, rows_per_sample=rows / b,
                             log_prob=ledger.log_prob, commit_step=ledger.commit_step)
 
