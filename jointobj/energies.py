@@ -195,9 +195,9 @@ class HeadEnergy(Energy):
     name = "head"
 
     def __init__(self, denoiser: Any):
-        from jointobj.energy_head import _head_module
+        from jointobj.energy_head import energy_head_module
 
-        head = _head_module(denoiser.model)
+        head = energy_head_module(denoiser.model)
         if head is None:
             raise ValueError("the denoiser has no energy head; train one with the 'energy' objective "
                              "(python recipes/energy.py) and load that directory")

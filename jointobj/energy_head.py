@@ -23,6 +23,7 @@ define p(x) ∝ exp(-E(x)) on their own.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ENERGY_HEAD", "PARAMETERISATIONS", "EnergyHead", "attach_energy_head", "energy_head_settings",
-           "find_energy_head", "head_energy", "model_hidden_size", "pooled_hidden_states"]
+__all__ = ["ENERGY_HEAD", "PARAMETERISATIONS", "EnergyHead", "attach_energy_head", "energy_head_module",
+           "energy_head_settings", "find_energy_head", "head_energy", "model_hidden_size", "pooled_hidden_states"]
 
 ENERGY_HEAD = "energy_head"  # attribute on the bare model, and its name in LoraConfig.modules_to_save
 PARAMETERISATIONS = ("residual", "absolute")
@@ -88,14 +89,18 @@ def find_energy_head(model: nn.Module) -> nn.Module | None:
     return heads[0][1] if heads else None
 
 
-def _head_module(model: nn.Module) -> EnergyHead | None:
-    """The EnergyHead instance itself (for its settings), under any wrapper."""
+def energy_head_module(model: nn.Module) -> EnergyHead | None:
+    """The EnergyHead instance itself (for its settings: parameterisation, trained_against), under
+    any wrapper; None without one. `find_energy_head` gives the module to *call* instead (through
+    peft that is the wrapper that dispatches to the trained copy)."""
     return next((m for m in model.modules() if isinstance(m, EnergyHead)), None)
+
+
 
 
 def energy_head_settings(model: nn.Module) -> dict[str, Any] | None:
     """What jointobj.json records about the model's head (None without one)."""
-    head = _head_module(model)
+    head = energy_head_module(model)
     return None if head is None else head.settings()
 
 
@@ -132,15 +137,43 @@ def attach_energy_head(denoiser: Any, width: int | None = None, parameterisation
     if not denoiser.has_adapter:
         setattr(denoiser.model, ENERGY_HEAD, head)
         return head
-    from peft.utils.other import _set_trainable  # peft's own route for modules_to_save
-
     peft_model = denoiser.model
     setattr(peft_model.get_base_model(), ENERGY_HEAD, head)
     adapter = peft_model.active_adapter
     config = peft_model.peft_config[adapter]
+    _train_and_save_with_adapter(peft_model, adapter, config)
     config.modules_to_save = sorted(set(config.modules_to_save or []) | {ENERGY_HEAD})
-    _set_trainable(peft_model, adapter, module_names=[ENERGY_HEAD], inference_mode=config.inference_mode)
     return head
+
+
+def _train_and_save_with_adapter(peft_model: nn.Module, adapter: str, config: Any) -> None:
+    """Wrap the freshly attached head as one of the adapter's modules_to_save (trained, and saved
+    in the adapter's weights), as peft does for the modules a LoraConfig lists.
+
+    peft's public route is `peft.utils.set_additional_trainable_modules`; it is given a copy of the
+    config that lists only the head, so the adapter's other extra modules are not wrapped twice.
+    Older peft has only the private `_set_trainable`; if neither exists, a clear error.
+    """
+    try:
+        from peft.utils import set_additional_trainable_modules
+    except ImportError:
+        set_additional_trainable_modules = None
+    if set_additional_trainable_modules is not None:
+        only_head = copy.copy(config)
+        only_head.modules_to_save = [ENERGY_HEAD]
+        for name in ("modules_to_tie", "trainable_token_indices"):  # handled when the adapter was built
+            if hasattr(only_head, name):
+                setattr(only_head, name, None)
+        set_additional_trainable_modules(peft_model, only_head, {}, adapter)
+        return
+    try:
+        from peft.utils.other import _set_trainable
+    except ImportError as error:
+        raise ImportError(
+            "this peft version offers no way to add a module to an existing adapter's modules_to_save; attach the "
+            "energy head before add_lora (it then goes through LoraConfig.modules_to_save), or upgrade peft"
+        ) from error
+    _set_trainable(peft_model, adapter, module_names=[ENERGY_HEAD], inference_mode=config.inference_mode)
 
 
 def lora_modules_to_save(model: nn.Module) -> list[str]:
@@ -179,28 +212,18 @@ def saved_head_settings(directory: Path) -> dict[str, Any] | None:
 
 
 def base_for_saved_head(cls: type, directory: Path, base: Any, *, trust_remote_code: bool = False,
-                        dtype: torch.dtype | None = None) -> Any:
+                        mask_token_id: int | None = None, dtype: torch.dtype | str | None = None) -> Any:
     """For an adapter directory saved with a head: the base Denoiser with a fresh head attached,
-    so peft finds `energy_head` when it reads the adapter's weights. Else `base` unchanged."""
-    from jointobj.loading import ADAPTER_CONFIG, _read_json, load_masked_lm
+    so peft finds `energy_head` when it reads the adapter's weights. Else `base` unchanged.
+    A Denoiser or module passed as `base` gets the head in place (see Denoiser.from_pretrained)."""
+    from jointobj.loading import ADAPTER_CONFIG, _saved_mask_token_id, adapter_base
 
     settings = saved_head_settings(directory)
     if settings is None or not (directory / ADAPTER_CONFIG).exists():
         return base
-    if base is None:
-        base = _read_json(directory / ADAPTER_CONFIG).get("base_model_name_or_path")
-        if not base:
-            raise ValueError(f"{directory} is an adapter with no recorded base model; pass base=DIR or base=model")
-    if isinstance(base, cls):
-        base_denoiser = base
-    elif isinstance(base, nn.Module):
-        from jointobj.loading import _saved_mask_token_id
-
-        base_denoiser = cls(base, mask_token_id=_saved_mask_token_id(directory), check_bidirectional=False)
-    else:
-        base_denoiser = load_masked_lm(cls, Path(base), trust_remote_code=trust_remote_code, dtype=dtype)
-    if base_denoiser.has_adapter:
-        raise ValueError("base already carries an adapter; pass the model it was built on")
+    mask = mask_token_id if mask_token_id is not None else _saved_mask_token_id(directory)
+    base_denoiser = adapter_base(cls, directory, base, mask_token_id=mask, trust_remote_code=trust_remote_code,
+                                 dtype=dtype)
     attach_energy_head(base_denoiser, settings["width"], settings["parameterisation"], hidden_size=settings["hidden_size"],
                        trained_against=settings.get("trained_against"))
     return base_denoiser

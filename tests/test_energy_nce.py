@@ -89,7 +89,7 @@ def test_energy_objective_builds_from_a_config(tmp_path):
     objective = build_objective(config)
     assert isinstance(objective, EnergyNCELoss) and "energy" in LOSSES
     assert (objective.tokens_per_step, objective.negatives, objective.decoder) == (2, 4, "l2r")
-    assert (objective.parameterisation, objective.token_ce_weight, objective.head_width) == ("absolute", 0.5, 16)
+    assert (objective.parameterisation, objective.added_token_ce_weight, objective.head_width) == ("absolute", 0.5, 16)
     assert build_objective(JointObjConfig(output_dir=str(tmp_path), objective="energy")).tokens_per_step is None
 
 
@@ -127,7 +127,7 @@ def test_head_trained_on_likes_tennis_separates_valid_from_invalid():
     'he play apple', one word off a valid answer). A fresh head gives 0 everywhere."""
     torch.manual_seed(0)  # head and LoRA initialisation
     denoiser = copy.deepcopy(train_token_ce("likes_tennis"))
-    loss_fn = EnergyNCELoss(None, 2, token_ce_weight=1.0, head_width=32)
+    loss_fn = EnergyNCELoss(None, 2, added_token_ce_weight=1.0, head_width=32)
     loss_fn.prepare(denoiser)
     denoiser.add_lora()
     optimizer = torch.optim.AdamW([p for p in denoiser.parameters() if p.requires_grad], lr=5e-3)

@@ -20,8 +20,10 @@ energy head E (energy_head.py):
   does not matter). Other decoders at several steps are refused in this mode.
 
 `negatives` > 1 averages the negative term (a lower-variance estimate of the same objective,
-whose optimum is unchanged). `token_ce_weight` > 0 adds the per-token CE, which keeps the
-adapter a good denoiser (hence a good proposal) while the head trains through it.
+whose optimum is unchanged). `added_token_ce_weight` = w > 0 adds w * the per-token CE
+(additive, any w >= 0; unlike MixtureLoss's `token_ce_weight`, a convex lambda in [0, 1]),
+which keeps the adapter a good denoiser (hence a good proposal) while the head trains through
+it. That CE is a `TokenCELoss` built from the config (mask_schedule, self_condition_prob).
 
 The head must exist before the optimizer is built: the Trainer calls `prepare(denoiser)`,
 which attaches one (`head_width`, `parameterisation`) when the denoiser has none.
@@ -38,8 +40,8 @@ from torch import nn
 from jointobj.batch import Batch, check_batch
 from jointobj.energy_head import (
     PARAMETERISATIONS,
-    _head_module,
     attach_energy_head,
+    energy_head_module,
     head_energy,
 )
 from jointobj.likelihood import order_log_likelihood
@@ -79,12 +81,15 @@ class EnergyNCELoss(nn.Module):
 
     tokens_per_step: the negative sampler's K (None: the whole answer in one step, EDLM's
     proposal). negatives: samples per row (m >= 1). decoder: the sampler's policy (registered
-    decoder name). parameterisation: 'residual' or 'absolute'. token_ce_weight: lambda >= 0 of
-    the per-token CE added. head_width: hidden width of a head `prepare` attaches (None: d).
+    decoder name). parameterisation: 'residual' or 'absolute'. added_token_ce_weight: w >= 0,
+    loss = NCE + w * token_ce (additive, not a convex mix). token_ce: the TokenCELoss that term
+    uses (default: TokenCELoss(); from_config builds it from the config's mask_schedule and
+    self_condition_prob). head_width: hidden width of a head `prepare` attaches (None: d).
     """
 
     def __init__(self, tokens_per_step: int | None = None, negatives: int = 1, *, decoder: str = "random",
-                 parameterisation: str = "residual", token_ce_weight: float = 0.0, head_width: int | None = None):
+                 parameterisation: str = "residual", added_token_ce_weight: float = 0.0,
+                 token_ce: TokenCELoss | None = None, head_width: int | None = None):
         super().__init__()
         from jointobj.decoding.registry import build_decoder
 
@@ -92,28 +97,32 @@ class EnergyNCELoss(nn.Module):
             raise ValueError(f"negatives must be a whole number >= 1 (samples per row), got {negatives!r}")
         if parameterisation not in PARAMETERISATIONS:
             raise ValueError(f"parameterisation must be one of {', '.join(PARAMETERISATIONS)}, got {parameterisation!r}")
-        if not token_ce_weight >= 0:
-            raise ValueError(f"token_ce_weight must be >= 0, got {token_ce_weight}")
+        if isinstance(added_token_ce_weight, bool) or not added_token_ce_weight >= 0:
+            raise ValueError(f"added_token_ce_weight must be a number >= 0 (loss = NCE + w * token_ce), "
+                             f"got {added_token_ce_weight!r}")
         self.sampler = build_decoder(decoder, tokens_per_step)  # validates the name and K
         self.tokens_per_step, self.negatives, self.decoder = tokens_per_step, negatives, decoder
-        self.parameterisation, self.token_ce_weight, self.head_width = parameterisation, float(token_ce_weight), head_width
-        self.token_ce = TokenCELoss()
+        self.parameterisation, self.head_width = parameterisation, head_width
+        self.added_token_ce_weight = float(added_token_ce_weight)
+        self.token_ce = token_ce if token_ce is not None else TokenCELoss()
 
     @classmethod
     def from_config(cls, config) -> "EnergyNCELoss":
         """Build from a JointObjConfig (energy_tokens_per_step, energy_negatives, energy_decoder,
-        energy_parameterisation, energy_token_ce_weight, energy_head_width)."""
-        return cls(config.energy_steps_k, config.energy_negatives, decoder=config.energy_decoder,
-                   parameterisation=config.energy_parameterisation, token_ce_weight=config.energy_token_ce_weight,
+        energy_parameterisation, energy_token_ce_weight, energy_head_width, and the added per-token
+        CE's mask_schedule and self_condition_prob)."""
+        return cls(config.energy_sampler_tokens_per_step, config.energy_negatives, decoder=config.energy_decoder,
+                   parameterisation=config.energy_parameterisation,
+                   added_token_ce_weight=config.energy_token_ce_weight, token_ce=TokenCELoss.from_config(config),
                    head_width=config.energy_head_width or None)
 
     def extra_repr(self) -> str:
         return (f"tokens_per_step={self.tokens_per_step}, negatives={self.negatives}, decoder={self.decoder!r}, "
-                f"parameterisation={self.parameterisation!r}, token_ce_weight={self.token_ce_weight}")
+                f"parameterisation={self.parameterisation!r}, added_token_ce_weight={self.added_token_ce_weight}")
 
     def prepare(self, denoiser) -> None:
         """Attach an energy head when the denoiser has none (before the optimizer is built)."""
-        head = _head_module(denoiser.model)
+        head = energy_head_module(denoiser.model)
         if head is None:
             head = attach_energy_head(denoiser, self.head_width, self.parameterisation)
         elif head.parameterisation != self.parameterisation:
@@ -168,9 +177,10 @@ class EnergyNCELoss(nn.Module):
             "energy_negative": negative_energy.detach().mean(),
             "nce_accuracy": torch.cat([(positive > 0).float(), (negative < 0).float().flatten()]).mean().detach(),
         }
-        if self.token_ce_weight > 0:
+        if self.added_token_ce_weight > 0:
             token_ce = self.token_ce(denoiser, batch, generator=generator)
-            loss = loss + self.token_ce_weight * token_ce.loss
+            loss = loss + self.added_token_ce_weight * token_ce.loss
             metrics["token_ce"] = token_ce.loss.detach()
+            metrics.update({f"token_ce/{k}": v for k, v in token_ce.metrics.items()})
         check_finite(loss, "energy NCE loss", ids)
         return LossOutput(loss, metrics)
