@@ -57,3 +57,32 @@ def test_empty_dataset_is_refused(tmp_path):
 def test_unknown_name_that_is_not_a_path():
     with pytest.raises(ValueError, match="neither a local file or directory nor toy set names"):
         load_training_data("wikitext-103", TOKENIZER)
+
+
+def test_row_longer_than_the_model_names_the_row_and_the_limit(tmp_path):
+    # Fails if load_training_data ignores max_length: the row would then fail mid-training, at the position embedding.
+    path = write_jsonl(tmp_path / "text.jsonl", [{"text": "he likes"}, {"text": "he likes apple"}])
+    with pytest.raises(ValueError, match=r"text.jsonl: 1 row\(s\) are longer than the model's 2 positions: row 1 \(3 tokens\)"):
+        load_training_data(str(path), TOKENIZER, max_length=2)
+    assert len(load_training_data(str(path), TOKENIZER, max_length=3)) == 2
+
+
+def test_toy_set_longer_than_the_model_is_named():
+    # Fails if toy sets skip the check that local files get.
+    with pytest.raises(ValueError, match="toy set 'likes_tennis': .* longer than the model's 2 positions"):
+        load_training_data("likes_tennis", TOKENIZER, samples_per_toyset=4, max_length=2)
+
+
+def test_row_with_nothing_to_score_is_refused(tmp_path):
+    # Fails if an all-prompt row is accepted (it gives the objective no token to score).
+    path = write_jsonl(tmp_path / "ids.jsonl", [{"input_ids": [5, 6], "prompt_mask": [True, False]},
+                                                {"input_ids": [5, 6], "prompt_mask": [True, True]}])
+    with pytest.raises(ValueError, match=r"ids.jsonl: 1 row\(s\) have no response token to score .* rows \[1\]"):
+        load_training_data(str(path), TOKENIZER)
+
+
+def test_prompt_mask_of_the_wrong_length_is_refused(tmp_path):
+    # Fails if a prompt_mask shorter than its input_ids passes (the collator would misalign or crash later).
+    path = write_jsonl(tmp_path / "ids.jsonl", [{"input_ids": [5, 6, 7], "prompt_mask": [True, False]}])
+    with pytest.raises(ValueError, match=r"prompt_mask whose length differs .* row 0 counting from 0, 3 tokens, 2 mask entries"):
+        load_training_data(str(path), TOKENIZER)
