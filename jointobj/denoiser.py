@@ -70,12 +70,7 @@ class Denoiser(nn.Module):
         # whose .config is the DeepSpeed config (see routed_through).
         self.vocab_size = _vocab_size(model)
         self.max_positions = _max_positions(model)
-        self.mask_token_id = resolve_mask_token_id(mask_token_id, tokenizer, config)
-        if not 0 <= self.mask_token_id < self.vocab_size:
-            raise ValueError(
-                f"mask_token_id {self.mask_token_id} is outside the model's vocabulary of {self.vocab_size}; "
-                "resize the embeddings (model.resize_token_embeddings) or pass the right id"
-            )
+        self.mask_token_id = resolve_mask_token_id(mask_token_id, tokenizer, config)  # checked by the setter
         if check_bidirectional and _zero3_sharded(model):
             logger.warning(
                 "skipping the causal-model probe: the weights are ZeRO-3 shards until DeepSpeed wraps the model; "
@@ -94,6 +89,21 @@ class Denoiser(nn.Module):
         return view
 
     # ------------------------------------------------------------------ properties
+
+    @property
+    def mask_token_id(self) -> int:
+        return self._mask_token_id
+
+    @mask_token_id.setter
+    def mask_token_id(self, value: int) -> None:
+        """Every assignment (at construction, or when a loader overrides it) is checked against the vocabulary."""
+        value = int(value)
+        if not 0 <= value < self.vocab_size:
+            raise ValueError(
+                f"mask_token_id {value} is outside the model's vocabulary of {self.vocab_size}; "
+                "resize the embeddings (model.resize_token_embeddings) or pass the right id"
+            )
+        self._mask_token_id = value
 
     @property
     def config(self) -> Any:
@@ -235,20 +245,35 @@ class Denoiser(nn.Module):
         lora: Any = None,
         trust_remote_code: bool = False,
         mask_token_id: int | None = None,
-        base: "str | Path | nn.Module | None" = None,
+        base: "str | Path | nn.Module | Denoiser | None" = None,
         is_trainable: bool = False,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
     ) -> "Denoiser":
         """Load a local model directory, or an adapter directory on top of its base model.
 
-        `trust_remote_code` stays off unless you turn it on: a directory whose config names its
-        own modeling code (LLaDA, Dream) is refused until you do.
+        `trust_remote_code` stays off unless you turn it on: a directory whose config or tokenizer
+        names its own code (LLaDA, Dream) is refused until you do.
+
+        The mask id is `mask_token_id`, else the one saved in the directory's jointobj.json, else
+        the tokenizer's or the config's; for an adapter it is passed on to the base, so a base
+        without a mask token of its own loads.
+
+        `base` (adapter directories only): the base model's directory, an nn.Module, or a Denoiser
+        without an adapter; default: the base recorded in adapter_config.json. A module or
+        Denoiser passed as `base` is modified in place and not copied (peft injects the adapter's
+        layers into it; a saved energy head is attached to it; a Denoiser's mask id is
+        overridden as above): the returned Denoiser shares its weights. Pass `copy.deepcopy(base)`
+        to keep the original untouched.
+
+        `dtype`: a torch dtype or "auto" (the checkpoint's). None leaves it to transformers, whose
+        default changed in 5.0 (float32 before, the checkpoint's dtype after).
         """
         from jointobj.energy_head import base_for_saved_head, load_full_model_head
         from jointobj.loading import load_masked_lm
 
         # A saved energy head is rebuilt on the base before peft reads the adapter (see energy_head.py).
-        base = base_for_saved_head(cls, Path(path), base, trust_remote_code=trust_remote_code, dtype=dtype)
+        base = base_for_saved_head(cls, Path(path), base, trust_remote_code=trust_remote_code,
+                                   mask_token_id=mask_token_id, dtype=dtype)
         denoiser = load_masked_lm(
             cls, Path(path), lora=lora, trust_remote_code=trust_remote_code, mask_token_id=mask_token_id,
             base=base, is_trainable=is_trainable, dtype=dtype,

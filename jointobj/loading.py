@@ -33,11 +33,28 @@ def _saved_mask_token_id(directory: Path) -> int | None:
     return _read_json(config).get("mask_token_id") if config.exists() else None
 
 
+def _refuse_remote_code(directory: Path, trust_remote_code: bool, files: tuple[str, ...]) -> None:
+    """Our refusal, before transformers reads anything, of a config or tokenizer that ships its own code."""
+    if trust_remote_code:
+        return
+    for name in files:
+        path = directory / name
+        auto_map = _read_json(path).get("auto_map") if path.exists() else None
+        if auto_map:
+            what = "modeling" if name == "config.json" else "tokenizer"
+            classes = sorted(auto_map) if isinstance(auto_map, dict) else auto_map
+            raise ValueError(
+                f"{directory} ships its own {what} code ({name} auto_map: {classes}); jointobj does not run it "
+                "unless you opt in with trust_remote_code=True (recipes: --trust_remote_code). Read that code first."
+            )
+
+
 def _load_tokenizer(directory: Path, trust_remote_code: bool) -> Any:
     from transformers import AutoTokenizer
 
     if not any((directory / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
         return None
+    _refuse_remote_code(directory, trust_remote_code, ("tokenizer_config.json",))
     return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
 
 
@@ -49,8 +66,12 @@ def _check_directory(directory: Path) -> None:
         )
 
 
-def load_model(directory: Path, *, trust_remote_code: bool = False, dtype: torch.dtype | None = None) -> nn.Module:
-    """The masked-LM model in `directory` (a `*ForMaskedLM`, or an `AutoModel` with an LM head via remote code)."""
+def load_model(directory: Path, *, trust_remote_code: bool = False, dtype: torch.dtype | str | None = None) -> nn.Module:
+    """The masked-LM model in `directory` (a `*ForMaskedLM`, or an `AutoModel` with an LM head via remote code).
+
+    `dtype`: a torch dtype, or "auto" for the checkpoint's own; None leaves it to transformers
+    (float32 before 5.0, the checkpoint's dtype from 5.0 on), so pass one to be sure.
+    """
     from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
@@ -61,13 +82,8 @@ def load_model(directory: Path, *, trust_remote_code: bool = False, dtype: torch
     config_path = directory / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{directory} has no config.json; it is not a saved Hugging Face model directory")
-    raw = _read_json(config_path)
-    auto_map = raw.get("auto_map", {})
-    if auto_map and not trust_remote_code:
-        raise ValueError(
-            f"{directory} ships its own modeling code (auto_map: {sorted(auto_map)}); jointobj does not run it "
-            "unless you opt in with trust_remote_code=True (recipes: --trust_remote_code). Read that code first."
-        )
+    _refuse_remote_code(directory, trust_remote_code, ("config.json",))
+    auto_map = _read_json(config_path).get("auto_map", {})
     config = AutoConfig.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
@@ -97,50 +113,67 @@ def load_masked_lm(
     mask_token_id: int | None = None,
     base: "str | Path | nn.Module | Denoiser | None" = None,
     is_trainable: bool = False,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
 ) -> "Denoiser":
     """Build a Denoiser from a local full-model directory or an adapter directory (see Denoiser.from_pretrained)."""
     _check_directory(directory)
-    saved_mask = _saved_mask_token_id(directory)
-    tokenizer = _load_tokenizer(directory, trust_remote_code)
+    # The mask id: explicit, else the one saved beside the weights (jointobj.json), else the tokenizer's / config's.
+    explicit = mask_token_id if mask_token_id is not None else _saved_mask_token_id(directory)
     if (directory / ADAPTER_CONFIG).exists():
         if lora is not None:
             raise ValueError(f"{directory} already holds an adapter; load it without lora=, or point at the base model")
-        denoiser = _load_adapter(cls, directory, base, trust_remote_code, is_trainable, dtype)
+        base_denoiser = adapter_base(cls, directory, base, mask_token_id=explicit,
+                                     trust_remote_code=trust_remote_code, dtype=dtype)
+        from peft import PeftModel
+
+        base_denoiser.model = PeftModel.from_pretrained(base_denoiser.model, str(directory), is_trainable=is_trainable)
+        tokenizer = _load_tokenizer(directory, trust_remote_code)  # after the base's remote-code refusal
         if tokenizer is not None:
-            denoiser.tokenizer = tokenizer
-        if mask_token_id is not None or saved_mask is not None:
-            denoiser.mask_token_id = mask_token_id if mask_token_id is not None else saved_mask
-        return denoiser
-    model = load_model(directory, trust_remote_code=trust_remote_code, dtype=dtype)
-    explicit = mask_token_id if mask_token_id is not None else saved_mask
+            base_denoiser.tokenizer = tokenizer
+        return base_denoiser
+    model = load_model(directory, trust_remote_code=trust_remote_code, dtype=dtype)  # refuses remote code first
+    tokenizer = _load_tokenizer(directory, trust_remote_code)
     denoiser = cls(model, mask_token_id=explicit, tokenizer=tokenizer)
     if lora is not None:
         denoiser.add_lora(lora)
     return denoiser
 
 
-def _load_adapter(
+def adapter_base(
     cls: type["Denoiser"],
     directory: Path,
     base: Any,
-    trust_remote_code: bool,
-    is_trainable: bool,
-    dtype: torch.dtype | None,
+    *,
+    mask_token_id: int | None,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype | str | None = None,
 ) -> "Denoiser":
-    from peft import PeftModel
+    """The Denoiser that the adapter in `directory` goes onto, from `base` (a directory, an nn.Module,
+    a Denoiser without an adapter, or None for the base recorded in adapter_config.json).
 
+    `mask_token_id` (the caller's, else the adapter's saved one) is given to the base, so a base
+    without a mask token of its own loads. A Denoiser or module passed as `base` is used as is,
+    not copied: peft injects the adapter's layers into it.
+    """
     if base is None:
-        base = _read_json(directory / ADAPTER_CONFIG).get("base_model_name_or_path")
-        if not base:
+        recorded = _read_json(directory / ADAPTER_CONFIG).get("base_model_name_or_path")
+        if not recorded:
             raise ValueError(f"{directory} is an adapter with no recorded base model; pass base=DIR or base=model")
+        if not Path(recorded).is_dir():
+            raise FileNotFoundError(
+                f"{directory} is an adapter whose recorded base model {recorded} is not a local directory here; "
+                "pass the base explicitly: Denoiser.from_pretrained(adapter_dir, base=DIR) (or base=model)"
+            )
+        base = recorded
     if isinstance(base, cls):
-        if base.has_adapter:
-            raise ValueError("base already carries an adapter; pass the model it was built on")
-        base_denoiser = base
+        denoiser = base
     elif isinstance(base, nn.Module):
-        base_denoiser = cls(base, mask_token_id=_saved_mask_token_id(directory), check_bidirectional=False)
+        denoiser = cls(base, mask_token_id=mask_token_id, check_bidirectional=False)
     else:
-        base_denoiser = load_masked_lm(cls, Path(base), trust_remote_code=trust_remote_code, dtype=dtype)
-    base_denoiser.model = PeftModel.from_pretrained(base_denoiser.model, str(directory), is_trainable=is_trainable)
-    return base_denoiser
+        denoiser = load_masked_lm(cls, Path(base), trust_remote_code=trust_remote_code, mask_token_id=mask_token_id,
+                                  dtype=dtype)
+    if denoiser.has_adapter:
+        raise ValueError("base already carries an adapter; pass the model it was built on")
+    if mask_token_id is not None:
+        denoiser.mask_token_id = mask_token_id  # a passed Denoiser's too; checked against the vocabulary
+    return denoiser

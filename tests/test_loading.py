@@ -100,3 +100,51 @@ def test_broken_config_json_names_the_file(saved_base):
 def test_saved_mask_id_is_recorded(saved_base):
     _, directory = saved_base
     assert json.loads((directory / "jointobj.json").read_text()) == {"mask_token_id": 2}
+
+
+def test_tokenizer_with_its_own_code_is_refused_by_default(tiny_model_dir, tmp_path):
+    # Fails if only config.json's auto_map is checked: transformers would then be asked for the tokenizer's code.
+    import shutil
+
+    directory = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, directory)
+    tokenizer_config = json.loads((directory / "tokenizer_config.json").read_text())
+    tokenizer_config["auto_map"] = {"AutoTokenizer": ["tokenization_toy.ToyTokenizer", None]}
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    with pytest.raises(ValueError, match=r"own tokenizer code .* trust_remote_code=True"):
+        Denoiser.from_pretrained(directory)
+
+
+@pytest.fixture
+def adapter_on_a_base_without_mask(tmp_path):
+    """A base with no tokenizer, no mask id in its config and no jointobj.json, and an adapter trained as mask id 3."""
+    base_dir = tmp_path / "bare"
+    tiny_masked_lm("modernbert", vocab_size=VOCAB, seed=0).save_pretrained(base_dir)
+    with pytest.raises(ValueError, match="needs a mask token id"):
+        Denoiser.from_pretrained(base_dir)
+    denoiser = Denoiser.from_pretrained(base_dir, mask_token_id=3).add_lora(init_lora_weights="gaussian").eval()
+    denoiser.save_pretrained(tmp_path / "adapter")
+    return denoiser, tmp_path / "adapter"
+
+
+def test_adapter_passes_its_saved_mask_id_to_a_base_without_one(adapter_on_a_base_without_mask):
+    # Fails if the base is loaded before (and without) the adapter's jointobj.json mask id: "needs a mask token id".
+    denoiser, adapter_dir = adapter_on_a_base_without_mask
+    reloaded = Denoiser.from_pretrained(adapter_dir).eval()
+    assert reloaded.mask_token_id == 3
+    torch.testing.assert_close(reloaded(input_ids=TOKENS), denoiser(input_ids=TOKENS))
+
+
+def test_adapter_passes_an_explicit_mask_id_to_a_base_without_one(adapter_on_a_base_without_mask):
+    # Fails if mask_token_id= is applied only after the base loads (the base load itself then fails).
+    _, adapter_dir = adapter_on_a_base_without_mask
+    (adapter_dir / "jointobj.json").unlink()
+    assert Denoiser.from_pretrained(adapter_dir, mask_token_id=4).mask_token_id == 4
+
+
+def test_mask_id_outside_the_vocabulary_is_refused_on_assignment(saved_base):
+    # Fails if only the constructor checks the id: a loader's (or user's) later override would slip through.
+    denoiser, _ = saved_base
+    with pytest.raises(ValueError, match=f"mask_token_id {VOCAB} is outside the model's vocabulary of {VOCAB}"):
+        denoiser.mask_token_id = VOCAB
+    assert denoiser.mask_token_id == 2
