@@ -3,7 +3,8 @@
     deepspeed recipes/logsum.py                           # embedded default: nothing to download
     deepspeed recipes/logsum.py --config recipes/configs/logsum.yaml --model_name_or_path DIR ...
 
-Arguments come from the recipe's YAML (`--config`), with command-line flags on top. Without
+Arguments come from the recipe's YAML (`--config FILE` or `--config=FILE`; a `null` value keeps
+the field's default), with command-line flags on top. Without
 `--model_name_or_path` the recipe runs the embedded default: a tiny bidirectional transformer,
 pretrained with the per-token loss on the toy suite (or reused from `base_dir`), stands in for
 an existing dLLM; it is fine-tuned with LoRA, the adapter saved in PEFT format, and base and
@@ -12,6 +13,7 @@ fine-tuned models compared by the joint-validity evaluator.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -25,7 +27,9 @@ from transformers import HfArgumentParser
 from jointobj.data import load_training_data
 from jointobj.denoiser import Denoiser
 from jointobj.embedded import ensure_base
-from jointobj.trainer import JointObjConfig, JointObjTrainer, latest_checkpoint
+from jointobj.trainer import JointObjConfig, JointObjTrainer, accelerator_available, latest_checkpoint
+
+MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -36,6 +40,14 @@ class ModelArguments:
                           "Empty: the embedded tiny base from base_dir, pretrained there first if missing."},
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Run modeling code shipped in the model directory."})
+    model_dtype: str | None = field(
+        default=None,
+        metadata={"help": "dtype the weights are loaded in: float32, bfloat16, float16, or auto (the checkpoint's). "
+                          "Default: with DeepSpeed, its precision (bfloat16 with --bf16, float16 with --fp16, else "
+                          "float32; DeepSpeed keeps float32 master weights itself); without DeepSpeed, float32, "
+                          "except a frozen LoRA base under --bf16 (bfloat16). Weights the optimizer updates directly "
+                          "(--lora_r 0 without DeepSpeed) must stay float32: --bf16 then autocasts around them."},
+    )
     mask_token_id: int | None = field(default=None, metadata={"help": "Override the mask id (else tokenizer, then config)."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank; 0 trains all parameters instead."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator."})
@@ -50,6 +62,8 @@ class ModelArguments:
     def __post_init__(self) -> None:
         if self.lora_r < 0:
             raise ValueError(f"lora_r must be >= 0 (0 = full fine-tuning), got {self.lora_r}")
+        if self.model_dtype is not None and self.model_dtype not in MODEL_DTYPES:
+            raise ValueError(f"model_dtype must be one of {', '.join(MODEL_DTYPES)} (or unset), got {self.model_dtype!r}")
 
 
 @dataclass
@@ -64,16 +78,42 @@ class DataArguments:
     report_samples: int = field(default=400, metadata={"help": "Samples per report cell (0: no report)."})
 
 
+def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+    """(the path given by `--config PATH` or `--config=PATH`, the other arguments)."""
+    config_path, rest = None, []
+    at = 0
+    while at < len(argv):
+        arg = argv[at]
+        if arg == "--config":
+            if at + 1 >= len(argv):
+                raise ValueError("--config needs a YAML file path")
+            config_path, at = argv[at + 1], at + 2
+            continue
+        if arg.startswith("--config="):
+            config_path = arg.split("=", 1)[1]
+            if not config_path:
+                raise ValueError("--config= needs a YAML file path")
+        else:
+            rest.append(arg)
+        at += 1
+    return config_path, rest
+
+
+def _yaml_flag_value(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):  # e.g. gradient_checkpointing_kwargs: TrainingArguments parses JSON
+        return json.dumps(value)
+    return str(value)
+
+
 def parse_recipe_args(argv: list[str] | None, default_config: str | Path | None):
-    """(ModelArguments, DataArguments, JointObjConfig) from `--config YAML` then flags (flags win)."""
+    """(ModelArguments, DataArguments, JointObjConfig) from `--config YAML` then flags (flags win).
+
+    A YAML `null` keeps the field's default (it is not passed on as the string "None")."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    config_path = default_config
-    if "--config" in argv:
-        at = argv.index("--config")
-        if at + 1 >= len(argv):
-            raise ValueError("--config needs a YAML file path")
-        config_path = argv[at + 1]
-        del argv[at : at + 2]
+    given, argv = _split_config_flag(argv)
+    config_path = given if given is not None else default_config
     from_yaml: list[str] = []
     if config_path is not None:
         path = Path(config_path)
@@ -83,18 +123,19 @@ def parse_recipe_args(argv: list[str] | None, default_config: str | Path | None)
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a mapping of argument names to values")
         for key, value in values.items():
-            from_yaml += [f"--{key}", ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+            if value is not None:
+                from_yaml += [f"--{key}", _yaml_flag_value(value)]
     parser = HfArgumentParser((ModelArguments, DataArguments, JointObjConfig))
     return parser.parse_args_into_dataclasses(args=from_yaml + argv, look_for_args_file=False)
 
 
 def configure_cpu_ranks() -> None:
-    """Without CUDA, share the cores among this machine's ranks and leave one free.
+    """Without an accelerator, share the cores among this machine's ranks and leave one free.
 
     OpenMP threads that outnumber free cores spin against each other: on a busy 2-core machine a
     tiny model's step took 1365 ms with 2 threads and 35 ms with 1. OMP_NUM_THREADS, if set, wins.
     """
-    if torch.cuda.is_available() or "OMP_NUM_THREADS" in os.environ:
+    if accelerator_available() or "OMP_NUM_THREADS" in os.environ:
         return
     ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or os.environ.get("WORLD_SIZE") or 1)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks - 1))
@@ -119,10 +160,22 @@ def _wait_for_everyone() -> None:
         torch.distributed.barrier()
 
 
-def load_denoiser(model_args: ModelArguments, path: str | Path) -> Denoiser:
+def model_dtype(model_args: ModelArguments, config: JointObjConfig) -> torch.dtype | str:
+    """The dtype to load the weights in (see ModelArguments.model_dtype): always explicit, since
+    transformers' own default changed in 5.0 from float32 to the checkpoint's dtype."""
+    if model_args.model_dtype is not None:
+        return "auto" if model_args.model_dtype == "auto" else getattr(torch, model_args.model_dtype)
+    if config.deepspeed:  # DeepSpeed holds float32 master weights and runs the model in its precision
+        return torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else torch.float32
+    if model_args.lora_r > 0 and config.bf16:  # frozen base; peft keeps the adapter in float32
+        return torch.bfloat16
+    return torch.float32  # AdamW updates these weights in place: float32, with --bf16 / --fp16 autocast on top
+
+
+def load_denoiser(model_args: ModelArguments, path: str | Path, config: JointObjConfig) -> Denoiser:
     """The model to fine-tune, with a LoRA adapter unless lora_r is 0."""
     denoiser = Denoiser.from_pretrained(path, trust_remote_code=model_args.trust_remote_code,
-                                        mask_token_id=model_args.mask_token_id)
+                                        mask_token_id=model_args.mask_token_id, dtype=model_dtype(model_args, config))
     if model_args.lora_r > 0:
         targets = model_args.lora_target_modules
         overrides: dict[str, Any] = {"r": model_args.lora_r, "lora_alpha": model_args.lora_alpha,
@@ -169,6 +222,18 @@ def report(base_dir: Path, tuned_dir: Path, data_args: DataArguments, config: Jo
     return rows
 
 
+def check_output_dir(output_dir: str | Path, model_dir: str | Path) -> None:
+    """Refuse an output_dir that is the model's own directory or inside it: saving there would
+    overwrite the base in place (--lora_r 0) or mix the run's files into it."""
+    out, model = Path(output_dir).resolve(), Path(model_dir).resolve()
+    if out == model or model in out.parents:
+        where = "is" if out == model else "is inside"
+        raise ValueError(
+            f"output_dir {output_dir} {where} the model directory {model_dir}; the run would write over the model "
+            "it starts from. Pass another --output_dir (e.g. runs/<run name>)."
+        )
+
+
 @dataclass
 class RecipeResult:
     trainer: JointObjTrainer
@@ -181,25 +246,25 @@ class RecipeResult:
 def run_recipe(argv: list[str] | None = None, default_config: str | Path | None = None) -> RecipeResult:
     """Parse arguments, (pre)train the base if embedded, fine-tune, save the adapter, report."""
     model_args, data_args, config = parse_recipe_args(argv, default_config)
+    embedded = model_args.model_name_or_path is None
+    check_output_dir(config.output_dir, model_args.base_dir if embedded else model_args.model_name_or_path)
     configure_cpu_ranks()
     join_process_group(config)
-    embedded = model_args.model_name_or_path is None
     if embedded:
         base = ensure_base(model_args.base_dir, data_args.dataset, steps=model_args.base_steps,
                            learning_rate=model_args.base_learning_rate,
                            samples_per_toyset=data_args.samples_per_toyset, seed=config.seed)
     else:
         base = Path(model_args.model_name_or_path)
-    denoiser = load_denoiser(model_args, base)
-    data = load_training_data(data_args.dataset, denoiser.tokenizer, data_args.samples_per_toyset, seed=config.seed)
+    denoiser = load_denoiser(model_args, base, config)
+    data = load_training_data(data_args.dataset, denoiser.tokenizer, data_args.samples_per_toyset, seed=config.seed,
+                              max_length=denoiser.max_positions)  # bad rows fail here, not mid-training
     trainer = JointObjTrainer(denoiser, config, train_dataset=data, processing_class=denoiser.tokenizer)
     resume = latest_checkpoint(config.output_dir) if config.resume_from_checkpoint == "latest" else config.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(config.output_dir)  # the adapter only (PEFT format) when LoRA is on
+    trainer.save_model(config.output_dir)  # the adapter only (PEFT format) when LoRA is on, and jointobj.json
     rows: list[dict] = []
-    if trainer.is_world_process_zero():
-        denoiser.save_settings(config.output_dir)
-        if embedded and data_args.report_samples > 0:
-            rows = report(base, Path(config.output_dir), data_args, config)
+    if trainer.is_world_process_zero() and embedded and data_args.report_samples > 0:
+        rows = report(base, Path(config.output_dir), data_args, config)
     _wait_for_everyone()
     return RecipeResult(trainer, denoiser, config.output_dir, str(base), rows)

@@ -11,7 +11,6 @@ the set's tag `<name>`, conditional sets end their prompt with `[SEP]`.
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 

@@ -8,11 +8,14 @@ Embedded default (nothing downloaded: tiny base pretrained on the toy suite, fin
 
     deepspeed recipes/energy.py
 
-Your model and data, ZeRO-3 on 8 GPUs:
+Your model and data, LLaDA-8B on 8 GPUs under ZeRO-3: start from the real-model settings of
+recipes/configs/logsum_llada.yaml (batch 1 x 16 accumulation per GPU, lr 1e-4, bf16, gradient
+checkpointing), set the objective and the energy fields of recipes/configs/energy.yaml (which is
+otherwise sized for the embedded tiny model):
 
-    deepspeed --num_gpus 8 recipes/energy.py --config recipes/configs/energy.yaml \\
-        --model_name_or_path /models/LLaDA-8B-Instruct --trust_remote_code \\
-        --dataset data/sft.jsonl --deepspeed ds_configs/zero3.json --bf16 true --output_dir runs/llada-energy
+    deepspeed --num_gpus 8 recipes/energy.py --config recipes/configs/logsum_llada.yaml --objective energy \\
+        --energy_negatives 2 --energy_token_ce_weight 1.0 --energy_head_width 64 \\
+        --model_name_or_path /models/LLaDA-8B-Instruct --dataset data/sft.jsonl --output_dir runs/llada-energy
 
 Then rescore with the head it saved (SIR with 8 candidates, after the loop or inside it):
 

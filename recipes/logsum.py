@@ -4,11 +4,13 @@ Embedded default (nothing downloaded: tiny base pretrained on the toy suite, fin
 
     deepspeed recipes/logsum.py
 
-Your model and data, ZeRO-3 on 8 GPUs:
+Your model and data, LLaDA-8B on 8 GPUs under ZeRO-3 (recipes/configs/logsum_llada.yaml: K = 8
+blocks, sampled gradient, batch 1 x 16 accumulation per GPU, lr 1e-4, bf16, gradient checkpointing):
 
-    deepspeed --num_gpus 8 recipes/logsum.py --config recipes/configs/logsum.yaml \\
-        --model_name_or_path /models/LLaDA-8B-Instruct --trust_remote_code \\
-        --dataset data/sft.jsonl --deepspeed ds_configs/zero3.json --bf16 true --output_dir runs/llada-token-ce
+    deepspeed --num_gpus 8 recipes/logsum.py --config recipes/configs/logsum_llada.yaml \\
+        --model_name_or_path /models/LLaDA-8B-Instruct --dataset data/sft.jsonl --output_dir runs/llada-logsum
+
+(recipes/configs/logsum.yaml is sized for the embedded tiny model: every block, batch 64, lr 2e-3.)
 
 Every field of ModelArguments, DataArguments (jointobj.recipe) and JointObjConfig (jointobj.trainer)
 is a flag; `python recipes/logsum.py --help` lists them.

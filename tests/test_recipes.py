@@ -1,6 +1,7 @@
 """The recipes' main() in-process with tiny overrides, and the bad input a recipe must refuse clearly."""
 
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,98 @@ def test_embedded_base_needs_toy_data(tmp_path):
     with pytest.raises(ValueError, match="pass --model_name_or_path"):
         load_recipe("logsum").main(["--base_dir", str(tmp_path / "base"), "--dataset", str(tmp_path / "mine.jsonl")]
                                    + tiny_overrides(tmp_path / "o"))
+
+
+def snapshot(directory: Path) -> dict:
+    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_output_dir_equal_to_or_inside_the_model_dir_is_refused(tmp_path):
+    # Fails if check_output_dir lets either through, or (sibling) if it compares paths as strings: "model-run" starts with "model".
+    from jointobj.recipe import check_output_dir
+
+    (tmp_path / "model").mkdir()
+    for output_dir in (tmp_path / "model", tmp_path / "model" / "run", tmp_path / "model" / "a" / ".." / "run"):
+        with pytest.raises(ValueError, match="--output_dir"):
+            check_output_dir(output_dir, tmp_path / "model")
+    check_output_dir(tmp_path / "model-run", tmp_path / "model")
+    check_output_dir(tmp_path / "runs" / "model", tmp_path / "model")
+
+
+def test_recipe_refuses_an_output_dir_inside_the_model_before_training(tiny_model_dir, tmp_path):
+    # Fails if run_recipe trains (and saves into DIR/sub, changing DIR) before checking output_dir.
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    before = snapshot(model_dir)
+    with pytest.raises(ValueError, match="--output_dir"):
+        load_recipe("logsum").main(["--model_name_or_path", str(model_dir), "--lora_r", "0"] + tiny_overrides(model_dir / "sub"))
+    assert snapshot(model_dir) == before and not (model_dir / "sub").exists()
+
+
+def write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_config_flag_with_equals_sign_reads_the_yaml(tmp_path):
+    # Fails if only `--config PATH` is recognised: `--config=PATH` then reaches HfArgumentParser, which exits.
+    from jointobj.recipe import parse_recipe_args
+
+    path = write_yaml(tmp_path / "c.yaml", f"output_dir: {tmp_path / 'out'}\nlora_r: 3\nreport_to: none\n")
+    model_args, _, config = parse_recipe_args([f"--config={path}", "--lora_alpha", "7"], None)
+    assert (model_args.lora_r, model_args.lora_alpha, config.output_dir) == (3, 7, str(tmp_path / "out"))
+
+
+def test_yaml_null_keeps_the_default(tmp_path):
+    # Fails if null is passed on as the string "None" (mask_token_id: not an int; lora_target_modules: "None").
+    from jointobj.recipe import parse_recipe_args
+
+    path = write_yaml(tmp_path / "c.yaml", f"output_dir: {tmp_path}\nmask_token_id: null\nlora_target_modules: null\n"
+                                           "model_dtype: null\nreport_to: none\n")
+    model_args, _, _ = parse_recipe_args(["--config", str(path)], None)
+    assert model_args.mask_token_id is None and model_args.lora_target_modules is None and model_args.model_dtype is None
+
+
+def test_yaml_mapping_reaches_the_training_arguments_as_a_dict(tmp_path):
+    # Fails if a YAML mapping is passed on as its Python repr ("{'use_reentrant': False}"), which is not JSON.
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from jointobj.recipe import parse_recipe_args
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    key = "activation_checkpointing_kwargs" if "activation_checkpointing_kwargs" in names else "gradient_checkpointing_kwargs"
+    path = write_yaml(tmp_path / "c.yaml", f"output_dir: {tmp_path}\n{key}: {{use_reentrant: false}}\nreport_to: none\n")
+    _, _, config = parse_recipe_args(["--config", str(path)], None)
+    assert getattr(config, key) == {"use_reentrant": False}
+
+
+def test_unknown_model_dtype_is_refused(tmp_path):
+    # Fails if ModelArguments accepts any string as model_dtype (the typo would reach getattr(torch, ...) later).
+    from jointobj.recipe import parse_recipe_args
+
+    with pytest.raises(ValueError, match="model_dtype must be one of auto, float32, bfloat16, float16"):
+        parse_recipe_args(["--output_dir", str(tmp_path), "--model_dtype", "int8"], None)
+
+
+@pytest.mark.parametrize(
+    "model_dtype, lora_r, deepspeed, bf16, expected",
+    [
+        ("float16", 8, False, True, torch.float16),  # explicit wins over the --bf16 default
+        ("auto", 0, False, False, "auto"),  # the checkpoint's own dtype, left to transformers
+        (None, 0, True, True, torch.bfloat16),  # DeepSpeed: its precision (it keeps float32 master weights)
+        (None, 8, True, False, torch.float32),
+        (None, 8, False, True, torch.bfloat16),  # frozen LoRA base under --bf16
+        (None, 0, False, True, torch.float32),  # weights AdamW updates in place stay float32
+        (None, 8, False, False, torch.float32),
+    ],
+)
+def test_model_dtype_default_follows_deepspeed_lora_and_precision(model_dtype, lora_r, deepspeed, bf16, expected, tmp_path):
+    # Fails if a row's rule changes, e.g. full fine-tuning loaded in bfloat16 without DeepSpeed.
+    from jointobj.recipe import ModelArguments, model_dtype as dtype_for
+    from jointobj.trainer import JointObjConfig
+
+    config = JointObjConfig(output_dir=str(tmp_path), report_to="none", bf16=bf16,
+                            deepspeed=str(ROOT / "ds_configs" / "zero2.json") if deepspeed else None)
+    assert dtype_for(ModelArguments(model_dtype=model_dtype, lora_r=lora_r), config) == expected
