@@ -7,6 +7,8 @@ collective); rank 0 saves input ids and logits to OUTPUT_DIR/probe.pt, so the te
 that the adapter reloaded in another process reproduces the trained model.
 """
 
+import faulthandler
+import signal
 import sys
 from pathlib import Path
 
@@ -16,10 +18,11 @@ from jointobj.recipe import run_recipe
 
 
 def main() -> None:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` prints where a hung rank waits
     result = run_recipe(sys.argv[1:])  # the launcher adds --local_rank; --config names the recipe's YAML
     engine = result.trainer.model_wrapped
     engine.eval()
-    probe = torch.tensor([[result.denoiser.tokenizer.convert_tokens_to_ids("<likes_tennis>")] + [result.denoiser.mask_token_id] * 3])
+    probe = torch.full((1, 4), result.denoiser.mask_token_id)  # every toy set's answers start from masks
     with torch.no_grad():
         logits = result.denoiser.routed_through(engine)(input_ids=probe.to(result.trainer.args.device))
     if result.trainer.is_world_process_zero():
