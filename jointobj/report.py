@@ -57,12 +57,13 @@ def format_headline(heads: Sequence[Mapping[str, Any]]) -> str:
 
 
 def write_json(path: str | Path, payload: Any) -> Path:
-    """Write `payload` as indented JSON (parent folders created); NaN becomes null."""
+    """Write `payload` as indented JSON (parent folders created); NaN and +-inf become null
+    (json.dumps would write NaN / Infinity, which strict JSON readers refuse)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def clean(value: Any) -> Any:
-        if isinstance(value, float) and math.isnan(value):
+        if isinstance(value, float) and not math.isfinite(value):
             return None
         if isinstance(value, Mapping):
             return {k: clean(v) for k, v in value.items()}

@@ -141,3 +141,14 @@ def test_tokens_per_step_parsing_refuses_nonsense(bad):
     with pytest.raises(ValueError, match="whole number >= 1 or 'all'"):
         parse_tokens_per_step(bad)
     assert parse_tokens_per_step("all") is None and parse_tokens_per_step("3") == 3
+
+
+def test_write_json_turns_non_finite_numbers_into_null(tmp_path):
+    # json.dumps would write NaN and Infinity, which strict JSON readers (and jq) refuse.
+    import json
+
+    from jointobj.report import write_json
+
+    path = write_json(tmp_path / "rows.json", [{"tv": float("nan"), "gap": float("inf"), "low": -float("inf"), "ok": 0.5}])
+    assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard {c}")) == [
+        {"tv": None, "gap": None, "low": None, "ok": 0.5}]
