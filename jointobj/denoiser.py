@@ -71,7 +71,7 @@ class Denoiser(nn.Module):
         self.vocab_size = _vocab_size(model)
         self.max_positions = _max_positions(model)
         self.mask_token_id = resolve_mask_token_id(mask_token_id, tokenizer, config)  # checked by the setter
-        if check_bidirectional and _zero3_sharded(model):
+        if check_bidirectional and zero3_sharded(model):
             logger.warning(
                 "skipping the causal-model probe: the weights are ZeRO-3 shards until DeepSpeed wraps the model; "
                 "load the model without ZeRO-3 once to check it"
@@ -282,9 +282,11 @@ class Denoiser(nn.Module):
         return denoiser
 
 
-def _zero3_sharded(model: nn.Module) -> bool:
-    """True when DeepSpeed ZeRO-3 built the model partitioned (zero.Init): its weights are placeholders."""
-    return any(hasattr(p, "ds_id") for p in model.parameters())
+def zero3_sharded(model: Any) -> bool:
+    """True when DeepSpeed ZeRO-3 partitioned the model's weights (it tags them with `ds_id`):
+    outside a DeepSpeed forward they are placeholders. False for anything without parameters."""
+    parameters = getattr(model, "parameters", None)
+    return callable(parameters) and any(hasattr(p, "ds_id") for p in parameters())
 
 
 def _input_embeddings(model: nn.Module) -> nn.Embedding | None:

@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from jointobj.batch import Batch, check_batch
+from jointobj.denoiser import zero3_sharded
 from jointobj.orders import Orders, block_index, check_orders, num_blocks
 
 
@@ -168,7 +169,10 @@ def score_orders(
         raise ValueError(f"max_rows must be an int >= 1 (rows per forward), got {max_rows!r}")
     plan = plan_blocks(orders, blocks, scorable.sum(-1))
     grad_checkpoint = checkpoint and torch.is_grad_enabled()
-    reentrant = grad_checkpoint and zero3_partitioned(denoiser)
+    # Non-reentrant checkpointing cannot recompute a forward over frozen ZeRO-3 shards (they are
+    # re-gathered with another shape: "CheckpointError: Recomputed values ... shape [0]", DeepSpeed
+    # before PR #8148), so those are checkpointed reentrantly.
+    reentrant = grad_checkpoint and zero3_sharded(denoiser)
     # Reentrant checkpointing back-propagates into the weights only if some input requires grad.
     anchor = torch.zeros((), device=input_ids.device, requires_grad=True) if reentrant else None
 
@@ -204,20 +208,6 @@ def chunks_on_every_rank(count: int, device: torch.device, sync_ranks: bool = Tr
     most = torch.tensor([count], dtype=torch.long, device=device)
     dist.all_reduce(most, op=dist.ReduceOp.MAX)
     return int(most.item())
-
-
-def zero3_partitioned(denoiser: nn.Module) -> bool:
-    """Whether the denoiser's parameters are ZeRO-3 partitions (DeepSpeed tags them with `ds_id`).
-
-    Non-reentrant checkpointing cannot recompute a forward over frozen ZeRO-3 parameters
-    (they are re-gathered with another shape: "CheckpointError: Recomputed values ... shape
-    [0]", DeepSpeed before PR #8148), so such models are checkpointed with use_reentrant=True.
-    """
-    parameters = getattr(denoiser, "parameters", None)
-    if not callable(parameters):
-        return False
-    first = next(iter(parameters()), None)
-    return first is not None and hasattr(first, "ds_id")
 
 
 def check_loglik(loglik: torch.Tensor, input_ids: torch.Tensor) -> None:
