@@ -8,12 +8,15 @@ Embedded default (nothing downloaded: tiny base pretrained on the toy suite, fin
 
     deepspeed recipes/energy.py
 
-Your model and data, LLaDA-8B on 8 GPUs under ZeRO-3: start from the real-model settings of
+Your model and data, LLaDA-8B on 8 GPUs: start from the real-model settings of
 recipes/configs/logsum_llada.yaml (batch 1 x 16 accumulation per GPU, lr 1e-4, bf16, gradient
 checkpointing), set the objective and the energy fields of recipes/configs/energy.yaml (which is
-otherwise sized for the embedded tiny model):
+otherwise sized for the embedded tiny model), and use ZeRO-2 (offload if memory is short): the
+negatives' sampler runs as many forwards as each rank's answers need, which ZeRO-3's collective
+weight gathers cannot allow, so the energy objective refuses ZeRO-3 on several ranks.
 
     deepspeed --num_gpus 8 recipes/energy.py --config recipes/configs/logsum_llada.yaml --objective energy \\
+        --deepspeed ds_configs/zero2_offload.json \\
         --energy_negatives 2 --energy_token_ce_weight 1.0 --energy_head_width 64 \\
         --model_name_or_path /models/LLaDA-8B-Instruct --dataset data/sft.jsonl --output_dir runs/llada-energy
 

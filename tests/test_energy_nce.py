@@ -173,3 +173,19 @@ def test_trainer_optimises_the_head_and_saves_it_with_the_adapter(tmp_path):
     loaded = Denoiser.from_pretrained(config.output_dir).eval()
     with torch.no_grad():
         assert torch.allclose(head_energy(loaded, ids), head_energy(denoiser, ids), atol=1e-5)
+
+
+def test_zero3_on_several_ranks_is_refused_before_any_forward(monkeypatch):
+    # The negatives' sampler runs a rank-dependent number of forwards; under ZeRO-3 each forward is
+    # collective, so the run would hang instead of failing. One rank, or ZeRO-2, is fine.
+    import transformers.integrations
+
+    denoiser = Denoiser(tiny_masked_lm("modernbert", vocab_size=len(toy_tokenizer()), seed=0), tokenizer=toy_tokenizer())
+    monkeypatch.setattr(transformers.integrations, "is_deepspeed_zero3_enabled", lambda: True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="ZeRO-3 on several ranks.*zero2"):
+        EnergyNCELoss(None, 1).prepare(denoiser)
+    assert find_energy_head(denoiser.model) is None  # refused before the head was attached
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    EnergyNCELoss(None, 1).prepare(denoiser)
+    assert find_energy_head(denoiser.model) is not None

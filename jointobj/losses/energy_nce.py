@@ -32,6 +32,7 @@ which attaches one (`head_width`, `parameterisation`) when the denoiser has none
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -121,7 +122,19 @@ class EnergyNCELoss(nn.Module):
                 f"parameterisation={self.parameterisation!r}, added_token_ce_weight={self.added_token_ce_weight}")
 
     def prepare(self, denoiser) -> None:
-        """Attach an energy head when the denoiser has none (before the optimizer is built)."""
+        """Attach an energy head when the denoiser has none (before the optimizer is built).
+
+        Refuses ZeRO-3 on several ranks: the negatives' sampler runs one forward per step and
+        per group of equal prompt / answer lengths, a count that differs between ranks, while
+        every ZeRO-3 forward is a collective (the job would hang)."""
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else int(
+            os.environ.get("WORLD_SIZE", "1"))
+        if world > 1 and is_deepspeed_zero3_enabled():
+            raise ValueError(f"the energy objective does not run under ZeRO-3 on several ranks ({world} here): its "
+                             "sampler's forward count differs between ranks and ZeRO-3 forwards are collective. Use "
+                             "ds_configs/zero2.json (or zero2_offload.json)")
         head = energy_head_module(denoiser.model)
         if head is None:
             head = attach_energy_head(denoiser, self.head_width, self.parameterisation)
@@ -140,7 +153,8 @@ class EnergyNCELoss(nn.Module):
         scorable = check_batch(part)
         orders = OrderProposal(["l2r"]).sample(scorable)
         with torch.no_grad():
-            return order_log_likelihood(denoiser, part, orders, math.ceil(answer_length / k))[:, 0].double()  # [r]
+            return order_log_likelihood(denoiser, part, orders, math.ceil(answer_length / k),  # this rank's
+                                        sync_ranks=False)[:, 0].double()  # groups only: [r]
 
     def _negatives(self, denoiser, batch: Batch, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(negative ids [b*m, l] laid out as the positives, log q of negatives [b*m], log q of positives [b])."""
