@@ -24,10 +24,12 @@ equals the l2r sampler's log_prob at temperature 1 (tests/test_likelihood.py che
 
 Distributed runs. Under ZeRO-3 every forward and backward gathers the parameters
 collectively, so every rank must run the same number of forwards, while the number of
-rows here (M * sum_b K_b) depends on each rank's answer lengths. With torch.distributed
-up and more than one rank, the chunk count is all-reduced (MAX) and a rank with fewer
-chunks runs padding chunks (its first row again) that enter the result with weight 0,
-so their backward, and their recomputation under checkpointing, run as well.
+rows here (M * sum_b K_b) depends on each rank's answer lengths. For a denoiser whose
+weights are ZeRO-3 shards, with more than one rank, the chunk count is all-reduced (MAX)
+and a rank with fewer chunks runs padding chunks (its first row again) that enter the
+result with weight 0, so their backward, and their recomputation under checkpointing, run
+as well. Other models (ZeRO-2, DDP: forwards are local) need no sync and get none, so a
+score on one rank alone (an evaluation on rank 0) never waits for the others.
 
 The loss (losses/logsum.py), the energies and the evaluators all call this function.
 """
@@ -124,7 +126,7 @@ def order_log_likelihood(
     *,
     max_rows: int | None = None,
     checkpoint: bool = False,
-    sync_ranks: bool = True,
+    sync_ranks: bool | None = None,
 ) -> torch.Tensor:
     """l_o(x) for every row and order: [b, M] float32 (nats per sequence).
 
@@ -135,8 +137,8 @@ def order_log_likelihood(
     activations are one chunk's, whatever M and K. Gradients flow when grad mode is on;
     call it under `torch.no_grad()` to score only.
     sync_ranks: with torch.distributed up and more than one rank, run as many forwards as the
-    rank with the most (see the module doc). Pass False when only some ranks score (e.g. an
-    evaluation on rank 0 alone), or the all-reduce waits for the others forever.
+    rank with the most (see the module doc). None (default): only when the weights are ZeRO-3
+    shards. True forces it (every rank must then call this as often), False turns it off.
 
     Checks the batch and the orders, then calls `score_orders`.
     """
@@ -155,7 +157,7 @@ def score_orders(
     *,
     max_rows: int | None = None,
     checkpoint: bool = False,
-    sync_ranks: bool = True,
+    sync_ranks: bool | None = None,
 ) -> torch.Tensor:
     """`order_log_likelihood` without its checks, for callers that ran them once already.
 
@@ -185,7 +187,8 @@ def score_orders(
     chunks = range(0, plan.num_rows, max_rows)
     # Agreed before the first forward: a rank that ran out of chunks while another still gathers
     # weights for its next forward would wait in a different collective (a deadlock).
-    missing = chunks_on_every_rank(len(chunks), input_ids.device, sync_ranks) - len(chunks)
+    sync = zero3_sharded(denoiser) if sync_ranks is None else sync_ranks
+    missing = chunks_on_every_rank(len(chunks), input_ids.device, sync) - len(chunks)
     scores = [run(slice(start, start + max_rows)) for start in chunks]  # [r] each
     flat = torch.cat(scores)  # [R]
     group = plan.batch_row * orders.num_orders + plan.order  # [R]

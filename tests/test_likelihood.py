@@ -259,6 +259,8 @@ def _rank_worker(rank, world, port, out_dir):
             model.collective = False  # the ranks run different numbers of forwards here, on purpose
             result[f"local_{checkpoint}"] = _forwards_and_grads(model, lambda: score(False))
         model.collective = True
+        for i, parameter in enumerate(model.parameters()):
+            parameter.ds_id = i  # "ZeRO-3 shards": the loss syncs by default
         loss_fn = LogSumOrdersLoss(blocks="all", mode="sampled", max_rows=4)
         result["sampled"] = _forwards_and_grads(model, lambda: loss_fn(model, batch, torch.Generator().manual_seed(0)).loss)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
