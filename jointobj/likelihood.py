@@ -47,6 +47,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 from jointobj.batch import Batch, check_batch
 from jointobj.denoiser import zero3_sharded
 from jointobj.orders import Orders, block_index, check_orders, num_blocks
+from jointobj.ranks import collective_device, world_size
 
 
 @dataclass
@@ -204,11 +205,9 @@ def score_orders(
 def chunks_on_every_rank(count: int, device: torch.device, sync_ranks: bool = True) -> int:
     """The largest `count` over the ranks of torch.distributed's default group; `count` itself
     when there is no such group, it has one rank, or `sync_ranks` is False."""
-    if not (sync_ranks and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not sync_ranks or world_size() == 1:
         return count
-    if dist.get_backend() == "nccl":  # NCCL reduces device tensors only
-        device = torch.device("cuda", torch.cuda.current_device())
-    most = torch.tensor([count], dtype=torch.long, device=device)
+    most = torch.tensor([count], dtype=torch.long, device=collective_device(device))
     dist.all_reduce(most, op=dist.ReduceOp.MAX)
     return int(most.item())
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from jointobj.ranks import collective_device, world_size
 from jointobj.registry import Registry
 
 LOSSES: Registry[type] = Registry("objective")
@@ -29,13 +30,12 @@ def check_finite(loss: torch.Tensor, what: str, batch_ids: torch.Tensor) -> None
     the same number of times per step, which the objectives do (once per loss term on every rank).
     """
     finite = torch.isfinite(loss.detach()).all()  # [] bool, on the loss's device
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if not distributed or torch.distributed.get_world_size() == 1:
+    world = world_size()
+    if world == 1:
         if not bool(finite):
             raise _not_finite(loss, what, batch_ids, where="")
         return
-    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
-    device = "cpu" if torch.distributed.get_backend() == "gloo" else loss.device  # NCCL needs device tensors
+    rank, device = torch.distributed.get_rank(), collective_device(loss.device)
     seen = torch.zeros(world, device=device)  # [world] 1 at each rank whose loss is not finite
     seen[rank] = (~finite).float().to(device)
     torch.distributed.all_reduce(seen, op=torch.distributed.ReduceOp.MAX)

@@ -49,6 +49,7 @@ from jointobj.likelihood import order_log_likelihood
 from jointobj.losses.base import LOSSES, LossOutput, check_finite
 from jointobj.losses.token_ce import TokenCELoss
 from jointobj.orders import OrderProposal
+from jointobj.ranks import world_size
 
 __all__ = ["EnergyNCELoss", "classifier_logit", "nce_loss"]
 
@@ -129,8 +130,7 @@ class EnergyNCELoss(nn.Module):
         every ZeRO-3 forward is a collective (the job would hang)."""
         from transformers.integrations import is_deepspeed_zero3_enabled
 
-        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else int(
-            os.environ.get("WORLD_SIZE", "1"))
+        world = max(world_size(), int(os.environ.get("WORLD_SIZE", "1")))  # the launcher's, before the group is up
         if world > 1 and is_deepspeed_zero3_enabled():
             raise ValueError(f"the energy objective does not run under ZeRO-3 on several ranks ({world} here): its "
                              "sampler's forward count differs between ranks and ZeRO-3 forwards are collective. Use "
