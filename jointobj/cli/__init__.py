@@ -1,0 +1,47 @@
+"""The `jointobj` console command: one subcommand per module of this package.
+
+    jointobj --help              lists the subcommands
+    jointobj eval --help         joint validity of decoders on toy sets (jointobj/cli/eval.py)
+
+Each subcommand module has `main(argv) -> rows`; the scripts under eval/ call the same mains.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module under jointobj.cli, one-line summary); modules are imported only when run
+SUBCOMMANDS = {
+    "eval": ("eval", "joint validity, fidelity and cost of decoders on toy sets (oracle or a model directory)"),
+}
+
+
+def usage() -> str:
+    width = max(len(name) for name in SUBCOMMANDS)
+    lines = [f"  {name:<{width}}  {summary}" for name, (_, summary) in SUBCOMMANDS.items()]
+    return ("usage: jointobj SUBCOMMAND [options]   (jointobj SUBCOMMAND --help for its options)\n\n"
+            "subcommands:\n" + "\n".join(lines))
+
+
+def main(argv: list[str] | None = None):
+    """Run `jointobj SUBCOMMAND ARGS...`; returns what the subcommand's main returns."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return None
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        raise SystemExit(f"jointobj: unknown subcommand {name!r}; known: {', '.join(SUBCOMMANDS)}\n\n{usage()}")
+    module = importlib.import_module(f"jointobj.cli.{SUBCOMMANDS[name][0]}")
+    return module.main(rest)
+
+
+def console_main() -> int:
+    """Entry point of the `jointobj` console script: a bad request prints its message instead of a traceback."""
+    try:
+        main()
+    except ValueError as error:
+        print(f"jointobj: error: {error}", file=sys.stderr)
+        return 2
+    return 0

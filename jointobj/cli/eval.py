@@ -1,0 +1,130 @@
+"""`jointobj eval`: joint validity, fidelity and cost of parallel decoders on the marginal-trap toy sets.
+
+    jointobj eval --oracle --toyset likes_tennis,cities,shuffle_3 \
+        --decoder random,l2r,confidence,threshold --tokens-per-step 1,2,4,all \
+        --samples 2000 --seed 0 --json out/validity.json --plot out/validity.png
+
+    jointobj eval --model runs/agreement --toyset agreement --decoder confidence \
+        --tokens-per-step 1,2,all --samples 1000 --seed 0 --json out/model.json --compare-oracle
+
+`--oracle` decodes with the exact denoiser of the requested sets (the best any model can do
+with each decoder); `--model DIR` loads `Denoiser.from_pretrained(DIR)`. Prints a table and
+ends with the headline: per decoder and set, the highest tokens per step at which validity
+stays >= 99%. The JSON file is a list of rows (keys: see `jointobj.evaluate.evaluate`, plus
+model and seed). `--tokens-per-step` for threshold / entropy_bounded is a step budget of
+ceil(L / K) steps; the table reports the measured tokens per step.
+
+Energy rescoring (`--rescore SPEC`, repeatable; or several SPECs joined by ';') adds, for
+every decoder and K, a row per SPEC besides the plain one:
+
+    SPEC = MODE:ENERGY,N[,WHERE]
+    MODE   best (lowest energy of N) | sir (resampled ∝ exp(-E) / q)
+    ENERGY self[:ORDER[:K]]  the model's own K-block likelihood (ORDER l2r | r2l | random, K int | all)
+           head             the learned energy head saved with the model (recipes/energy.py)
+           causal:DIR       an external causal LM directory (same tokenizer)
+           exact            the toy set's true probability (oracle knowledge: the ceiling)
+    N      candidates per prompt (>= 1)
+    WHERE  end (default: rescore finished samples) | loop (in the loop, complete candidates)
+           | step (in the loop, only this step's positions drawn and scored; self / exact)
+           | fused (step, the energy and the next step's marginals in one sequential step)
+
+    jointobj eval --oracle --toyset latin_square_4 --decoder random --tokens-per-step 4 \
+        --rescore "best:self:l2r:all,8" --rescore "sir:exact,16,step" --samples 1000 --json out/rescore.json
+
+Steps and rows per sample count every candidate and every energy forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from jointobj.decoding.registry import DECODERS, decoder_option_names
+from jointobj.decoding.rescore import RescoreSpec
+from jointobj.evaluate import evaluate, headline, parse_tokens_per_step
+from jointobj.report import format_headline, format_table, plot_validity, write_json
+from jointobj.toysets import load_toyset
+
+COLUMNS = ["toyset", "decoder", "requested_tokens_per_step", "tokens_per_step", "validity", "validity_se", "tv",
+           "tv_floor", "coverage", "coverage_exact", "steps_per_sample", "rows_per_sample", "wall_s"]
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="jointobj eval", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--oracle", action="store_true", help="decode with the exact oracle of the toy sets")
+    source.add_argument("--model", metavar="DIR", help="a Denoiser directory (Denoiser.save_pretrained)")
+    parser.add_argument("--toyset", required=True, type=_names, help="comma-separated toy set names")
+    parser.add_argument("--decoder", required=True, type=_names, help=f"comma-separated; known: {', '.join(DECODERS)}")
+    parser.add_argument("--tokens-per-step", required=True, type=_names, help="comma-separated K (>= 1) or 'all'")
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", required=True, metavar="FILE")
+    parser.add_argument("--plot", metavar="FILE", help="PNG of validity vs tokens per step")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--block-length", type=int, default=None)
+    parser.add_argument("--threshold", type=float, default=None, help="confidence threshold of `threshold` (0.9)")
+    parser.add_argument("--entropy-bound", type=float, default=None, help="bound (nats) of `entropy_bounded` (0.1)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow a model directory's own code")
+    parser.add_argument("--compare-oracle", action="store_true",
+                        help="with --model: also run the oracle (dashed in the plot)")
+    parser.add_argument("--rescore", action="append", default=[], metavar="SPEC",
+                        help="energy rescoring, MODE:ENERGY,N[,WHERE] (see above); repeatable, or joined by ';'")
+    return parser.parse_args(argv)
+
+
+def decoder_options(args: argparse.Namespace) -> dict[str, dict]:
+    """Each decoder gets the command-line options it takes."""
+    given = {"temperature": args.temperature, "block_length": args.block_length, "threshold": args.threshold,
+             "bound": args.entropy_bound}
+    given = {k: v for k, v in given.items() if v is not None}
+    return {name: {k: v for k, v in given.items() if k in decoder_option_names(name)} for name in args.decoder}
+
+
+def load_denoiser(args: argparse.Namespace, toysets: list):
+    from jointobj.oracle import OracleDenoiser
+
+    if args.oracle:
+        return OracleDenoiser(*toysets)
+    from jointobj.denoiser import Denoiser
+
+    denoiser = Denoiser.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    return denoiser.to(args.device).eval()
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    toysets = [load_toyset(name) for name in args.toyset]  # unknown names fail here, listing the known ones
+    for k in args.tokens_per_step:
+        parse_tokens_per_step(k)
+    options = decoder_options(args)
+    rescore = [RescoreSpec.parse(spec) for text in args.rescore for spec in text.split(";") if spec.strip()]
+    denoiser = load_denoiser(args, toysets)
+    sweep = dict(toysets=toysets, decoders=args.decoder, tokens_per_step=args.tokens_per_step, samples=args.samples,
+                 seed=args.seed, decoder_options=options, batch_size=args.batch_size, rescore=rescore)
+    rows = evaluate(denoiser, **sweep)
+    label = "oracle" if args.oracle else args.model
+    for row in rows:
+        row.update(model=label, seed=args.seed)
+    oracle_rows = None
+    if args.compare_oracle and not args.oracle:
+        from jointobj.oracle import OracleDenoiser
+
+        oracle_rows = evaluate(OracleDenoiser(*toysets), **sweep)
+        for row in oracle_rows:
+            row.update(model="oracle", seed=args.seed)
+    write_json(args.json, rows + (oracle_rows or []))
+    print(format_table(rows + (oracle_rows or []), (["model"] if oracle_rows else []) + COLUMNS))
+    if args.plot:
+        plot_validity(rows, args.plot, oracle_rows=oracle_rows)
+    print("\nheadline (highest tokens per step with validity >= 99%):")
+    print(format_headline(headline(rows)))
+    return rows
