@@ -2,12 +2,15 @@
 
     config = JointObjConfig(output_dir="runs/x", objective="logsum", blocks="all", max_steps=100)
     trainer = JointObjTrainer(denoiser, config, train_dataset=dataset)   # dataset: input_ids, prompt_mask
-    trainer.train(resume_from_checkpoint=latest_checkpoint(config.output_dir))
+    trainer.train(resume_from_checkpoint="latest")   # the newest complete, verified checkpoint
 
 It overrides `compute_loss` (trl's signature), `prediction_step` (so `evaluate()` scores the
 objective on the eval set: `eval_loss` plus the objective's metrics as `eval_*`), `save_model`
-(every save, checkpoints included, also writes jointobj.json) and `log` (to add the objective's
-metrics, e.g. the posterior mass per order family). Everything else — loop, DeepSpeed, checkpoints, LR
+(every save, checkpoints included, also writes jointobj.json), `log` (to add the objective's
+metrics, e.g. the posterior mass per order family), and `train` / `_save_checkpoint` so that
+checkpoints carry manifests, are verified before a resume loads them, and are rotated only once a
+newer one is complete (jointobj.checkpoints); a non-finite loss or gradient norm stops the run
+before anything from that step is saved. Everything else — loop, DeepSpeed, checkpoints, LR
 schedule, logging — is the Trainer's. Objectives come from the `LOSSES` registry by name; each
 builds itself from the config's fields with `from_config`.
 """
@@ -15,6 +18,7 @@ builds itself from the config's fields with `from_config`.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -22,13 +26,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from jointobj.batch import DiffusionCollator
+from jointobj.checkpoints import (
+    LATEST_NAME, MANIFEST_NAME, discard_checkpoint, newest_complete_checkpoint, resume_checkpoint,
+    rotate_checkpoints, write_latest, write_manifest,
+)
 from jointobj.denoiser import Denoiser
 from jointobj.losses import LOSSES
 
-LATEST = "latest"  # file in output_dir naming the newest *complete* checkpoint
+LATEST = LATEST_NAME  # file in output_dir naming the newest recorded checkpoint (a hint; manifests decide)
 
 
 @dataclass
@@ -140,30 +148,10 @@ def build_objective(config: JointObjConfig) -> torch.nn.Module:
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The newest checkpoint whose save completed on every rank (None if there is none).
-
-    Trainer writes checkpoint-N in place, so after a crash mid-save the highest N can be partial;
-    `LatestCheckpointCallback` names a checkpoint in `latest` only once it is whole.
-    """
-    pointer = Path(output_dir) / LATEST
-    if not pointer.exists():
-        return None
-    checkpoint = Path(output_dir) / pointer.read_text().strip()
-    return str(checkpoint) if checkpoint.is_dir() else None
-
-
-class LatestCheckpointCallback(TrainerCallback):
-    """After every rank has saved checkpoint-N, atomically point `output_dir/latest` at it."""
-
-    def on_save(self, args, state, control, **kwargs):
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()  # every rank's shard is on disk
-        if state.is_world_process_zero:
-            pointer = Path(args.output_dir) / LATEST
-            staging = pointer.with_suffix(".tmp")
-            staging.write_text(f"checkpoint-{state.global_step}\n")
-            os.replace(staging, pointer)  # atomic: readers see the old name or the new, never half
-        return control
+    """The newest checkpoint of `output_dir` that is complete and verifies against its manifest (None
+    if there is none); see jointobj.checkpoints."""
+    checkpoint, _ = newest_complete_checkpoint(output_dir)
+    return None if checkpoint is None else str(checkpoint)
 
 
 class JointObjTrainer(Trainer):
@@ -179,24 +167,36 @@ class JointObjTrainer(Trainer):
         if "data_collator" not in kwargs:
             pad = getattr(denoiser.tokenizer, "pad_token_id", None)
             kwargs["data_collator"] = DiffusionCollator(0 if pad is None else pad, max_length=denoiser.max_positions)
-        callbacks = list(kwargs.pop("callbacks", None) or []) + [LatestCheckpointCallback()]
-        super().__init__(model=denoiser.model, args=args, callbacks=callbacks, **kwargs)
+        super().__init__(model=denoiser.model, args=args, **kwargs)
         # Objectives normalise per scorable token themselves: average micro-batches, don't re-scale by item count.
         self.model_accepts_loss_kwargs = False
         # Per split and metric: the sum over the steps that reported it, and how many did (a metric
         # may be absent on a step, e.g. an order family no order of this batch belongs to).
         self._metric_sums: dict[str, dict[str, torch.Tensor]] = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._metric_counts: dict[str, dict[str, int]] = {"train": defaultdict(int), "eval": defaultdict(int)}
+        # The checkpoint saved last, whose older siblings are rotated away once a forward from its
+        # weights gives a finite loss: until then it may hold diverged weights and is not the only one kept.
+        self._unconfirmed_checkpoint: Path | None = None
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
+        """Trainer.train, resuming only from a complete, verified checkpoint: `True` or "latest" picks
+        the newest one of output_dir (jointobj.checkpoints.resume_checkpoint); a path must verify."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = "latest"
+        if resume_from_checkpoint:
+            resume_from_checkpoint = str(resume_checkpoint(self.args.output_dir, str(resume_from_checkpoint)))
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+        self._rotate_after_confirmation()  # training ended normally: the last checkpoint holds the result
+        return output
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         denoiser = self.denoiser.routed_through(model)  # model may be the DeepSpeed engine
         try:
             output = self.objective(denoiser, inputs)
         except FloatingPointError as error:
-            raise FloatingPointError(
-                f"stopped at step {self.state.global_step}: {error}. The last complete checkpoint is "
-                f"{latest_checkpoint(self.args.output_dir)}; nothing was saved after this batch."
-            ) from error
+            raise self._non_finite_stop(str(error)) from error
+        if model.training:
+            self._rotate_after_confirmation()  # the last checkpoint's weights gave a finite loss
         split = "train" if model.training else "eval"
         for name, value in output.metrics.items():
             self._metric_sums[split][name] = self._metric_sums[split][name] + torch.as_tensor(value).detach().float()
@@ -220,6 +220,60 @@ class JointObjTrainer(Trainer):
             directory = Path(output_dir if output_dir is not None else self.args.output_dir)
             directory.mkdir(parents=True, exist_ok=True)
             self.denoiser.save_settings(directory)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Trainer's save with rotation held back: checkpoint-N is written (a stale directory of that
+        name removed first), then, once every rank's files are on disk, its manifest and `latest`; older
+        checkpoints are rotated away only after a forward from its weights gives a finite loss."""
+        run_dir = Path(self._get_output_dir(trial=trial))
+        checkpoint = run_dir / f"checkpoint-{self.state.global_step}"
+        if self.args.should_save and checkpoint.exists():  # left by a killed or abandoned run: never mixed in
+            discard_checkpoint(checkpoint)
+        self.accelerator.wait_for_everyone()
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None  # the Trainer's rotation would run before the save is complete
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every rank's shards are written
+        if self.args.should_save:
+            write_manifest(checkpoint)
+            write_latest(run_dir, checkpoint)
+        self.accelerator.wait_for_everyone()
+        self._unconfirmed_checkpoint = checkpoint
+
+    def _rotate_after_confirmation(self) -> None:
+        checkpoint, self._unconfirmed_checkpoint = self._unconfirmed_checkpoint, None
+        if checkpoint is not None and self.args.should_save:
+            rotate_checkpoints(checkpoint.parent, self.args.save_total_limit, keep=checkpoint,
+                               protect=self.state.best_model_checkpoint)
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, **kwargs) -> None:
+        """Stop before logging or saving a step whose gradient norm was not finite (its update may
+        have written NaN or inf into the weights)."""
+        if grad_norm is not None and not math.isfinite(float(grad_norm)):
+            raise self._non_finite_stop(f"the gradient norm of step {self.state.global_step} is {float(grad_norm)}")
+        super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
+
+    def _non_finite_stop(self, what: str) -> FloatingPointError:
+        """The error that stops a run whose loss or gradient went non-finite at this step. A checkpoint
+        of this step (whose weights gave it) loses its manifest, so resume skips it; the message names the
+        newest checkpoint whose weights still gave a finite loss."""
+        step = self.state.global_step
+        run_dir = Path(self.args.output_dir)
+        suspect = run_dir / f"checkpoint-{step}"
+        if self.args.should_save and suspect.is_dir():
+            (suspect / MANIFEST_NAME).unlink(missing_ok=True)
+        good, _ = newest_complete_checkpoint(run_dir, before_step=step)
+        if self.args.should_save and good is not None:
+            write_latest(run_dir, good)
+        if good is None:
+            where = "No checkpoint before this step exists to resume from; lower the learning rate and start again."
+        else:
+            where = (f"The last checkpoint whose weights gave a finite loss is {good}; resume from it "
+                     "(--resume_from_checkpoint latest) with a lower learning rate or stronger clipping.")
+        return FloatingPointError(f"stopped at step {step}: {what}. Nothing was saved from this step. {where}")
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         split = "eval" if any(key.startswith("eval_") for key in logs) else "train"
