@@ -21,6 +21,7 @@ handful of times an empirical conditional distribution is mostly sampling noise.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,7 @@ __all__ = [
     "kl_divergence",
     "total_variation",
     "tv_noise_floor",
+    "wilson_interval",
 ]
 
 
@@ -51,6 +53,24 @@ __all__ = [
 def joint_validity(toyset: ToySet, prompt_ids: torch.Tensor, answer_ids: torch.Tensor) -> float:
     """Fraction of (prompt, answer) rows the set's validator accepts."""
     return float(toyset.is_valid(prompt_ids.cpu(), answer_ids.cpu()).double().mean())
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (low, high) for a proportion: the p whose score test accepts
+    `successes` of `n`, i.e. |successes/n - p| <= z sqrt(p (1 - p) / n).
+
+    Unlike the normal interval p_hat +- z se it is honest at 0 and 1: 400 successes of 400
+    give (0.9905, 1.0), not the empty (1.0, 1.0). z = 1.96 is a 95% interval."""
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n >= 1, got successes={successes}, n={n}")
+    if z <= 0:
+        raise ValueError(f"z must be positive (1.96 for 95%), got {z}")
+    p_hat, z2 = successes / n, z * z
+    centre = (p_hat + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p_hat * (1 - p_hat) / n + z2 / (4 * n * n))
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 def empirical_distribution(toyset: ToySet, answer_ids: torch.Tensor) -> tuple[torch.Tensor, float]:

@@ -152,3 +152,38 @@ def test_write_json_turns_non_finite_numbers_into_null(tmp_path):
     path = write_json(tmp_path / "rows.json", [{"tv": float("nan"), "gap": float("inf"), "low": -float("inf"), "ok": 0.5}])
     assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard {c}")) == [
         {"tv": None, "gap": None, "low": None, "ok": 0.5}]
+
+
+# ---------------------------------------------------------------- Wilson interval
+
+
+def test_wilson_interval_matches_published_values_and_is_honest_at_zero_and_one():
+    from jointobj.metrics import wilson_interval
+
+    # Brown, Cai & DasGupta (2001) style check values: 0 of 10 -> (0, 0.2775); 5 of 10 -> (0.2366, 0.7634)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.27754), abs=1e-5)
+    assert wilson_interval(5, 10) == pytest.approx((0.23659, 0.76341), abs=1e-5)
+    low, high = wilson_interval(400, 400)
+    assert high == 1.0 and 0.985 < low < 0.995  # a normal interval would be the empty (1, 1)
+    assert wilson_interval(0, 400)[0] == 0.0 and wilson_interval(0, 400)[1] > 0.005
+
+
+@pytest.mark.parametrize("successes,n", [(0, 7), (3, 7), (7, 7), (1, 50), (37, 50), (199, 200)])
+def test_wilson_interval_is_the_set_of_p_the_score_test_accepts(successes, n):
+    """Brute force: scan p on a fine grid, keep those with |p_hat - p| <= z sqrt(p(1-p)/n)."""
+    from jointobj.metrics import wilson_interval
+
+    z, p_hat = 1.96, successes / n
+    grid = torch.linspace(0, 1, 200_001, dtype=torch.float64)
+    accepted = grid[(p_hat - grid).abs() <= z * (grid * (1 - grid) / n).sqrt()]
+    low, high = wilson_interval(successes, n, z)
+    assert low == pytest.approx(float(accepted.min()), abs=1e-5)
+    assert high == pytest.approx(float(accepted.max()), abs=1e-5)
+
+
+@pytest.mark.parametrize("successes,n,z", [(-1, 5, 1.96), (6, 5, 1.96), (0, 0, 1.96), (1, 5, 0.0)])
+def test_wilson_interval_refuses_impossible_counts(successes, n, z):
+    from jointobj.metrics import wilson_interval
+
+    with pytest.raises(ValueError, match="successes|z must"):
+        wilson_interval(successes, n, z)
