@@ -6,7 +6,11 @@ are thin command lines over these).
                     tokens_per_step=[1, 2, "all"], samples=2000, seed=0)
     headline(rows)   # per (decoder, toy set): highest tokens/step with validity >= 0.99
 
-One row per (toy set, decoder, K). Every (decoder, K) of a toy set sees the same prompts
+    # the frontier: any decoder's knobs, swept (jointobj.frontier)
+    rows = evaluate(denoiser, ["latin_square_3"], ["l2r"], [1, 2, "all"], samples=400,
+                    grid={"threshold": {"tokens_per_step": [1], "threshold": [0.5, 0.7, 0.9]}})
+
+One row per (toy set, decoder, K, options). Every setting of a toy set sees the same prompts
 (drawn from the set with `seed`) and a generator freshly seeded with `seed`, so a row is
 reproducible on its own.
 """
@@ -23,6 +27,7 @@ import torch
 from jointobj.decoding.registry import build_decoder
 from jointobj.decoding.rescore import RescoreSpec
 from jointobj.energies import build_energy
+from jointobj.frontier import SweepPoint, sweep_points
 from jointobj.metrics import (
     Cost,
     answer_unigram,
@@ -33,6 +38,7 @@ from jointobj.metrics import (
     kl_divergence,
     total_variation,
     tv_noise_floor,
+    wilson_interval,
 )
 from jointobj.toysets import ToySet, load_toyset
 
@@ -69,18 +75,27 @@ def _sample_all(decoder, denoiser, prompts: torch.Tensor, gen_length: int, gener
     return torch.cat(answers), Cost(gen_length, steps / n, rows / n, time.perf_counter() - start)
 
 
-def evaluate(denoiser: Any, toysets: Sequence[str | ToySet], decoders: Sequence[str],
-             tokens_per_step: Sequence[int | str | None], samples: int, seed: int = 0, *,
-             decoder_options: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int = 256,
+def evaluate(denoiser: Any, toysets: Sequence[str | ToySet], decoders: Sequence[str] = (),
+             tokens_per_step: Sequence[int | str | None] = (1,), samples: int = 1000, seed: int = 0, *,
+             decoder_options: Mapping[str, Mapping[str, Any]] | None = None,
+             grid: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
+             points: Sequence[SweepPoint] | None = None, batch_size: int = 256,
              tv_repetitions: int = 20, rescore: Sequence[Any] = ()) -> list[dict[str, Any]]:
-    """Validity, fidelity and cost for every (toy set, decoder, K), and for each of them rescored by
-    every spec in `rescore` (jointobj.decoding.rescore.RescoreSpec, e.g. "sir:self:l2r:all,8,step").
+    """Validity, fidelity and cost for every (toy set, decoder setting), and for each setting rescored
+    by every spec in `rescore` (jointobj.decoding.rescore.RescoreSpec, e.g. "sir:self:l2r:all,8,step").
+
+    The settings are every (decoder, K) of `decoders` x `tokens_per_step` with `decoder_options`,
+    swept further over `grid` (decoder -> option -> values; see jointobj.frontier.sweep_points),
+    or exactly `points` when given (a list of jointobj.frontier.SweepPoint).
 
     Row keys: toyset, decoder, tokens_per_step (measured: generated tokens / steps per sample),
     requested_tokens_per_step (K or 'all'), gen_length, samples, validity, validity_se
-    (binomial standard error), tv, tv_floor, tv_floor_std (None for conditional sets),
+    (binomial standard error), validity_low / validity_high (95% Wilson interval), tv, tv_floor,
+    tv_floor_std (None for conditional sets),
     coverage, coverage_exact (what N exact draws cover; None for conditional sets),
-    steps_per_sample, rows_per_sample, wall_s; rescore (the spec, None without rescoring). A
+    steps_per_sample, rows_per_sample, rows_per_token (rows_per_sample / gen_length), wall_s;
+    options (the decoder's options), knobs (the swept ones as text, '' when only K was swept);
+    rescore (the spec, None without rescoring). A
     rescored row's decoder is "NAME+SPEC"; its steps and rows count every candidate and every
     energy forward. Energies are built per toy set (`exact` knows the set being evaluated).
     """
@@ -89,19 +104,22 @@ def evaluate(denoiser: Any, toysets: Sequence[str | ToySet], decoders: Sequence[
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     sets = [load_toyset(t) if isinstance(t, str) else t for t in toysets]
-    ks = [parse_tokens_per_step(k) for k in tokens_per_step]
-    decoder_options = decoder_options or {}
-    for name in decoders:  # fail on a bad name or option before any sampling
-        build_decoder(name, 1, **decoder_options.get(name, {}))
+    if points is None:
+        points = sweep_points(decoders, tokens_per_step, decoder_options, grid)
+    if not points:
+        raise ValueError("nothing to evaluate: give decoders (and tokens_per_step), a grid, or points")
+    for point in points:  # fail on a bad name or option before any sampling
+        build_decoder(point.decoder, point.tokens_per_step, **point.option_dict)
     specs = [RescoreSpec.parse(spec) for spec in rescore]
     rows = []
     for toyset in sets:
         prompts, _ = toyset.sample(samples, torch.Generator().manual_seed(seed))  # [N, lp]
         floor = tv_noise_floor(toyset, samples, repetitions=tv_repetitions, seed=seed)
         energies = {spec: build_energy(spec.energy, denoiser=denoiser, toysets=[toyset]) for spec in specs}
-        for name, k, spec in ((n, k, spec) for n in decoders for k in ks for spec in [None, *specs]):
+        for point, spec in ((p, spec) for p in points for spec in [None, *specs]):
+            name, k = point.decoder, point.tokens_per_step
             bound = None if spec is None else dataclasses.replace(spec, energy=energies[spec])
-            decoder = build_decoder(name, k, rescore=bound, **decoder_options.get(name, {}))
+            decoder = build_decoder(name, k, rescore=bound, **point.option_dict)
             generator = torch.Generator().manual_seed(seed)
             answers, cost = _sample_all(decoder, denoiser, prompts, toyset.answer_length, generator, batch_size)
             validity = joint_validity(toyset, prompts, answers)
@@ -115,6 +133,7 @@ def evaluate(denoiser: Any, toysets: Sequence[str | ToySet], decoders: Sequence[
                 "samples": samples,
                 "validity": validity,
                 "validity_se": math.sqrt(validity * (1 - validity) / samples),
+                **dict(zip(("validity_low", "validity_high"), wilson_interval(round(validity * samples), samples))),
                 "tv": total_variation(toyset, answers),
                 "tv_floor": None if floor is None else floor.mean,
                 "tv_floor_std": None if floor is None else floor.std,
@@ -122,15 +141,19 @@ def evaluate(denoiser: Any, toysets: Sequence[str | ToySet], decoders: Sequence[
                 "coverage_exact": expected_coverage(toyset, samples),
                 "steps_per_sample": cost.steps_per_sample,
                 "rows_per_sample": cost.rows_per_sample,
+                "rows_per_token": cost.rows_per_sample / toyset.answer_length,
                 "wall_s": cost.wall_s,
+                "options": {key: value for key, value in point.options},
+                "knobs": point.knobs,
             })
     return rows
 
 
 def headline(rows: Sequence[Mapping[str, Any]], level: float = VALIDITY_LEVEL) -> list[dict[str, Any]]:
     """Per (decoder, toy set), in first-seen order: the highest measured tokens per step at
-    which validity *stays* >= `level` -- every row of that pair at or below that rate passes
-    -- with its cost beside it; tokens_per_step None when even the slowest row fails."""
+    which validity *stays* >= `level` -- every row of that pair at or below that rate passes,
+    whatever its knobs -- with its cost and knobs beside it; tokens_per_step None when even
+    the slowest row fails."""
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["decoder"], row["toyset"]), []).append(row)
@@ -149,6 +172,8 @@ def headline(rows: Sequence[Mapping[str, Any]], level: float = VALIDITY_LEVEL) -
             "validity": None if best is None else best["validity"],
             "steps_per_sample": None if best is None else best["steps_per_sample"],
             "rows_per_sample": None if best is None else best["rows_per_sample"],
+            "rows_per_token": None if best is None else best.get("rows_per_token"),
+            "knobs": None if best is None else best.get("knobs"),
         })
     return out
 

@@ -2,6 +2,7 @@
 
     print(format_table(rows, ["toyset", "decoder", "tokens_per_step", "validity"]))
     plot_validity(rows, "validity.png", oracle_rows=oracle)
+    plot_frontier(rows, "frontier.png")   # validity and rows per token vs tokens per step, every decoder
 
 matplotlib is optional (the `eval` / `dev` extras); it is imported only when a plot is
 drawn, through its object API (no pyplot state, no backend switch in the caller's process).
@@ -14,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["format_headline", "format_table", "plot_position_profile", "plot_validity", "write_json"]
+__all__ = ["format_headline", "format_table", "plot_frontier", "plot_position_profile", "plot_validity", "write_json"]
 
 
 def _cell(value: Any, precision: int) -> str:
@@ -125,6 +126,53 @@ def plot_validity(rows: Sequence[Mapping[str, Any]], path: str | Path,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
+    return path
+
+
+def _series_key(row: Mapping[str, Any]) -> tuple[str, str]:
+    return (str(row.get("model") or ""), row["decoder"])
+
+
+def plot_frontier(rows: Sequence[Mapping[str, Any]], path: str | Path, level: float = 0.99) -> Path:
+    """The frontier: per toy set, validity (left) and forward rows per generated token (right,
+    log scale) against measured tokens per step (log scale). A colour per decoder (rescored
+    decoders included), a line style per model (rows' `model`, if any: e.g. base, fine-tuned,
+    oracle); the points of one (model, decoder) are every K and knob setting swept, joined in
+    order of tokens per step. Writes a PNG."""
+    toysets = list(dict.fromkeys(r["toyset"] for r in rows))
+    decoders = list(dict.fromkeys(r["decoder"] for r in rows))
+    models = list(dict.fromkeys(str(r.get("model") or "") for r in rows))
+    colours = {d: f"C{i % 10}" for i, d in enumerate(decoders)}
+    styles = {m: s for m, s in zip(models, ["-", "--", "-.", ":"] * (1 + len(models) // 4))}
+    markers = {m: s for m, s in zip(models, ["o", "s", "^", "v", "D"] * (1 + len(models) // 5))}
+    figure, axes = _figure(max(1, 2 * len(toysets)), width=4.6, columns=2)
+    for t, toyset in enumerate(toysets):
+        left, right = axes[2 * t], axes[2 * t + 1]
+        series: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+        for row in rows:
+            if row["toyset"] == toyset:
+                series.setdefault(_series_key(row), []).append(row)
+        for (model, decoder), group in series.items():
+            group = sorted(group, key=lambda r: r["tokens_per_step"])  # stable: sweep order on ties
+            x = [r["tokens_per_step"] for r in group]
+            label = decoder + (f" ({model})" if len(models) > 1 else "")
+            style = dict(linestyle=styles[model], marker=markers[model], color=colours[decoder], markersize=4)
+            left.plot(x, [r["validity"] for r in group], label=label, **style)
+            right.plot(x, [r["rows_per_sample"] / r["gen_length"] for r in group], label=label, **style)
+        left.axhline(level, color="grey", linewidth=0.8, linestyle=":")
+        left.set_ylim(-0.02, 1.02)
+        left.set_ylabel("joint validity")
+        right.set_yscale("log")
+        right.set_ylabel("forward rows per generated token")
+        for ax, what in ((left, "validity"), (right, "compute")):
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_formatter("{x:g}")
+            ax.set_xlabel("tokens per sequential step (measured)")
+            ax.set_title(f"{toyset}: {what}")
+        left.legend(fontsize="x-small", ncol=1 + len(series) // 12)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
     return path
 
 
