@@ -51,7 +51,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 __doc__ += "".join(f"\n    {label:<16} {name} {options or ''}" for label, (name, options) in VARIANTS.items())
 
 COLUMNS = ["model", "toyset", "decoder", "requested_tokens_per_step", "steps_per_sample", "rows_per_sample",
-           "validity", "validity_se", "tv", "tv_floor", "coverage"]
+           "validity", "validity_low", "validity_high", "tv", "tv_floor", "coverage"]
 
 
 def _pair(text: str) -> tuple[str, str]:

@@ -46,8 +46,9 @@ from jointobj.evaluate import evaluate, headline, parse_tokens_per_step
 from jointobj.report import format_headline, format_table, plot_validity, write_json
 from jointobj.toysets import load_toyset
 
-COLUMNS = ["toyset", "decoder", "requested_tokens_per_step", "tokens_per_step", "validity", "validity_se", "tv",
-           "tv_floor", "coverage", "coverage_exact", "steps_per_sample", "rows_per_sample", "wall_s"]
+COLUMNS = ["toyset", "decoder", "requested_tokens_per_step", "tokens_per_step", "validity", "validity_low",
+           "validity_high", "tv", "tv_floor", "coverage", "coverage_exact", "steps_per_sample", "rows_per_sample",
+           "wall_s"]
 
 
 def _names(text: str) -> list[str]:
