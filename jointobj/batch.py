@@ -52,11 +52,37 @@ class DiffusionCollator:
     """Pads `input_ids` / `prompt_mask` (lists or tensors) on the right into a `Batch`.
 
     Features without `prompt_mask` get an all-False one (unconditional text).
+
+    `pad_answers_with_eos=True` pads short rows with `eos_token_id` as real, scored answer tokens
+    (LLaDA's SFT convention: the model learns where to stop, and no row is padded). `mask_blind=True`
+    (a model that ignores the attention mask) makes a batch of mixed lengths without EOS padding an
+    error: padding would move its real positions' logits. `for_denoiser` sets both from a Denoiser.
     """
 
-    def __init__(self, pad_token_id: int, max_length: int | None = None):
+    def __init__(self, pad_token_id: int, max_length: int | None = None, *, eos_token_id: int | None = None,
+                 pad_answers_with_eos: bool = False, mask_blind: bool = False):
+        if pad_answers_with_eos and eos_token_id is None:
+            raise ValueError(
+                "pad_answers_with_eos needs an EOS id, and none was given: pass eos_token_id=... (or Denoiser(..., "
+                "eos_token_id=...)), give the tokenizer an eos_token, or turn pad_answers_with_eos off"
+            )
         self.pad_token_id = pad_token_id
         self.max_length = max_length
+        self.eos_token_id = eos_token_id
+        self.pad_answers_with_eos = pad_answers_with_eos
+        self.mask_blind = mask_blind
+
+    @classmethod
+    def for_denoiser(cls, denoiser: Any, pad_answers_with_eos: bool | None = None) -> "DiffusionCollator":
+        """The collator a denoiser's training needs: EOS padding by default for a mask-blind model
+        (or one not probed, when it has an EOS id); pass `pad_answers_with_eos` to choose."""
+        pad = getattr(getattr(denoiser, "tokenizer", None), "pad_token_id", None)
+        eos = getattr(denoiser, "eos_token_id", None)
+        blind = getattr(denoiser, "mask_blind", False)
+        if pad_answers_with_eos is None:
+            pad_answers_with_eos = bool(blind) or (blind is None and eos is not None)
+        return cls(0 if pad is None else pad, max_length=getattr(denoiser, "max_positions", None), eos_token_id=eos,
+                   pad_answers_with_eos=pad_answers_with_eos, mask_blind=bool(blind))
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if len(features) == 0:
@@ -72,14 +98,23 @@ class DiffusionCollator:
                 f"an example has {length} tokens but the model takes at most {self.max_length}; "
                 "truncate or filter the dataset first"
             )
+        lengths = sorted({len(i) for i in ids})
+        if self.mask_blind and not self.pad_answers_with_eos and len(lengths) > 1:
+            raise ValueError(
+                f"this batch mixes row lengths {lengths}, and the model ignores the attention mask (mask_blind): "
+                "padding would change its real positions' logits. Either pad answers with EOS (DiffusionCollator("
+                "..., eos_token_id=..., pad_answers_with_eos=True), the default of DiffusionCollator.for_denoiser "
+                "for such a model), or group rows of one length per batch (e.g. a length-grouped sampler)"
+            )
         batch_size = len(ids)
-        input_ids = torch.full((batch_size, length), self.pad_token_id, dtype=torch.long)
+        fill = self.eos_token_id if self.pad_answers_with_eos else self.pad_token_id
+        input_ids = torch.full((batch_size, length), fill, dtype=torch.long)
         attention_mask = torch.zeros((batch_size, length), dtype=torch.long)
         prompt_mask = torch.zeros((batch_size, length), dtype=torch.bool)
         for row, (i, p) in enumerate(zip(ids, prompts)):
             if p.shape != i.shape:
                 raise ValueError(f"example {row}: prompt_mask has {len(p)} entries but input_ids has {len(i)}")
             input_ids[row, : len(i)] = i
-            attention_mask[row, : len(i)] = 1
+            attention_mask[row, : len(i) if not self.pad_answers_with_eos else length] = 1  # EOS tails are real
             prompt_mask[row, : len(i)] = p
         return {"input_ids": input_ids, "attention_mask": attention_mask, "prompt_mask": prompt_mask}

@@ -10,18 +10,47 @@
 Wraps a Hugging Face `*ForMaskedLM`, a `trust_remote_code` dLLM (LLaDA, Dream) or any
 `nn.Module` that maps `input_ids` / `inputs_embeds` to logits. Unknown attributes are
 forwarded to the wrapped model, as peft's wrappers do.
+
+The model's conventions are decided here, once, and every loss, decoder and energy reads
+logits through `forward`, so none of them re-derives them (see jointobj/conventions.py):
+
+- `logit_shift` (0 or 1): 1 for models that keep the autoregressive shift (Dream: the logits
+  at i - 1 predict token i). `forward` undoes it, so callers always read "logits at i predict
+  token i".
+- `mask_blind`: the model ignores the attention mask (padding moves real positions' logits),
+  decided by a probe; such a model must never see a padded batch (DiffusionCollator pads its
+  answers with EOS instead).
+- the attention mask is handed on as None when nothing is padded, else as bool.
+- constructing a Denoiser leaves the model's train / eval mode as it was.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from transformers.utils import logging
+
+from jointobj.conventions import (
+    LogitShiftMeasurement,
+    check_positions,
+    describe_settings,
+    eval_mode,
+    measure_logit_shift,
+    normalise_attention_mask,
+    position_offset,
+    probe_mask_blind,
+    resolve_eos_token_id,
+    resolve_logit_shift,
+    shift_logits,
+    source_positions,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -61,7 +90,14 @@ class Denoiser(nn.Module):
         mask_token_id: int | None = None,
         tokenizer: Any = None,
         check_bidirectional: bool = True,
+        *,
+        logit_shift: int | str | None = None,
+        eos_token_id: int | None = None,
+        mask_blind: bool | None = None,
     ):
+        """`logit_shift`: 0 / "none", 1 / "shift" (Dream), or None to decide from the config
+        (jointobj.conventions). `eos_token_id`: else the tokenizer's, else the config's. `mask_blind`:
+        None probes the model. The model's train / eval mode is left as it is."""
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -71,13 +107,44 @@ class Denoiser(nn.Module):
         self.vocab_size = _vocab_size(model)
         self.max_positions = _max_positions(model)
         self.mask_token_id = resolve_mask_token_id(mask_token_id, tokenizer, config)  # checked by the setter
-        if check_bidirectional and zero3_sharded(model):
+        self.logit_shift, self.logit_shift_source = resolve_logit_shift(logit_shift, config)
+        self.eos_token_id = resolve_eos_token_id(eos_token_id, tokenizer, config, self.vocab_size)
+        self._warned_padding = False
+        self.training = model.training  # the wrapper mirrors the model's mode; never changes it
+        sharded = zero3_sharded(model)
+        if sharded and (check_bidirectional or mask_blind is None):
             logger.warning(
-                "skipping the causal-model probe: the weights are ZeRO-3 shards until DeepSpeed wraps the model; "
-                "load the model without ZeRO-3 once to check it"
+                "skipping the causal-model and mask-blindness probes: the weights are ZeRO-3 shards until DeepSpeed "
+                "wraps the model; load the model without ZeRO-3 once to check it (mask_blind stays unknown: the "
+                "collator then pads answers with EOS when the model has an EOS id)"
             )
         elif check_bidirectional:
             assert_bidirectional(self)
+        self.mask_blind = mask_blind if mask_blind is not None or sharded else probe_mask_blind(
+            model, self.vocab_size, _pad_token_id(tokenizer, config), self.max_positions)
+
+    def extra_repr(self) -> str:
+        return (f"mask_token_id={self.mask_token_id}, "
+                + describe_settings(self.logit_shift, self.logit_shift_source, self.mask_blind, self.eos_token_id))
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The conventions saved in jointobj.json and read back by from_pretrained."""
+        return {"mask_token_id": self.mask_token_id, "logit_shift": self.logit_shift, "mask_blind": self.mask_blind,
+                "eos_token_id": self.eos_token_id}
+
+    def check_logit_shift(self, input_ids: torch.Tensor, prompt_mask: torch.Tensor | None = None
+                          ) -> LogitShiftMeasurement:
+        """Measure which reading of the logits predicts masked tokens of real rows `[b, l]` better,
+        and warn with the figures when it contradicts `logit_shift`. Meaningful for a trained model
+        (an untrained one decides nothing and warns nothing)."""
+        measured = measure_logit_shift(self, input_ids, prompt_mask)
+        if measured.decided is not None and measured.decided != self.logit_shift:
+            warnings.warn(
+                f"logit_shift={self.logit_shift} ({self.logit_shift_source}) contradicts the model's behaviour: "
+                f"{measured}. Pass logit_shift={measured.decided} to Denoiser / from_pretrained if the model was "
+                "trained that way.", stacklevel=2)
+        return measured
 
     def routed_through(self, module: nn.Module) -> "Denoiser":
         """This denoiser, calling `module` instead (e.g. the DeepSpeed engine that wraps self.model).
@@ -139,8 +206,27 @@ class Denoiser(nn.Module):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        *,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits `[b, l, V]` in float32 from ids `[b, l]` or soft input embeddings `[b, l, d]`."""
+        """Float32 logits, at position i predicting token i (whatever the model's shift), from ids
+        `[b, l]` or soft input embeddings `[b, l, d]`: `[b, l, V]`, or with `positions` (a `[b, l]`
+        bool mask) `[t, V]` for the selected positions only, in row-major order (== the full
+        logits[positions]) and without a float32 copy of the full logits."""
+        raw = self.raw_logits(input_ids, attention_mask, inputs_embeds)  # [b, l, V] in the model's dtype
+        if positions is None:
+            return shift_logits(raw, self.logit_shift).float()  # [b, l, V]
+        check_positions(positions, raw.shape[:2])
+        row, column = positions.nonzero(as_tuple=True)  # [t] each
+        return raw[row, source_positions(column, self.logit_shift)].float()  # [t, V]
+
+    def raw_logits(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The model's own logits `[b, l, V]` in its dtype, its shift not undone (use `forward`)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
@@ -150,12 +236,25 @@ class Denoiser(nn.Module):
                 f"sequence of {length} tokens is longer than the model's {limit} positions; "
                 "shorten the prompt or the generation length"
             )
-        kwargs = {"attention_mask": attention_mask} if attention_mask is not None else {}
+        kwargs = self._mask_kwargs(attention_mask)
         if input_ids is not None:
             output = self.model(input_ids=input_ids, **kwargs)
         else:
             output = self.model(inputs_embeds=inputs_embeds, **kwargs)
-        return _extract_logits(output).float()
+        return _extract_logits(output)
+
+    def _mask_kwargs(self, attention_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        mask = normalise_attention_mask(attention_mask)
+        if mask is None:
+            return {}
+        if self.mask_blind and not self._warned_padding:
+            self._warned_padding = True
+            logger.warning(
+                f"{type(self.model).__name__} ignores the attention mask (mask_blind): the padding of this batch "
+                "moves its real positions' logits. Give it rows of one length (DiffusionCollator pads answers with "
+                "EOS for such models)."
+            )
+        return {"attention_mask": mask}
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Hard input embeddings `[b, l, d]` (the soft-input path's one-hot case)."""
@@ -165,7 +264,7 @@ class Denoiser(nn.Module):
         """The last hidden layer `[b, l, d]` in float32, for heads that read the model's features
         (the learned energy head pools it). Asks the model for `output_hidden_states=True`, which
         every Hugging Face model takes; a module that returns no `.hidden_states` is a TypeError."""
-        kwargs = {"attention_mask": attention_mask} if attention_mask is not None else {}
+        kwargs = self._mask_kwargs(attention_mask)
         help_text = (f"{type(self.model).__name__} returns no hidden_states for output_hidden_states=True; the energy "
                      "head needs them. Use a Hugging Face model, or accept that flag and return an object with "
                      ".hidden_states (a tuple whose last entry is [b, l, d]).")
@@ -227,11 +326,11 @@ class Denoiser(nn.Module):
         self.save_settings(directory)
 
     def save_settings(self, directory: str | Path) -> None:
-        """Write jointobj.json (the mask id), which from_pretrained reads back. Written last, so its
-        presence also marks a directory whose save finished."""
+        """Write jointobj.json (mask id, logit shift, mask-blindness, EOS id), which from_pretrained
+        reads back. Written last, so its presence also marks a directory whose save finished."""
         from jointobj.energy_head import ENERGY_HEAD, energy_head_settings
 
-        settings: dict[str, Any] = {"mask_token_id": self.mask_token_id}
+        settings: dict[str, Any] = dict(self.settings)
         if energy_head_settings(self.model) is not None:
             settings[ENERGY_HEAD] = energy_head_settings(self.model)
         path = Path(directory) / CONFIG_NAME
@@ -248,6 +347,8 @@ class Denoiser(nn.Module):
         base: "str | Path | nn.Module | Denoiser | None" = None,
         is_trainable: bool = False,
         dtype: torch.dtype | str | None = None,
+        logit_shift: int | str | None = None,
+        eos_token_id: int | None = None,
     ) -> "Denoiser":
         """Load a local model directory, or an adapter directory on top of its base model.
 
@@ -267,6 +368,9 @@ class Denoiser(nn.Module):
 
         `dtype`: a torch dtype or "auto" (the checkpoint's). None leaves it to transformers, whose
         default changed in 5.0 (float32 before, the checkpoint's dtype after).
+
+        `logit_shift`, `eos_token_id`: as for Denoiser; else the values saved in jointobj.json
+        (with the mask-blindness found when it was saved), else decided from the model.
         """
         from jointobj.energy_head import base_for_saved_head, load_full_model_head
         from jointobj.loading import load_masked_lm
@@ -276,10 +380,20 @@ class Denoiser(nn.Module):
                                    mask_token_id=mask_token_id, dtype=dtype)
         denoiser = load_masked_lm(
             cls, Path(path), lora=lora, trust_remote_code=trust_remote_code, mask_token_id=mask_token_id,
-            base=base, is_trainable=is_trainable, dtype=dtype,
+            base=base, is_trainable=is_trainable, dtype=dtype, logit_shift=logit_shift, eos_token_id=eos_token_id,
         )
         load_full_model_head(denoiser, Path(path))
         return denoiser
+
+
+def logits_at(denoiser: Any, positions: torch.Tensor, **inputs: Any) -> torch.Tensor:
+    """[t, V] float32 logits of the `positions [b, l]` (bool) only, in row-major order: the lean path
+    of a denoiser whose forward takes `positions=` (Denoiser, OracleDenoiser), else its full
+    logits `[b, l, V]` indexed (e.g. a self-conditioned wrapper)."""
+    call = denoiser.forward if isinstance(denoiser, nn.Module) else denoiser.__call__
+    if "positions" in inspect.signature(call).parameters:
+        return denoiser(**inputs, positions=positions)  # [t, V]
+    return denoiser(**inputs)[positions].float()  # [t, V]
 
 
 def zero3_sharded(model: Any) -> bool:
@@ -309,23 +423,21 @@ def _vocab_size(model: nn.Module) -> int:
 
 
 def _max_positions(model: nn.Module) -> int | None:
-    """Longest sequence the model takes, where its config says (None: unbounded, e.g. rotary only)."""
+    """Longest sequence the model takes, where its config says (None: unbounded, e.g. rotary only),
+    less the position rows before position 0 (jointobj.conventions.position_offset)."""
     config = getattr(model, "config", None)
     for source in (config, model):
         for name in ("max_position_embeddings", "max_sequence_length", "max_positions"):
             value = getattr(source, name, None)
             if isinstance(value, int):
-                return value - _position_offset(config)
+                return value - position_offset(model)
     return None
 
 
-# These architectures number positions from pad_token_id + 1, so that many table rows are unusable.
-_PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "data2vec-text"}
-
-
-def _position_offset(config: Any) -> int:
-    if getattr(config, "model_type", None) in _PADDING_OFFSET_POSITIONS:
-        return int(getattr(config, "pad_token_id", 0) or 0) + 1
+def _pad_token_id(tokenizer: Any, config: Any) -> int:
+    for source in (getattr(tokenizer, "pad_token_id", None), getattr(config, "pad_token_id", None)):
+        if isinstance(source, int):
+            return source
     return 0
 
 
@@ -375,14 +487,10 @@ def assert_bidirectional(denoiser: Denoiser, probe_length: int = 8) -> None:
     probe = torch.randint(0, denoiser.vocab_size, (1, length), generator=generator)
     changed = probe.clone()
     changed[0, -1] = (probe[0, -1] + 1) % denoiser.vocab_size
-    was_training = denoiser.training
-    denoiser.eval()
-    try:
+    with eval_mode(denoiser.model):
         device = denoiser.device
         before = denoiser(input_ids=probe.to(device))[0, :-1]  # [l-1, V]
         after = denoiser(input_ids=changed.to(device))[0, :-1]
-    finally:
-        denoiser.train(was_training)
     if torch.allclose(before, after, rtol=0, atol=1e-6):
         raise ValueError(
             f"{type(denoiser.model).__name__} looks causal: changing the last token left every earlier logit "

@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from jointobj.batch import Batch, check_batch
-from jointobj.denoiser import zero3_sharded
+from jointobj.denoiser import logits_at, zero3_sharded
 from jointobj.orders import Orders, block_index, check_orders, num_blocks
 from jointobj.ranks import collective_device, world_size
 
@@ -111,9 +111,9 @@ def _score_chunk(denoiser: nn.Module, plan: BlockPlan, input_ids: torch.Tensor, 
     """
     noisy, targets = plan.inputs(input_ids, denoiser.mask_token_id, rows)  # [r, l] each
     owner = plan.batch_row[rows]  # [r]
-    logits = denoiser(input_ids=noisy, attention_mask=None if attention is None else attention[owner])  # [r, l, V]
-    row, position = targets.nonzero(as_tuple=True)  # [t] each; t = r * l / K, so normalise only those
-    picked = logits[row, position]  # [t, V]
+    picked = logits_at(denoiser, targets, input_ids=noisy,
+                       attention_mask=None if attention is None else attention[owner])  # [t, V], t = r * l / K
+    row, position = targets.nonzero(as_tuple=True)  # [t] each, the row-major order of `picked`
     clean = input_ids[owner[row], position]  # [t]
     token = picked.gather(-1, clean[:, None]).squeeze(-1) - picked.logsumexp(dim=-1)  # [t]
     return torch.zeros(len(owner), dtype=token.dtype, device=token.device).index_add(0, row, token)  # [r]

@@ -26,11 +26,25 @@ def _read_json(path: Path) -> dict:
         raise ValueError(f"{path} is not valid JSON ({error}); fix or re-save the directory") from error
 
 
-def _saved_mask_token_id(directory: Path) -> int | None:
+CONVENTIONS = ("logit_shift", "eos_token_id", "mask_blind")  # saved in jointobj.json beside the mask id
+
+
+def _saved_settings(directory: Path) -> dict[str, Any]:
+    """jointobj.json's settings ({} when the directory has none)."""
     from jointobj.denoiser import CONFIG_NAME
 
     config = directory / CONFIG_NAME
-    return _read_json(config).get("mask_token_id") if config.exists() else None
+    return _read_json(config) if config.exists() else {}
+
+
+def _saved_mask_token_id(directory: Path) -> int | None:
+    return _saved_settings(directory).get("mask_token_id")
+
+
+def _conventions(directory: Path, given: dict[str, Any]) -> dict[str, Any]:
+    """The caller's conventions, else the ones saved in `directory` (None: decide from the model)."""
+    saved = _saved_settings(directory)
+    return {name: given.get(name) if given.get(name) is not None else saved.get(name) for name in CONVENTIONS}
 
 
 def _refuse_remote_code(directory: Path, trust_remote_code: bool, files: tuple[str, ...]) -> None:
@@ -114,16 +128,19 @@ def load_masked_lm(
     base: "str | Path | nn.Module | Denoiser | None" = None,
     is_trainable: bool = False,
     dtype: torch.dtype | str | None = None,
+    logit_shift: int | str | None = None,
+    eos_token_id: int | None = None,
 ) -> "Denoiser":
     """Build a Denoiser from a local full-model directory or an adapter directory (see Denoiser.from_pretrained)."""
     _check_directory(directory)
     # The mask id: explicit, else the one saved beside the weights (jointobj.json), else the tokenizer's / config's.
-    explicit = mask_token_id if mask_token_id is not None else _saved_mask_token_id(directory)
+    explicit = mask_token_id if mask_token_id is not None else _saved_settings(directory).get("mask_token_id")
+    conventions = _conventions(directory, {"logit_shift": logit_shift, "eos_token_id": eos_token_id})
     if (directory / ADAPTER_CONFIG).exists():
         if lora is not None:
             raise ValueError(f"{directory} already holds an adapter; load it without lora=, or point at the base model")
         base_denoiser = adapter_base(cls, directory, base, mask_token_id=explicit,
-                                     trust_remote_code=trust_remote_code, dtype=dtype)
+                                     trust_remote_code=trust_remote_code, dtype=dtype, conventions=conventions)
         from peft import PeftModel
 
         base_denoiser.model = PeftModel.from_pretrained(base_denoiser.model, str(directory), is_trainable=is_trainable)
@@ -133,7 +150,9 @@ def load_masked_lm(
         return base_denoiser
     model = load_model(directory, trust_remote_code=trust_remote_code, dtype=dtype)  # refuses remote code first
     tokenizer = _load_tokenizer(directory, trust_remote_code)
-    denoiser = cls(model, mask_token_id=explicit, tokenizer=tokenizer)
+    denoiser = cls(model, mask_token_id=explicit, tokenizer=tokenizer, **conventions)
+    if logit_shift is None and conventions["logit_shift"] is not None:
+        denoiser.logit_shift_source = f"saved in {directory.name}/jointobj.json"
     if lora is not None:
         denoiser.add_lora(lora)
     return denoiser
@@ -147,12 +166,15 @@ def adapter_base(
     mask_token_id: int | None,
     trust_remote_code: bool = False,
     dtype: torch.dtype | str | None = None,
+    conventions: dict[str, Any] | None = None,
 ) -> "Denoiser":
     """The Denoiser that the adapter in `directory` goes onto, from `base` (a directory, an nn.Module,
     a Denoiser without an adapter, or None for the base recorded in adapter_config.json).
 
     `mask_token_id` (the caller's, else the adapter's saved one) is given to the base, so a base
-    without a mask token of its own loads. A Denoiser or module passed as `base` is used as is,
+    without a mask token of its own loads; so are `conventions` (logit_shift, eos_token_id,
+    mask_blind: the caller's, else the adapter's saved ones; None entries are decided from the
+    base). A Denoiser or module passed as `base` is used as is,
     not copied: peft injects the adapter's layers into it.
     """
     if base is None:
@@ -165,15 +187,31 @@ def adapter_base(
                 "pass the base explicitly: Denoiser.from_pretrained(adapter_dir, base=DIR) (or base=model)"
             )
         base = recorded
+    conventions = {name: value for name, value in (conventions or {}).items() if value is not None}
     if isinstance(base, cls):
         denoiser = base
     elif isinstance(base, nn.Module):
-        denoiser = cls(base, mask_token_id=mask_token_id, check_bidirectional=False)
+        denoiser = cls(base, mask_token_id=mask_token_id, check_bidirectional=False, **conventions)
     else:
         denoiser = load_masked_lm(cls, Path(base), trust_remote_code=trust_remote_code, mask_token_id=mask_token_id,
-                                  dtype=dtype)
+                                  dtype=dtype, logit_shift=conventions.get("logit_shift"),
+                                  eos_token_id=conventions.get("eos_token_id"))
     if denoiser.has_adapter:
         raise ValueError("base already carries an adapter; pass the model it was built on")
     if mask_token_id is not None:
         denoiser.mask_token_id = mask_token_id  # a passed Denoiser's too; checked against the vocabulary
+    apply_conventions(denoiser, conventions)
     return denoiser
+
+
+def apply_conventions(denoiser: "Denoiser", conventions: dict[str, Any]) -> None:
+    """Set saved or given conventions on a built Denoiser (checked as the constructor checks them)."""
+    from jointobj.conventions import resolve_eos_token_id, resolve_logit_shift
+
+    if conventions.get("logit_shift") is not None:
+        denoiser.logit_shift, _ = resolve_logit_shift(conventions["logit_shift"], None)
+        denoiser.logit_shift_source = "given or saved with the adapter"
+    if conventions.get("eos_token_id") is not None:
+        denoiser.eos_token_id = resolve_eos_token_id(conventions["eos_token_id"], None, None, denoiser.vocab_size)
+    if conventions.get("mask_blind") is not None:
+        denoiser.mask_blind = bool(conventions["mask_blind"])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from jointobj.toysets import ToySet, load_toyset
+from jointobj.toysets import ToySet, load_toyset, shared_tokenizer
 
 __all__ = ["IMPOSSIBLE_LOGIT", "OracleDenoiser"]
 
@@ -53,12 +53,7 @@ class OracleDenoiser(nn.Module):
         if not toysets:
             raise ValueError("OracleDenoiser needs at least one toy set, e.g. OracleDenoiser(load_toyset('cities'))")
         sets = [load_toyset(t) if isinstance(t, str) else t for t in toysets]
-        self.tokenizer = sets[0].tokenizer
-        vocab = self.tokenizer.get_vocab()
-        for toyset in sets[1:]:
-            if toyset.tokenizer.get_vocab() != vocab:
-                raise ValueError(f"toy sets {sets[0].name!r} and {toyset.name!r} use different vocabularies; "
-                                 "one oracle needs one tokenizer (build user sets with toy_tokenizer())")
+        self.tokenizer = shared_tokenizer(sets)  # the largest; the others' ids agree with it, or a ValueError
         self.vocab_size = len(self.tokenizer)
         self.mask_token_id = self.tokenizer.mask_token_id
         if self.mask_token_id is None:
@@ -84,8 +79,12 @@ class OracleDenoiser(nn.Module):
         return self._anchor.device
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                inputs_embeds: torch.Tensor | None = None, **unused) -> torch.Tensor:
-        """[b, l] ids (and optional [b, l] attention mask) -> [b, l, V] float32 logits."""
+                inputs_embeds: torch.Tensor | None = None, *, positions: torch.Tensor | None = None,
+                **unused) -> torch.Tensor:
+        """[b, l] ids (and optional [b, l] attention mask) -> [b, l, V] float32 logits; with
+        `positions` ([b, l] bool) the [t, V] logits of those positions, as Denoiser.forward."""
+        if positions is not None:
+            return self(input_ids, attention_mask, inputs_embeds)[positions]  # [t, V]
         if inputs_embeds is not None or input_ids is None:
             raise ValueError("the oracle reads token ids; pass input_ids (soft inputs need a trained model)")
         device = input_ids.device

@@ -97,9 +97,10 @@ def test_broken_config_json_names_the_file(saved_base):
         Denoiser.from_pretrained(directory)
 
 
-def test_saved_mask_id_is_recorded(saved_base):
+def test_saved_settings_are_recorded(saved_base):
     _, directory = saved_base
-    assert json.loads((directory / "jointobj.json").read_text()) == {"mask_token_id": 2}
+    assert json.loads((directory / "jointobj.json").read_text()) == {
+        "mask_token_id": 2, "logit_shift": 0, "mask_blind": False, "eos_token_id": 0}  # tiny configs: eos = pad = 0
 
 
 def test_tokenizer_with_its_own_code_is_refused_by_default(tiny_model_dir, tmp_path):

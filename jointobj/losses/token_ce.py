@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jointobj.batch import Batch, check_batch
+from jointobj.denoiser import logits_at
 from jointobj.losses.base import LOSSES, LossOutput, check_finite
 from jointobj.losses.self_condition import SelfConditioning
 from jointobj.noise import SCHEDULES, corrupt, sample_timesteps
@@ -61,9 +62,11 @@ class TokenCELoss(nn.Module):
         return NoisedBatch(noisy, masked, t, self.schedule.elbo_weight(t), scorable.sum().clamp(min=1))
 
     def score(self, logits: torch.Tensor, batch: Batch, noised: NoisedBatch) -> LossOutput:
-        """The weighted masked CE of `logits [b, l, V]` against the clean tokens."""
+        """The weighted masked CE of the logits against the clean tokens: `logits` are those of the
+        masked positions `[n, V]` (row-major, as Denoiser(positions=...) returns them) or full `[b, l, V]`."""
         targets = batch["input_ids"][noised.masked]  # [n]
-        nll = F.cross_entropy(logits[noised.masked], targets, reduction="none")  # [n]
+        picked = logits[noised.masked] if logits.dim() == 3 else logits  # [n, V]
+        nll = F.cross_entropy(picked, targets, reduction="none")  # [n]
         row_weight = noised.weight[:, None].expand_as(noised.masked)[noised.masked]  # [n]
         loss = (row_weight * nll).sum() / noised.num_scorable
         check_finite(loss, "token_ce loss", batch["input_ids"])
@@ -76,7 +79,9 @@ class TokenCELoss(nn.Module):
     def forward(self, denoiser: nn.Module, batch: Batch, generator: torch.Generator | None = None) -> LossOutput:
         noised = self.corrupt(batch, denoiser.mask_token_id, generator)
         model = self.self_condition.wrap(denoiser, generator)
-        logits = model(input_ids=noised.input_ids, attention_mask=batch.get("attention_mask"))  # [b, l, V]
+        # Only the masked positions' logits, in float32: never a float32 copy of every position's.
+        logits = logits_at(model, noised.masked, input_ids=noised.input_ids,
+                           attention_mask=batch.get("attention_mask"))  # [n, V]
         output = self.score(logits, batch, noised)
         output.metrics.update(self.self_condition.metrics(model))
         return output
