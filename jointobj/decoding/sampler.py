@@ -1,9 +1,10 @@
-"""The hard-commit parallel sampler: generate `gen_length` tokens after a prompt.
+"""The hard-commit parallel sampler: generate `gen_length` tokens after a prompt, and the
+scaffolding every decoder shares.
 
     from jointobj.decoding import UnmaskingSampler, ConfidenceTopK
     sampler = UnmaskingSampler(ConfidenceTopK(), tokens_per_step=2, temperature=1.0)
     out = sampler.sample(denoiser, prompt_ids, gen_length=8, generator=torch.Generator().manual_seed(0))
-    out.ids            # [b, lp + 8]
+    out.gen_ids        # [b, 8] each row's answer
     out.steps          # 4 sequential forwards
 
 The answer starts fully masked. Each step runs one denoiser forward for the whole batch,
@@ -12,11 +13,13 @@ from softmax(logits / T) (Gumbel-max in float64; T = 0 is argmax). A committed t
 never changed again (no remasking).
 
 Step budget. With `tokens_per_step = K` each block of B positions (the whole answer when
-`block_length` is None) gets ceil(B / K) steps; at a step with n masked positions left in
-the block and s steps left, the quota is ceil(n / s) (LLaDA's even spread), so the answer
-takes exactly sum_blocks ceil(B / K) forwards under top-k policies. Adaptive policies
-(threshold, entropy-bounded) may commit more than the quota and finish early; the quota
-is their floor, so K is a cap on their steps, and `tokens_per_step` on the output is the
+`block_length` is None) gets ceil(B / K) steps; with `steps = S` instead, each block gets S
+steps (1 <= S <= B, anything else is refused; a shorter last block gets min(S, its size)).
+At a step with n masked positions left in the block and s steps left, the quota is
+ceil(n / s), LLaDA's even spread of uneven quotas (B = 32, S = 5: 7, 7, 6, 6, 6), so the
+answer takes exactly the budgeted forwards under top-k policies. Adaptive policies
+(threshold, entropy-bounded) may commit more than the quota and finish early; the quota is
+their floor, so the budget caps their steps, and `tokens_per_step` on the output is the
 *measured* rate. K = None means all of a block in one step.
 
 Log-probability of a sample (`SampleOutput.log_prob`, for sampling-importance-resampling):
@@ -33,6 +36,33 @@ is deterministic and log_prob is 0.
 Rows that finish early (adaptive policies) drop out of later forwards; `row_steps` counts
 the forwards each sample took part in (its own sequential latency) and `rows_per_sample`
 the forward rows spent per sample.
+
+Every decoder's contract (what a new decoder follows):
+
+    sample(denoiser, prompt_ids, gen_length, generator=None, *, return_trace=False,
+           prompt_attention_mask=None, eos_token_id=None) -> SampleOutput
+
+- Prompts of different lengths: `prompt_ids` [b, lp] with `prompt_attention_mask` [b, lp]
+  (left- or right-padded), or a list of 1-D tensors. `layout_request` checks them and
+  returns an `AnswerLayout` (jointobj/decoding/layout.py): the decoder keeps only the
+  answers gen [b, L] as its state, builds each forward's input with `layout.compose(gen[live],
+  live)` and reads logits [a, L, V] of the answer positions with `layout.answer_logits(denoiser,
+  live, input_ids=x)`. Each row then sits at its own positions (prompt, answer, padding after),
+  so on a model that honours attention masks every row gets exactly what it gets alone, and
+  a mask-blind model runs one forward per prompt length (one sequential step). `finish_sample`
+  returns the SampleOutput; `out.gen_ids` is each row's answer, `out.prompt_lengths` the
+  prompts' lengths (None when all are `prompt_length` long), `out.attention_mask` the real tokens.
+- EOS: `eos_token_id` None means the denoiser's own (`denoiser.eos_token_id`, None when it
+  has none). Decoding does not change with it: every position is generated, and
+  `out.answer_ids` gives the answers trimmed at the first EOS (every position after it set to
+  EOS, the form an EOS-padded data set stores), `out.answer_lengths` the tokens before it.
+  Text and validity are read from the trimmed answers. Cost: `tokens_per_step` counts every
+  generated position, the EOS tail included (the decoder spent its steps on them);
+  `answer_tokens_per_step` counts only the answer and its first EOS.
+- `steps` / `tokens_per_step` / `block_length`: `block_budget` gives each block's steps and
+  `check_steps` refuses a step count outside 1..block length; quota ceil(n / s) as above.
+- Noise from `gumbel_max` / `uniform` (float64, on the generator's device); the loop inside
+  `eval_mode(denoiser)`; commits through a `CommitLedger` over gen (prompt_length 0).
 """
 
 from __future__ import annotations
@@ -43,28 +73,42 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
+from jointobj.decoding.layout import AnswerLayout, normalise_prompts
+
 if TYPE_CHECKING:  # policies.py imports this module's noise helpers
     from jointobj.decoding.policies import UnmaskingPolicy
 
-__all__ = ["SampleOutput", "UnmaskingSampler", "block_budget", "check_request", "eval_mode", "gumbel_max",
-           "gumbel_noise", "start_answer", "steps_for", "uniform"]
+__all__ = ["SampleOutput", "UnmaskingSampler", "block_budget", "check_request", "check_steps", "eval_mode",
+           "finish_sample", "gumbel_max", "gumbel_noise", "layout_request", "resolve_eos", "start_answer", "steps_for",
+           "trim_at_eos", "uniform"]
 
 # Logit given to the mask token: finite so entropies stay finite, exp() of it is exactly 0.
 _EXCLUDED_LOGIT = -1e9
+
+
+def trim_at_eos(gen_ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+    """answers [b, L] -> [b, L]: every position after a row's first EOS set to EOS (the form an
+    EOS-padded data set stores); unchanged when eos_token_id is None."""
+    if eos_token_id is None:
+        return gen_ids
+    seen = (gen_ids == eos_token_id).long().cumsum(1) > 0  # [b, L] at or after the first EOS
+    return gen_ids.masked_fill(seen, eos_token_id)
 
 
 @dataclass
 class SampleOutput:
     """What every decoder returns.
 
-    ids             [b, lp + L] long   prompt then generated tokens
-    prompt_length   lp
+    ids             [b, P + L] long    each row: prompt, answer, then padding (when prompts differ)
+    prompt_length   P                  the longest prompt (every prompt's length when they are equal)
     steps           sequential denoiser forwards the batch ran (nfe)
     row_steps       [b] long           forwards each sample took part in
     rows_per_sample forward rows per sample (compute)
     log_prob        [b] float64        log-probability of the sample under the sampler (see module doc)
     commit_step     [b, L] long | None step (0-based, per sample) at which each generated position
                                        was committed; only when asked for (`return_trace=True`)
+    prompt_lengths  [b] long | None    each row's prompt length; None: all are `prompt_length`
+    eos_token_id    int | None         the EOS the answers are trimmed at (`answer_ids`)
     """
 
     ids: torch.Tensor
@@ -74,14 +118,40 @@ class SampleOutput:
     rows_per_sample: float
     log_prob: torch.Tensor
     commit_step: torch.Tensor | None = None
-
-    @property
-    def gen_ids(self) -> torch.Tensor:
-        return self.ids[:, self.prompt_length :]  # [b, L]
+    prompt_lengths: torch.Tensor | None = None
+    eos_token_id: int | None = None
 
     @property
     def gen_length(self) -> int:
         return self.ids.shape[1] - self.prompt_length
+
+    @property
+    def gen_ids(self) -> torch.Tensor:
+        """[b, L] each row's generated tokens (untrimmed)."""
+        if self.prompt_lengths is None:
+            return self.ids[:, self.prompt_length :]  # [b, L]
+        columns = self.prompt_lengths[:, None] + torch.arange(self.gen_length, device=self.ids.device)  # [b, L]
+        return self.ids.gather(1, columns)  # [b, L]
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """[b, P + L] long: 1 on each row's prompt and answer, 0 on padding."""
+        if self.prompt_lengths is None:
+            return torch.ones_like(self.ids)
+        real = self.prompt_lengths[:, None] + self.gen_length  # [b, 1]
+        return (torch.arange(self.ids.shape[1], device=self.ids.device) < real).long()  # [b, P+L]
+
+    @property
+    def answer_ids(self) -> torch.Tensor:
+        """[b, L] the answers trimmed at the first EOS (`trim_at_eos`): what text and validity read."""
+        return trim_at_eos(self.gen_ids, self.eos_token_id)
+
+    @property
+    def answer_lengths(self) -> torch.Tensor:
+        """[b] long: tokens before the first EOS (L when there is none)."""
+        if self.eos_token_id is None:
+            return torch.full((self.ids.shape[0],), self.gen_length, dtype=torch.long, device=self.ids.device)
+        return (self.answer_ids != self.eos_token_id).sum(1)
 
     @property
     def nfe(self) -> int:
@@ -93,8 +163,15 @@ class SampleOutput:
 
     @property
     def tokens_per_step(self) -> float:
-        """Measured: generated tokens / sequential steps, averaged over samples' steps."""
+        """Measured: generated tokens / sequential steps, averaged over samples' steps. Every
+        generated position counts, the EOS tail included."""
         return self.gen_length / self.steps_per_sample
+
+    @property
+    def answer_tokens_per_step(self) -> float:
+        """Answer tokens (up to and including the first EOS) / sequential steps, averaged as above."""
+        tokens = (self.answer_lengths + (self.answer_lengths < self.gen_length).long()).double().mean()
+        return float(tokens) / self.steps_per_sample
 
 
 # ---------------------------------------------------------------- noise, shared by every decoder
@@ -161,23 +238,45 @@ def check_whole_number(name: str, value: Any, none_means: str | None = None) -> 
         raise ValueError(f"{name} must be a whole number >= 1{alternative}, got {value!r}")
 
 
-def check_request(denoiser: Any, prompt_ids: torch.Tensor, gen_length: int) -> None:
-    """What every decoder checks before its first forward: a [batch, prompt_length] prompt, a
-    whole gen_length >= 1, and prompt + answer within the model's positions."""
-    if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.dim() != 2:
-        shape = tuple(prompt_ids.shape) if isinstance(prompt_ids, torch.Tensor) else type(prompt_ids).__name__
-        raise ValueError(f"prompt_ids must be a [batch, prompt_length] tensor, got {shape}; "
-                         "for one prompt use prompt_ids[None]")
+def check_request(denoiser: Any, prompt_ids: Any, gen_length: int,
+                  prompt_attention_mask: torch.Tensor | None = None) -> None:
+    """What every decoder checks before its first forward: prompts as a [batch, prompt_length]
+    tensor (with `prompt_attention_mask` when rows differ in length) or a list of 1-D tensors,
+    a whole gen_length >= 1, and the longest prompt + answer within the model's positions."""
+    _, lengths = normalise_prompts(prompt_ids, prompt_attention_mask)
     check_whole_number("gen_length", gen_length)
     limit = getattr(denoiser, "max_positions", None)
-    total = prompt_ids.shape[1] + gen_length
+    longest = int(lengths.max()) if len(lengths) else 0
+    total = longest + gen_length
     if isinstance(limit, int) and total > limit:
-        raise ValueError(f"prompt ({prompt_ids.shape[1]}) + gen_length ({gen_length}) = {total} tokens, longer than "
+        raise ValueError(f"prompt ({longest}) + gen_length ({gen_length}) = {total} tokens, longer than "
                          f"the model's {limit} positions; shorten the prompt or generate fewer tokens")
 
 
+def layout_request(denoiser: Any, prompt_ids: Any, gen_length: int,
+                   prompt_attention_mask: torch.Tensor | None = None) -> AnswerLayout:
+    """`check_request`, then the batch laid out for decoding (jointobj/decoding/layout.py)."""
+    check_request(denoiser, prompt_ids, gen_length, prompt_attention_mask)
+    return AnswerLayout.build(denoiser, prompt_ids, gen_length, prompt_attention_mask)
+
+
+def resolve_eos(denoiser: Any, eos_token_id: int | None) -> int | None:
+    """The EOS id a decoder trims at: `eos_token_id`, else the denoiser's (None when it has none)."""
+    eos = getattr(denoiser, "eos_token_id", None) if eos_token_id is None else eos_token_id
+    if eos is None:
+        return None
+    vocab = getattr(denoiser, "vocab_size", None)
+    if isinstance(eos, bool) or not isinstance(eos, int) or eos < 0 or (isinstance(vocab, int) and eos >= vocab):
+        raise ValueError(f"eos_token_id must be a token id in 0..{vocab - 1 if isinstance(vocab, int) else 'V-1'}, "
+                         f"got {eos!r}")
+    if eos == getattr(denoiser, "mask_token_id", None):
+        raise ValueError(f"eos_token_id {eos} is the mask token id; pass the tokenizer's EOS id")
+    return int(eos)
+
+
 def start_answer(denoiser: Any, prompt_ids: torch.Tensor, gen_length: int) -> torch.Tensor:
-    """[b, lp] prompts -> [b, lp + L] long on the denoiser's device: the prompt, then L masks."""
+    """[b, lp] prompts of one length -> [b, lp + L] long on the denoiser's device: the prompt, then L
+    masks. (Prompts of different lengths: `layout_request`.)"""
     device = getattr(denoiser, "device", prompt_ids.device)
     b = prompt_ids.shape[0]
     masks = torch.full((b, int(gen_length)), int(denoiser.mask_token_id), dtype=torch.long, device=device)
@@ -188,19 +287,44 @@ def _ceil_div(a: torch.Tensor, b: torch.Tensor | int) -> torch.Tensor:
     return -torch.div(-a, b, rounding_mode="floor")
 
 
+def check_steps(steps: int | None, gen_length: int, block_length: int | None = None) -> None:
+    """`steps` per block must lie in 1..B, B the block's positions (the answer's without blocks)."""
+    if steps is None:
+        return
+    check_whole_number("steps", steps, "a budget from tokens_per_step")
+    size = min(block_length or gen_length, gen_length)
+    if steps > size:
+        where = f"a block of {size} positions" if block_length else f"an answer of {size} positions"
+        raise ValueError(f"steps={steps} per block is more than {where}; use 1..{size} "
+                         f"(steps={size} commits one token per step)")
+
+
 def block_budget(gen_length: int, tokens_per_step: int | None, block_length: int | None = None,
-                 device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 device: torch.device | str | None = None, steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The step budget: (block_id [L] long, the block of each generated position; budget [nb] long,
-    ceil(B_j / K) steps for block j of B_j positions). K = None: one step per block; block_length
-    None: one block."""
+    steps for block j of B_j positions: ceil(B_j / K), or min(S, B_j) with `steps` = S, which wins
+    over K). K = None: one step per block; block_length None: one block."""
+    check_steps(steps, gen_length, block_length)
     block = block_length or gen_length
     block_id = torch.arange(gen_length, device=device) // block  # [L]
-    return block_id, _ceil_div(torch.bincount(block_id), tokens_per_step or block)  # [L], [nb]
+    sizes = torch.bincount(block_id)  # [nb]
+    if steps is not None:
+        return block_id, sizes.clamp(max=steps)  # [L], [nb]
+    return block_id, _ceil_div(sizes, tokens_per_step or block)  # [L], [nb]
 
 
-def steps_for(gen_length: int, tokens_per_step: int | None, block_length: int | None = None) -> int:
-    """Forwards a top-k policy takes: sum over blocks of ceil(block / K)."""
-    return int(block_budget(gen_length, tokens_per_step, block_length)[1].sum())
+def steps_for(gen_length: int, tokens_per_step: int | None, block_length: int | None = None,
+              steps: int | None = None) -> int:
+    """Forwards a top-k policy takes: sum over blocks of ceil(block / K) (or of min(S, block))."""
+    return int(block_budget(gen_length, tokens_per_step, block_length, steps=steps)[1].sum())
+
+
+def check_budget_options(tokens_per_step: int | None, steps: int | None) -> None:
+    """`steps` replaces `tokens_per_step`: both set (K other than its default 1) is refused."""
+    check_whole_number("tokens_per_step", tokens_per_step, "all at once")
+    check_whole_number("steps", steps, "a budget from tokens_per_step")
+    if steps is not None and tokens_per_step not in (None, 1):
+        raise ValueError(f"give tokens_per_step ({tokens_per_step}) or steps per block ({steps}), not both")
 
 
 @dataclass
@@ -243,8 +367,17 @@ class CommitLedger:
         self.row_steps[live] += 1
 
 
+def finish_sample(layout: AnswerLayout, gen: torch.Tensor, ledger: CommitLedger, steps: int, rows: float,
+                  eos_token_id: int | None) -> SampleOutput:
+    """The SampleOutput of answers gen [b, L] decoded in `layout`, as `ledger` recorded them."""
+    return SampleOutput(ids=layout.compose(gen), prompt_length=layout.prompt_width, steps=steps,
+                        row_steps=ledger.row_steps, rows_per_sample=rows / layout.batch_size,
+                        log_prob=ledger.log_prob, commit_step=ledger.commit_step,
+                        prompt_lengths=None if layout.uniform else layout.prompt_lengths, eos_token_id=eos_token_id)
+
+
 class UnmaskingSampler:
-    """Hard-commit parallel decoder: a policy, a tokens-per-step budget, a temperature, blocks.
+    """Hard-commit parallel decoder: a policy, a step budget, a temperature, blocks.
 
     policy          an UnmaskingPolicy (which positions to commit)
     tokens_per_step K >= 1, or None for a whole block per step
@@ -252,34 +385,40 @@ class UnmaskingSampler:
     block_length    semi-autoregressive blocks: positions of block j+1 are not eligible
                     until block j is complete (None: one block)
     name            what tables call it (default: the policy's registry name)
+    steps           S sequential steps per block instead of K (1 <= S <= block length)
     """
 
     def __init__(self, policy: UnmaskingPolicy, tokens_per_step: int | None = 1, temperature: float = 1.0,
-                 block_length: int | None = None, name: str | None = None):
-        check_whole_number("tokens_per_step", tokens_per_step, "all at once")
+                 block_length: int | None = None, name: str | None = None, steps: int | None = None):
+        check_budget_options(tokens_per_step, steps)
         if not temperature >= 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
         check_whole_number("block_length", block_length, "one block")
+        if steps is not None and block_length is not None:
+            check_steps(steps, block_length, block_length)
         self.policy = policy
-        self.tokens_per_step = None if tokens_per_step is None else int(tokens_per_step)
+        self.steps = None if steps is None else int(steps)
+        self.tokens_per_step = None if tokens_per_step is None or steps is not None else int(tokens_per_step)
         self.temperature = float(temperature)
         self.block_length = None if block_length is None else int(block_length)
         self.name = name or policy.name
 
     def __repr__(self) -> str:
-        return (f"UnmaskingSampler({self.policy!r}, tokens_per_step={self.tokens_per_step}, "
+        budget = f"steps={self.steps}" if self.steps is not None else f"tokens_per_step={self.tokens_per_step}"
+        return (f"UnmaskingSampler({self.policy!r}, {budget}, "
                 f"temperature={self.temperature}, block_length={self.block_length}, name={self.name!r})")
 
     @torch.no_grad()  # not inference_mode: samples feed later training (NCE negatives), which must be able to save them
     def sample(self, denoiser, prompt_ids: torch.Tensor, gen_length: int, generator: torch.Generator | None = None,
-               *, return_trace: bool = False) -> SampleOutput:
-        """Generate `gen_length` tokens after each row of `prompt_ids [b, lp]` (attention all ones)."""
-        check_request(denoiser, prompt_ids, gen_length)
-        ids = start_answer(denoiser, prompt_ids, gen_length)  # [b, lp+L]
-        device, mask_id = ids.device, int(denoiser.mask_token_id)
-        (b, lp), length = prompt_ids.shape, int(gen_length)
-        attention = torch.ones_like(ids)  # [b, lp+L]
-        block_id, budget = block_budget(length, self.tokens_per_step, self.block_length, device)  # [L], [nb]
+               *, return_trace: bool = False, prompt_attention_mask: torch.Tensor | None = None,
+               eos_token_id: int | None = None) -> SampleOutput:
+        """Generate `gen_length` tokens after each prompt (prompt forms and EOS: module docstring)."""
+        layout = layout_request(denoiser, prompt_ids, gen_length, prompt_attention_mask)
+        eos = resolve_eos(denoiser, eos_token_id)
+        mask_id, device = int(denoiser.mask_token_id), layout.device
+        b, length = layout.batch_size, layout.gen_length
+        gen = layout.start(mask_id)  # [b, L]
+        block_id, budget = block_budget(length, self.tokens_per_step, self.block_length, device, self.steps)
         blocks = len(budget)
 
         ledger = CommitLedger.start(b, length, device, return_trace)
@@ -290,14 +429,13 @@ class UnmaskingSampler:
 
         with eval_mode(denoiser):
             while True:
-                masked = ids[:, lp:] == mask_id  # [b, L]
+                masked = gen == mask_id  # [b, L]
                 active = masked.any(1)  # [b]
                 n_active = int(active.sum())
                 if n_active == 0:
                     break
                 every = n_active == b
                 live = None if every else active.nonzero().squeeze(1)  # [a]
-                x = ids if every else ids[live]  # [a, lp+L]
                 m = masked if every else masked[live]  # [a, L]
 
                 block_now = torch.where(m, block_id, blocks).amin(1)  # [a]
@@ -307,18 +445,17 @@ class UnmaskingSampler:
                 spent = torch.where(same, used if every else used[live], 0)  # [a]
                 quota = _ceil_div(left, (budget[block_now] - spent).clamp(min=1))  # [a]
 
-                logits = denoiser(input_ids=x, attention_mask=attention[: x.shape[0]])[:, lp:]  # [a, L, V]
+                x = layout.compose(gen if every else gen[live], live)  # [a, P+L]
+                logits = layout.answer_logits(denoiser, live, input_ids=x)  # [a, L, V]
                 logits = logits.index_fill(-1, mask_index, _EXCLUDED_LOGIT)  # never commit a mask (out of place)
                 commit = self.policy.select(logits, eligible, quota, generator)  # [a, L]
                 tokens, token_log_q = gumbel_max(logits[commit], self.temperature, generator)  # [n], [n]
 
-                ledger.record(ids, lp, live, commit, tokens, token_log_q)
+                ledger.record(gen, 0, live, commit, tokens, token_log_q)
                 if every:
                     used, current_block = spent + 1, block_now
                 else:
                     used[live], current_block[live] = spent + 1, block_now
                 steps += 1
                 rows += x.shape[0]
-        return SampleOutput(ids=ids, prompt_length=lp, steps=steps, row_steps=ledger.row_steps,
-                            rows_per_sample=rows / b, log_prob=ledger.log_prob, commit_step=ledger.commit_step)
-
+        return finish_sample(layout, gen, ledger, steps, rows, eos)

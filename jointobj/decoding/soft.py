@@ -75,12 +75,15 @@ from jointobj.decoding.sampler import (
     SampleOutput,
     _ceil_div,
     block_budget,
-    check_request,
+    check_budget_options,
+    check_steps,
     check_whole_number,
     eval_mode,
+    finish_sample,
     gumbel_max,
     gumbel_noise,
-    start_answer,
+    layout_request,
+    resolve_eos,
 )
 from jointobj.registry import Registry
 from jointobj.soft_inputs import require_input_embeddings, soft_input_embeddings, soft_state
@@ -165,6 +168,7 @@ class SoftStateDecoder:
     """Soft-state decoder (module docstring). Options:
 
     tokens_per_step K >= 1 or None: step budget S = ceil(L / K)
+    steps           S steps per block instead of K (1 <= S <= block length)
     threshold       commit when confidence > threshold, in (0, 1]; 1 = nothing commits early
     mixing          a in [0, 1]: weight of the state against E[MASK] (0 = hard masks)
     schedule        how a moves over the forwards: a name in MIXING_SCHEDULES
@@ -181,8 +185,8 @@ class SoftStateDecoder:
     def __init__(self, tokens_per_step: int | None = 1, *, threshold: float = 0.9, mixing: float = 1.0,
                  schedule: str = "constant", top_k: int | None = None, temperature: float = 1.0,
                  state_temperature: float = 0.25, breaker: str | SymmetryBreaker = "gumbel", noise: float = 1.0,
-                 quota: bool = False, block_length: int | None = None):
-        check_whole_number("tokens_per_step", tokens_per_step, "all at once")
+                 quota: bool = False, block_length: int | None = None, steps: int | None = None):
+        check_budget_options(tokens_per_step, steps)
         check_whole_number("top_k", top_k, "the whole vocabulary")
         check_whole_number("block_length", block_length, "one block")
         if not 0.0 < threshold <= 1.0:
@@ -193,7 +197,10 @@ class SoftStateDecoder:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
         if not state_temperature > 0:
             raise ValueError(f"state_temperature must be > 0 (below 1 sharpens the states), got {state_temperature}")
-        self.tokens_per_step = None if tokens_per_step is None else int(tokens_per_step)
+        if steps is not None and block_length is not None:
+            check_steps(steps, block_length, block_length)
+        self.steps = None if steps is None else int(steps)
+        self.tokens_per_step = None if tokens_per_step is None or steps is not None else int(tokens_per_step)
         self.top_k = None if top_k is None else int(top_k)
         self.block_length = None if block_length is None else int(block_length)
         self.threshold, self.mixing = float(threshold), float(mixing)
@@ -205,7 +212,8 @@ class SoftStateDecoder:
         self.quota, self._quota_policy = bool(quota), ConfidenceThreshold(threshold)
 
     def __repr__(self) -> str:
-        return (f"SoftStateDecoder(tokens_per_step={self.tokens_per_step}, threshold={self.threshold}, "
+        budget = f"steps={self.steps}" if self.steps is not None else f"tokens_per_step={self.tokens_per_step}"
+        return (f"SoftStateDecoder({budget}, threshold={self.threshold}, "
                 f"mixing={self.mixing}, schedule={self.schedule!r}, top_k={self.top_k}, "
                 f"temperature={self.temperature}, state_temperature={self.state_temperature}, "
                 f"breaker={self.breaker!r}, quota={self.quota}, block_length={self.block_length})")
@@ -230,19 +238,21 @@ class SoftStateDecoder:
 
     @torch.no_grad()
     def sample(self, denoiser, prompt_ids: torch.Tensor, gen_length: int, generator: torch.Generator | None = None,
-               *, return_trace: bool = False) -> SampleOutput:
-        """Generate `gen_length` tokens after each row of `prompt_ids [b, lp]` (attention all ones)."""
+               *, return_trace: bool = False, prompt_attention_mask: torch.Tensor | None = None,
+               eos_token_id: int | None = None) -> SampleOutput:
+        """Generate `gen_length` tokens after each prompt (prompt forms and EOS: jointobj/decoding/sampler.py)."""
         require_input_embeddings(denoiser)
-        check_request(denoiser, prompt_ids, gen_length)
-        ids = start_answer(denoiser, prompt_ids, gen_length)  # [b, lp+L]
-        device, mask_id = ids.device, int(denoiser.mask_token_id)
-        (b, lp), length = prompt_ids.shape, int(gen_length)
+        layout = layout_request(denoiser, prompt_ids, gen_length, prompt_attention_mask)
+        eos = resolve_eos(denoiser, eos_token_id)
+        mask_id, device = int(denoiser.mask_token_id), layout.device
+        b, length = layout.batch_size, layout.gen_length
+        gen = layout.start(mask_id)  # [b, L]
         committed = torch.zeros(b, length, dtype=torch.bool, device=device)  # [b, L]
         state = None  # [b, L, V] once the first forward has run
         ledger = CommitLedger.start(b, length, device, return_trace)
         mask_index = torch.tensor([mask_id], device=device)
 
-        block_id, block_steps = block_budget(length, self.tokens_per_step, self.block_length, device)  # [L], [nb]
+        block_id, block_steps = block_budget(length, self.tokens_per_step, self.block_length, device, self.steps)
         blocks, budget = len(block_steps), int(block_steps.sum())  # budget: the most forwards a row runs
         used = torch.zeros(b, dtype=torch.long, device=device)  # steps spent in the row's current block
         current = torch.zeros(b, dtype=torch.long, device=device)  # the row's current block
@@ -251,16 +261,17 @@ class SoftStateDecoder:
         with eval_mode(denoiser):
             while not committed.all():
                 live = (~committed).any(1).nonzero().squeeze(1)  # [a]
-                x, open_ = ids[live], ~committed[live]  # [a, lp+L], [a, L]
-                attention = torch.ones_like(x)  # [a, lp+L]
+                open_ = ~committed[live]  # [a, L]
+                x = layout.compose(gen[live], live)  # [a, P+L]
                 a = 0.0 if state is None else self.mixing * self._schedule(steps, budget)
                 if a > 0:
-                    soft = torch.cat([torch.zeros_like(x[:, :lp], dtype=torch.bool), open_], 1)  # [a, lp+L]
-                    embeds = soft_input_embeddings(denoiser, x, soft, state[live][open_], a)  # [a, lp+L, d]
-                    logits = denoiser(inputs_embeds=embeds, attention_mask=attention)  # [a, lp+L, V]
+                    soft = layout.answer_mask(live)  # [a, P+L]
+                    soft[soft.clone()] = open_.flatten()  # the open answer positions read states
+                    embeds = soft_input_embeddings(denoiser, x, soft, state[live][open_], a)  # [a, P+L, d]
+                    logits = layout.answer_logits(denoiser, live, inputs_embeds=embeds)  # [a, L, V]
                 else:  # plain masks: the same input through the cheaper id path
-                    logits = denoiser(input_ids=x, attention_mask=attention)  # [a, lp+L, V]
-                logits = logits[:, lp:].index_fill(-1, mask_index, _EXCLUDED_LOGIT)  # [a, L, V]
+                    logits = layout.answer_logits(denoiser, live, input_ids=x)  # [a, L, V]
+                logits = logits.index_fill(-1, mask_index, _EXCLUDED_LOGIT)  # [a, L, V]
 
                 block_now = torch.where(open_, block_id, blocks).amin(1)  # [a]
                 spent = torch.where(block_now == current[live], used[live], 0)  # [a]
@@ -268,7 +279,7 @@ class SoftStateDecoder:
                 steps_left = (block_steps[block_now] - spent).clamp(min=1)  # [a] 1: commit all of the block
                 commit = self._commit(logits, eligible, steps_left)  # [a, L]
                 tokens, token_log_q = gumbel_max(logits[commit], self.temperature, generator)  # [n], [n]
-                ledger.record(ids, lp, live, commit, tokens, token_log_q)
+                ledger.record(gen, 0, live, commit, tokens, token_log_q)
                 committed[live] = ~open_ | commit
                 used[live], current[live] = spent + 1, block_now
                 steps, rows = steps + 1, rows + len(live)
@@ -278,8 +289,7 @@ class SoftStateDecoder:
                     if state is None:
                         state = refined.new_zeros(b, length, refined.shape[-1])  # [b, L, V]
                     state[live] = refined
-        return SampleOutput(ids=ids, prompt_length=lp, steps=steps, row_steps=ledger.row_steps, rows_per_sample=rows / b,
-                            log_prob=ledger.log_prob, commit_step=ledger.commit_step)
+        return finish_sample(layout, gen, ledger, steps, rows, eos)
 
 
 DECODERS.register("soft")(SoftStateDecoder)
