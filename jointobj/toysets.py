@@ -10,7 +10,8 @@ Every sequence is `prompt tokens` then `answer tokens`, with the same lengths ac
 The first prompt token is the set's tag (`<likes_tennis>`), so one model (and one oracle,
 see `oracle.py`) can serve several sets; unconditional sets have only the tag as prompt,
 conditional ones end their prompt with `[SEP]`. All built-in sets share `toy_tokenizer()`.
-Users add their own set from a `datasets.Dataset` and a validator (`register_toyset`).
+Users build their own sets with `jointobj.user_sets.make_toyset` and pass them to any command
+by import reference (`--toyset mysets:dates`); `register_toyset` registers a Dataset's set by name.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import datasets
 import torch
@@ -36,6 +37,8 @@ __all__ = [
     "ToySet",
     "load_toyset",
     "register_toyset",
+    "resolve_toyset_reference",
+    "shared_tokenizer",
     "toy_tokenizer",
     "toyset_from_dataset",
 ]
@@ -285,9 +288,18 @@ class ToySet:
         valid = self.is_valid(self.prompts[owner], self.flat_answers)  # [T]
         if not valid.all():
             i = int((~valid).nonzero()[0])
+            prompt, answer = self.prompts[owner[i]], self.flat_answers[i]
+            unk = self.tokenizer.unk_token_id
+            if unk is not None and bool((prompt == unk).any() or (answer == unk).any()):
+                raise ValueError(
+                    f"toy set {self.name!r}: example {i} holds the unknown token {self.tokenizer.unk_token!r} "
+                    f"(prompt {self.describe(prompt)!r}, answer {self.describe(answer)!r}): the tokenizer does not "
+                    "know its words. Build the set with jointobj.user_sets.make_toyset (it extends the tokenizer to "
+                    "the set's words), or pass a tokenizer that knows them."
+                )
             raise ValueError(
                 f"toy set {self.name!r}: the validator rejects the set's own example {i}: prompt "
-                f"{self.describe(self.prompts[owner[i]])!r}, answer {self.describe(self.flat_answers[i])!r}. "
+                f"{self.describe(prompt)!r}, answer {self.describe(answer)!r}. "
                 "Fix the validator, or remove the example from the data."
             )
         return self
@@ -331,8 +343,12 @@ for _family in builders.FAMILY_BUILDERS:
 
 def load_toyset(name: str) -> ToySet:
     """A toy set by name: `likes_tennis`, `cities`, `agreement`, `sudoku_4`, `copy`, `reverse`,
-    `shuffle_<n>` (2..8), `latin_square_<n>` (2..5), `copy_<n>` / `reverse_<n>` (2..6), or a name
-    given to `register_toyset`. Built-in sets are built once and cached (shared instances)."""
+    `shuffle_<n>` (2..8), `latin_square_<n>` (2..5), `copy_<n>` / `reverse_<n>` (2..6), a name
+    given to `register_toyset`, or an import reference `package.module:attribute` (a ToySet, or
+    a function of no arguments returning one; see `resolve_toyset_reference`). Built-in sets are
+    built once and cached (shared instances)."""
+    if ":" in name:
+        return resolve_toyset_reference(name)
     if name in TOYSETS:
         return TOYSETS.get(name)()
     match = _FAMILY.fullmatch(name)
@@ -341,7 +357,76 @@ def load_toyset(name: str) -> ToySet:
     return TOYSETS.get(name)()  # raises, listing the known names
 
 
+def shared_tokenizer(toysets: Sequence[ToySet]):
+    """The one tokenizer several sets can share: the largest of theirs, when every other set's
+    vocabulary is contained in it with the same ids (as `make_toyset` extends the built-in one);
+    else a ValueError naming two sets that disagree."""
+    if not toysets:
+        raise ValueError("shared_tokenizer needs at least one toy set")
+    largest = max(toysets, key=lambda t: len(t.tokenizer))
+    vocab = largest.tokenizer.get_vocab()
+    for toyset in toysets:
+        if toyset.tokenizer is largest.tokenizer:
+            continue
+        clash = [w for w, i in toyset.tokenizer.get_vocab().items() if vocab.get(w) != i]
+        if clash:
+            raise ValueError(
+                f"toy sets {toyset.name!r} and {largest.name!r} give different ids to {clash[:5]}; one model (or "
+                f"oracle) needs one vocabulary: build the later set on the earlier one's tokenizer, e.g. "
+                f"make_toyset({largest.name!r}, ..., tokenizer={toyset.name}.tokenizer)"
+            )
+    return largest.tokenizer
+
+
 # ---------------------------------------------------------------- user sets
+
+
+@functools.lru_cache(maxsize=None)
+def resolve_toyset_reference(reference: str) -> ToySet:
+    """`package.module:attribute` -> the ToySet it names (the Python entry-point convention).
+
+    The module is imported (nothing is exec'd from a file path); when it is not found on
+    sys.path, the current directory is tried too, so `mysets:dates` finds ./mysets.py from a
+    console command. The attribute (dotted names allowed) is a ToySet, or a function of no
+    arguments returning one. Resolved once per process (the same instance every time)."""
+    import importlib
+    import importlib.util
+    import os
+    import sys
+
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute or ":" in attribute:
+        raise ValueError(f"toy set reference {reference!r} is not 'package.module:attribute' (e.g. mysets:dates)")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is None or not f"{module_name}.".startswith(f"{error.name}."):  # the module's own import failed
+            raise ValueError(f"toy set reference {reference!r}: importing module {module_name!r} failed: "
+                             f"{error}") from error
+        if os.getcwd() in sys.path:
+            module = None
+        else:
+            sys.path.append(os.getcwd())
+            module = importlib.util.find_spec(module_name.split(".")[0]) and importlib.import_module(module_name)
+        if module is None:
+            raise ValueError(
+                f"toy set reference {reference!r}: no module {module_name!r} ({error}); make it importable: run from "
+                "the directory holding it, add that directory to PYTHONPATH, or install its package"
+            ) from error
+    value: Any = module
+    for part in attribute.split("."):
+        if not hasattr(value, part):
+            sets = sorted(k for k, v in vars(module).items() if isinstance(v, ToySet))
+            raise ValueError(f"toy set reference {reference!r}: module {module_name!r} "
+                             f"({getattr(module, '__file__', '?')}) has no attribute {attribute!r}; its toy sets: "
+                             f"{', '.join(sets) or 'none'}")
+        value = getattr(value, part)
+    if callable(value) and not isinstance(value, ToySet):
+        value = value()
+    if not isinstance(value, ToySet):
+        raise ValueError(f"toy set reference {reference!r}: {module_name}.{attribute} is a {type(value).__name__}, "
+                         "not a ToySet (or a function returning one); build it with jointobj.user_sets.make_toyset")
+    return value
 
 
 def toyset_from_dataset(name: str, dataset: datasets.Dataset, validator: Validator, tokenizer=None) -> ToySet:
