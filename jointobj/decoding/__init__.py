@@ -22,6 +22,7 @@ from jointobj.decoding.rescore import (
 )
 from jointobj.decoding.sampler import SampleOutput, UnmaskingSampler, gumbel_max, steps_for
 from jointobj.decoding.soft import MIXING_SCHEDULES, SYMMETRY_BREAKERS, SoftStateDecoder, SymmetryBreaker  # registers "soft"
+from jointobj.decoding.speculative import SpeculativeDecoder  # registers "speculative"
 
 __all__ = [
     "DECODERS",
@@ -41,6 +42,7 @@ __all__ = [
     "RescoredOutput",
     "SampleOutput",
     "SoftStateDecoder",
+    "SpeculativeDecoder",
     "SymmetryBreaker",
     "UnmaskingPolicy",
     "UnmaskingSampler",

@@ -1,0 +1,300 @@
+"""Lossless parallel decoding: draft from the parallel marginals, verify against the conditionals.
+
+    from jointobj.decoding import build_decoder
+    decoder = build_decoder("speculative", order="l2r", draft_length=None, drafts=1, temperature=1.0)
+    out = decoder.sample(denoiser, prompt_ids, gen_length=8, generator=torch.Generator().manual_seed(0))
+    out.tokens_per_step, out.rows_per_sample, out.log_prob   # measured rate, compute, exact log p_o(answer)
+
+The target law is the model's own autoregressive distribution in a verification order o (a
+permutation of the answer positions): p_o(x) = prod_k p(x_{o_k} | x_{o_<k} visible, rest masked),
+each factor softmax(logits / T) with [MASK] excluded, as the one-token-per-step decoder draws
+it. Every sample this decoder returns is an exact draw from p_o, yet several tokens commit
+per sequential step.
+
+A round, with c tokens of the order committed:
+
+1. *draft*: the next w positions o_c .. o_{c+w-1} (w = `draft_length`, cut at the end of the
+   current block; None = the rest of the block) get tokens drawn independently from proposal
+   marginals q (softmax(logits / T) of an earlier forward, below);
+2. *verify*: one batched forward of w rows, row j showing the committed tokens and the drafts
+   before j (the rest masked), gives the target conditional p_j at o_{c+j};
+3. *accept* drafts in order while u < p_j(x_j) / q_j(x_j); at the first rejection draw the
+   token from norm(max(0, p_j - q_j)) and end the round. A rejected or a completed window
+   commits p_j's token and everything accepted before it;
+4. the proposal of the next round is the marginals of the row that verified the last committed
+   position (it shows every committed token but that last one), so a round is one sequential step.
+
+Any proposal keeps the law exact as long as the ratio uses the q the draft was drawn from and q
+is fixed before the draft (standard speculative sampling); the first proposal comes from one
+forward of the bare answer, counted as a step. In the first round that forward already shows
+row 0's context, so row 0 is not run again (p_0 = q_0, and the first draft is always accepted).
+
+Multi-draft (`drafts` = N): N independent drafts of the window, all drawn from the same q, are
+verified together (N rows per window position, the j = 0 row shared: 1 + N (w - 1) rows, still
+one step). At each position the drafts whose tokens agree with everything accepted so far
+are candidates, tried in draft order by recursive rejection: accept candidate k with
+probability min(1, r_k(x_k) / q(x_k)), r_1 = p_j; on rejection r_{k+1} = norm(max(0, r_k - q));
+when every candidate is rejected the token is drawn from the last residual. Candidates are
+i.i.d. draws from q given the history, so each rejection step is ordinary speculative sampling
+on the residual and the committed token has law p_j exactly (multi-candidate speculative
+sampling, Yang et al. 2024). A rejected token has zero residual mass afterwards, so no draft
+survives a residual draw and the round ends there.
+
+T = 0: drafts are argmax q and a draft is accepted iff it is argmax p_j, else argmax p_j is
+committed: the same ids as the one-token-per-step greedy decoder in the same order.
+
+Orders: "l2r", "r2l", "random" (a fresh uniform order per sample; the law is then p_o given the
+order drawn), or an explicit permutation of range(gen_length) (the position verified first,
+second, ...). `block_length` B: semi-autoregressive blocks of B positions, verified block after
+block, each block in the order o restricted to it; drafts never cross a block boundary.
+
+Cost (SampleOutput): `steps` counts every sequential forward including the first marginal one,
+`row_steps` the forwards each sample took part in, `rows_per_sample` every row of every
+forward, and `tokens_per_step` the measured rate. `log_prob` is log p_o(answer) at T, summed
+from the p_j rows of the verification itself (T = 0: 0). `tokens_per_step` passed to the
+factory does not set anything: the rate is measured, the window is `draft_length`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from jointobj.decoding.registry import DECODERS
+from jointobj.decoding.sampler import (
+    _EXCLUDED_LOGIT,
+    SampleOutput,
+    check_request,
+    check_whole_number,
+    eval_mode,
+    gumbel_noise,
+    start_answer,
+    uniform,
+)
+from jointobj.orders import ORDERS
+
+__all__ = ["SpeculativeDecoder", "verification_order"]
+
+_NAMED_ORDERS = ("l2r", "r2l", "random")
+
+
+def verification_order(order: str | Sequence[int], b: int, length: int, block_length: int | None,
+                       generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+    """[b, L] long: the answer position verified at each step of each sample (blocks first, then
+    `order` inside each block). `order` is a name in ("l2r", "r2l", "random") or a permutation."""
+    if isinstance(order, str):
+        if order not in _NAMED_ORDERS:
+            raise ValueError(f"unknown verification order {order!r}; use one of {', '.join(_NAMED_ORDERS)} "
+                             "or an explicit permutation of range(gen_length)")
+        rank = ORDERS.get(order)(torch.ones(b, length, dtype=torch.bool, device=device), generator)  # [b, L]
+    else:
+        explicit = [int(i) for i in order]
+        if sorted(explicit) != list(range(length)):
+            raise ValueError(f"order {explicit} is not a permutation of range({length}) (gen_length {length}); "
+                             "list every answer position once, the one verified first first")
+        rank = torch.empty(length, dtype=torch.long, device=device)
+        rank[torch.tensor(explicit, device=device)] = torch.arange(length, device=device)
+        rank = rank.expand(b, length)  # [b, L]
+    block_id = torch.arange(length, device=device) // (block_length or length)  # [L]
+    return (block_id * length + rank).argsort(dim=1)  # [b, L] position at each verification step
+
+
+def _tempered_log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[..., V] logits ([MASK] already excluded) -> [..., V] float64 log softmax(logits / T)."""
+    return (logits.double() / temperature).log_softmax(-1)
+
+
+class SpeculativeDecoder:
+    """Draft-and-verify decoder with the exact law of the order-o autoregressive sampler (module doc).
+
+    order          "l2r" | "r2l" | "random" | a permutation of range(gen_length)
+    draft_length   w >= 1 drafted positions per round, or None for the rest of the block
+    drafts         N >= 1 independent drafts verified together (multi-draft recursive rejection)
+    temperature    T >= 0 of the target (and of the proposal); 0 = greedy
+    block_length   semi-autoregressive blocks (None: one block)
+    """
+
+    name = "speculative"
+
+    def __init__(self, tokens_per_step: int | None = None, *, order: str | Sequence[int] = "l2r",
+                 draft_length: int | None = None, drafts: int = 1, temperature: float = 1.0,
+                 block_length: int | None = None):
+        check_whole_number("tokens_per_step", tokens_per_step, "a measured rate")
+        check_whole_number("draft_length", draft_length, "the rest of the block")
+        check_whole_number("drafts", drafts)
+        check_whole_number("block_length", block_length, "one block")
+        if not temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        if isinstance(order, str) and order not in _NAMED_ORDERS:
+            raise ValueError(f"unknown verification order {order!r}; use one of {', '.join(_NAMED_ORDERS)} "
+                             "or an explicit permutation of range(gen_length)")
+        self.order = order if isinstance(order, str) else tuple(int(i) for i in order)
+        self.draft_length = None if draft_length is None else int(draft_length)
+        self.drafts = int(drafts)
+        self.temperature = float(temperature)
+        self.block_length = None if block_length is None else int(block_length)
+
+    def __repr__(self) -> str:
+        return (f"SpeculativeDecoder(order={self.order!r}, draft_length={self.draft_length}, drafts={self.drafts}, "
+                f"temperature={self.temperature}, block_length={self.block_length})")
+
+    # ------------------------------------------------------------ the rejection rule (tests inject broken ones)
+
+    def acceptance(self, target: torch.Tensor, proposal: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        """[a, V] target r, [a, V] proposal q, [a] drafted token -> [a] r(x) / q(x) (accept while u < it)."""
+        picked = token[:, None]
+        return target.gather(1, picked).squeeze(1) / proposal.gather(1, picked).squeeze(1)
+
+    def residual(self, target: torch.Tensor, proposal: torch.Tensor) -> torch.Tensor:
+        """[a, V] -> [a, V] norm(max(0, r - q)): the law to draw from after rejecting a draft of q. Where r <= q
+        everywhere (r = q up to rounding; a rejection then had probability ~0) r itself is kept."""
+        excess = (target - proposal).clamp(min=0)  # [a, V]
+        mass = excess.sum(-1, keepdim=True)  # [a, 1]
+        return torch.where(mass > 0, excess / mass.clamp(min=torch.finfo(excess.dtype).tiny), target)
+
+    def _verify_position(self, log_p: torch.Tensor, q: torch.Tensor | None, candidates: torch.Tensor,
+                         alive: torch.Tensor, u: torch.Tensor | None,
+                         generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One position of a window, for a rows.
+
+        log_p [a, V] target log p_j, q [a, V] proposal, candidates [a, N] drafted tokens, alive [a, N] drafts that
+        agree with everything accepted, u [a, N] uniforms (q and u None at T = 0, log_p then the logits)
+        -> (token [a], accepted [a] bool: some draft was)."""
+        if u is None:  # T = 0: log_p holds the logits; the argmax decides
+            token = log_p.argmax(-1)  # [a]
+            return token, (alive & (candidates == token[:, None])).any(1)
+        target = log_p.exp()  # [a, V]
+        token = torch.full_like(candidates[:, 0], -1)  # [a], -1 until a candidate is accepted
+        for k in range(candidates.shape[1]):
+            tried = alive[:, k] & (token < 0)  # [a]
+            accept = tried & (u[:, k] < self.acceptance(target, q, candidates[:, k]))  # [a]
+            token = torch.where(accept, candidates[:, k], token)
+            rejected = tried & ~accept
+            target = torch.where(rejected[:, None], self.residual(target, q), target)  # [a, V]
+        accepted = token >= 0
+        fallback = (target.log() + gumbel_noise(target.shape, generator, target.device)).argmax(-1)  # [a] ~ target
+        return torch.where(accepted, token, fallback), accepted
+
+    # ------------------------------------------------------------ the loop
+
+    @staticmethod
+    def _answer_logits(denoiser, x: torch.Tensor, lp: int, mask_index: torch.Tensor) -> torch.Tensor:
+        """[R, lp+L] ids -> [R, L, V] logits of the answer positions, [MASK] excluded."""
+        logits = denoiser(input_ids=x, attention_mask=torch.ones_like(x))[:, lp:]  # [R, L, V]
+        return logits.index_fill(-1, mask_index, _EXCLUDED_LOGIT)
+
+    @torch.no_grad()
+    def sample(self, denoiser, prompt_ids: torch.Tensor, gen_length: int, generator: torch.Generator | None = None,
+               *, return_trace: bool = False) -> SampleOutput:
+        """Generate `gen_length` tokens after each row of `prompt_ids [b, lp]` (attention all ones)."""
+        check_request(denoiser, prompt_ids, gen_length)
+        ids = start_answer(denoiser, prompt_ids, gen_length)  # [b, lp+L]
+        device, mask_id = ids.device, int(denoiser.mask_token_id)
+        (b, lp), length = prompt_ids.shape, int(gen_length)
+        mask_index = torch.tensor([mask_id], device=device)
+        perm = verification_order(self.order, b, length, self.block_length, generator, device)  # [b, L]
+        block = self.block_length or length
+        window = self.draft_length or length
+        temperature = self.temperature
+
+        log_prob = torch.zeros(b, dtype=torch.float64, device=device)
+        row_steps = torch.ones(b, dtype=torch.long, device=device)
+        commit_step = torch.full((b, length), -1, dtype=torch.long, device=device) if return_trace else None
+        done = torch.zeros(b, dtype=torch.long, device=device)  # c: positions of the order committed
+        first = torch.ones(b, dtype=torch.bool, device=device)  # the proposal shows exactly the committed tokens
+
+        with eval_mode(denoiser):
+            proposal = self._answer_logits(denoiser, ids, lp, mask_index)  # [b, L, V] the first marginals
+            steps, rows = 1, b
+            while bool((done < length).any()):
+                live = (done < length).nonzero().squeeze(1)  # [a]
+                a = len(live)
+                c = done[live]  # [a]
+                block_end = torch.clamp((c // block + 1) * block, max=length)  # [a]
+                width = torch.clamp(block_end - c, max=window)  # [a] w_b
+                w = int(width.max())
+                n = self.drafts
+                slot = torch.arange(w, device=device)  # [w]
+                in_window = slot < width[:, None]  # [a, w]
+                positions = perm[live].gather(1, (c[:, None] + slot).clamp(max=length - 1))  # [a, w]
+                vocab = proposal.shape[-1]
+                q_logits = proposal[live].gather(1, positions[..., None].expand(a, w, vocab))  # [a, w, V]
+
+                # draft N windows from q
+                if temperature == 0:
+                    drafted = q_logits.argmax(-1)[:, None].expand(a, n, w)  # [a, N, w]
+                    q = None
+                else:
+                    log_q = _tempered_log_probs(q_logits, temperature)  # [a, w, V]
+                    q = log_q.exp()
+                    noise = gumbel_noise((a, n, w, vocab), generator, device)  # [a, N, w, V]
+                    drafted = (log_q[:, None] + noise).argmax(-1)  # [a, N, w]
+                    u = uniform((a, n, w), generator, device)  # [a, N, w]
+
+                # rows: (draft n, slot j) shows the drafts of n before j; slot 0 is shared; skipped when first
+                need = in_window[:, None, :].expand(a, n, w).clone()  # [a, N, w]
+                need[:, 1:, 0] = False
+                need[:, 0, 0] &= ~first[live]
+                row_of = torch.where(need.flatten(), need.flatten().long().cumsum(0) - 1, -1).view(a, n, w)
+                row_of[:, 1:, 0] = row_of[:, :1, 0]
+                total_rows = int(need.sum())
+                if total_rows:
+                    x = ids[live][:, None, None, :].expand(a, n, w, lp + length).clone()  # [a, N, w, lp+L]
+                    for s in range(w - 1):  # slot s's draft is visible to rows j > s
+                        at = (lp + positions[:, s]).view(a, 1, 1, 1).expand(a, n, w - s - 1, 1)
+                        token_s = drafted[:, :, s].view(a, n, 1, 1).expand(a, n, w - s - 1, 1)
+                        x[:, :, s + 1 :].scatter_(3, at, token_s)
+                    verified = self._answer_logits(denoiser, x[need], lp, mask_index)  # [R, L, V]
+                    took_part = need.flatten(1).any(1)  # [a]
+                    row_steps[live] += took_part.long()
+                    steps, rows = steps + 1, rows + total_rows
+
+                # accept in order
+                rows_index = torch.arange(a, device=device)
+                alive = torch.ones(a, n, dtype=torch.bool, device=device)  # [a, N]
+                running = torch.ones(a, dtype=torch.bool, device=device)  # the round goes on
+                supplier = torch.full((a,), -1, dtype=torch.long, device=device)  # row giving the next proposal
+                committed = torch.zeros(a, dtype=torch.long, device=device)
+                gen = ids[live, lp:]  # [a, L]
+                for j in range(w):
+                    act = running & (j < width)  # [a]
+                    if not bool(act.any()):
+                        break
+                    lead = alive.long().argmax(1)  # [a] first draft still alive
+                    row = row_of[rows_index, lead, j]  # [a], -1: p_j = q_j (first round, slot 0)
+                    p_logits = q_logits[:, j]  # [a, V]
+                    if total_rows:
+                        picked = verified[row.clamp(min=0), positions[:, j]]  # [a, V]
+                        p_logits = torch.where((row >= 0)[:, None], picked, p_logits)
+                    log_p = p_logits if temperature == 0 else _tempered_log_probs(p_logits, temperature)  # [a, V]
+                    token, accepted = self._verify_position(log_p, None if q is None else q[:, j], drafted[:, :, j],
+                                                            alive, None if q is None else u[:, :, j], generator)
+                    who, where = rows_index[act], positions[act, j]  # the rows that commit position j now
+                    gen[who, where] = token[act]
+                    if temperature > 0:
+                        log_prob[live[who]] += log_p[who, token[act]]
+                    if commit_step is not None:
+                        commit_step[live[who], where] = row_steps[live[who]] - 1
+                    supplier = torch.where(act, row, supplier)
+                    committed += act.long()
+                    alive &= drafted[:, :, j] == token[:, None]
+                    running = act & accepted
+                ids[live, lp:] = gen
+                done[live] = c + committed
+                first[live] = False
+                if total_rows:
+                    fresh = supplier >= 0  # else the proposal already in place stays (first round, slot 0 only)
+                    if bool(fresh.any()):
+                        proposal[live[fresh]] = verified[supplier[fresh]]
+        return SampleOutput(ids=ids, prompt_length=lp, steps=steps, row_steps=row_steps, rows_per_sample=rows / b,
+                            log_prob=log_prob, commit_step=commit_step)
+
+
+@DECODERS.register("speculative")
+def speculative_decoder(tokens_per_step: int | None = None, **options) -> SpeculativeDecoder:
+    """SpeculativeDecoder: exact samples of the order-o autoregressive law, several tokens per step."""
+    return SpeculativeDecoder(tokens_per_step, **options)
+
+
+speculative_decoder.option_names = {"order", "draft_length", "drafts", "temperature", "block_length"}
