@@ -1,6 +1,7 @@
 """Training data for the recipes: toy sets by name, or a local dataset in one of three shapes.
 
     load_training_data("likes_tennis,cities,shuffle_3", tokenizer)   # toy sets, generated in code
+    load_training_data("mysets:dates,likes_tennis", tokenizer)       # a user's set by import reference too
     load_training_data("data/sft.jsonl", tokenizer)                  # JSONL file
     load_training_data("data/my_dataset", tokenizer)                 # datasets.save_to_disk directory
 
@@ -62,6 +63,9 @@ def _is_toy_spec(spec: str) -> bool:
 
 
 def _known_toyset(name: str) -> bool:
+    if ":" in name:  # an import reference (module:attribute): one that does not resolve says why, here
+        load_toyset(name)
+        return True
     try:
         load_toyset(name)
     except ValueError:

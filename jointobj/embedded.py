@@ -155,12 +155,12 @@ def _train_into(staging: Path, dataset: str, steps: int, learning_rate: float, s
     from jointobj.denoiser import Denoiser
     from jointobj.recipe import configure_cpu_ranks
     from jointobj.tiny import tiny_masked_lm
-    from jointobj.toysets import toy_tokenizer
+    from jointobj.toysets import load_toyset, shared_tokenizer
     from jointobj.trainer import JointObjConfig, JointObjTrainer
 
     configure_cpu_ranks()
     length = toy_suite_length(dataset)
-    tokenizer = toy_tokenizer()
+    tokenizer = shared_tokenizer([load_toyset(name) for name in toy_set_names(dataset)])  # user sets: extended
     model = tiny_masked_lm("modernbert", vocab_size=len(tokenizer), hidden_size=64, num_layers=2,
                            max_positions=max(32, length), seed=seed)
     denoiser = Denoiser(model, tokenizer=tokenizer)

@@ -165,3 +165,35 @@ def test_import_references_resolve_to_the_set_or_a_function_returning_one(user_m
 def test_unresolvable_references_name_the_module_and_attribute(user_module, reference, message):
     with pytest.raises(ValueError, match=message):
         load_toyset(reference)
+
+
+# ---------------------------------------------------------------- commands only: file -> oracle, training, report
+
+
+@pytest.mark.slow
+def test_a_user_set_goes_from_a_file_to_a_trained_model_and_its_report(tmp_path, monkeypatch):
+    import json
+
+    from helpers import load_script
+    from jointobj.cli import main as jointobj_main
+
+    (tmp_path / "mysets_e2e.py").write_text(
+        "from jointobj.user_sets import make_toyset\n"
+        "pairs = make_toyset('pairs', {'red apple': 0.5, 'green pear': 0.5})\n")
+    monkeypatch.chdir(tmp_path)  # the module is found from the working directory, as from a shell
+    resolve_toyset_reference.cache_clear()
+    jointobj_main(["eval", "--oracle", "--toyset", "mysets_e2e:pairs", "--decoder", "random", "--tokens-per-step",
+                   "1,all", "--samples", "50", "--json", "oracle.json"])
+    assert [r["toyset"] for r in json.loads((tmp_path / "oracle.json").read_text())] == ["pairs", "pairs"]
+    result = load_script("recipes/logsum.py").main(
+        ["--base_dir", "base", "--base_steps", "5", "--dataset", "mysets_e2e:pairs", "--report_samples", "8",
+         "--report_decoders", "confidence", "--report_tokens_per_step", "1,all", "--output_dir", "out",
+         "--deepspeed", "", "--max_steps", "2", "--per_device_train_batch_size", "4", "--samples_per_toyset", "16",
+         "--save_strategy", "no", "--disable_tqdm", "true"])
+    assert {(row["model"], row["toyset"]) for row in result.report} == {
+        ("base", "pairs"), ("fine-tuned", "pairs"), ("oracle", "pairs")}
+    assert all("validity_low" in row for row in result.report)
+    rows = jointobj_main(["eval", "--model", "out", "--toyset", "mysets_e2e:pairs", "--decoder", "l2r",
+                          "--tokens-per-step", "1", "--samples", "8", "--json", "model.json"])
+    assert rows[0]["toyset"] == "pairs"
+    resolve_toyset_reference.cache_clear()
