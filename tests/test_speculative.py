@@ -287,3 +287,30 @@ def test_bad_options_are_refused(options, message):
 def test_an_order_that_is_not_a_permutation_is_refused():
     with pytest.raises(ValueError, match="not a permutation"):
         SpeculativeDecoder(order=[0, 0, 1]).sample(CoupledLogits(), torch.zeros(1, 1, dtype=torch.long), 3)
+
+
+def test_prompts_of_different_lengths_decode_as_each_row_alone():
+    denoiser = CoupledLogits(seed=5)
+    prompts = [torch.tensor([0]), torch.tensor([1, 2]), torch.tensor([2, 0, 1])]
+    decoder = SpeculativeDecoder(order="r2l", drafts=2, temperature=0)
+    together = decoder.sample(denoiser, prompts, 4)
+    for row, prompt in enumerate(prompts):
+        alone = decoder.sample(denoiser, prompt[None], 4)
+        assert torch.equal(together.gen_ids[row], alone.gen_ids[0])
+    sampled = SpeculativeDecoder(order="l2r", temperature=1.0).sample(denoiser, prompts, 4,
+                                                                      torch.Generator().manual_seed(0))
+    for row, prompt in enumerate(prompts):  # log_prob is each row's own order-o probability
+        answers, log_p = enumerate_order_law(denoiser, prompt, 4, [0, 1, 2, 3], 1.0)
+        index = int((sampled.gen_ids[row] * MASK ** torch.arange(3, -1, -1)).sum())
+        assert float(sampled.log_prob[row]) == pytest.approx(float(log_p[index]))
+
+
+def test_answers_are_trimmed_at_eos():
+    out = SpeculativeDecoder(temperature=1.0).sample(CoupledLogits(seed=2), torch.zeros(64, 1, dtype=torch.long), 5,
+                                                      torch.Generator().manual_seed(0), eos_token_id=1)
+    gen, trimmed = out.gen_ids, out.answer_ids
+    first = torch.where(gen == 1, torch.arange(5), 5).amin(1)  # [b] first EOS
+    assert (first < 4).any()
+    for row in range(64):
+        k = int(first[row])
+        assert torch.equal(trimmed[row, :k], gen[row, :k]) and (trimmed[row, k:] == 1).all()

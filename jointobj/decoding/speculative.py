@@ -62,14 +62,17 @@ from typing import Sequence
 import torch
 
 from jointobj.decoding.registry import DECODERS
+from jointobj.decoding.layout import AnswerLayout
 from jointobj.decoding.sampler import (
     _EXCLUDED_LOGIT,
+    CommitLedger,
     SampleOutput,
-    check_request,
     check_whole_number,
     eval_mode,
+    finish_sample,
     gumbel_noise,
-    start_answer,
+    layout_request,
+    resolve_eos,
     uniform,
 )
 from jointobj.orders import ORDERS
@@ -179,19 +182,23 @@ class SpeculativeDecoder:
     # ------------------------------------------------------------ the loop
 
     @staticmethod
-    def _answer_logits(denoiser, x: torch.Tensor, lp: int, mask_index: torch.Tensor) -> torch.Tensor:
-        """[R, lp+L] ids -> [R, L, V] logits of the answer positions, [MASK] excluded."""
-        logits = denoiser(input_ids=x, attention_mask=torch.ones_like(x))[:, lp:]  # [R, L, V]
+    def _answer_logits(denoiser, layout: AnswerLayout, answers: torch.Tensor, owner: torch.Tensor | None,
+                       mask_index: torch.Tensor) -> torch.Tensor:
+        """answers [R, L] of samples `owner` [R] (None: every sample once) -> [R, L, V] logits, [MASK] excluded."""
+        logits = layout.answer_logits(denoiser, owner, input_ids=layout.compose(answers, owner))  # [R, L, V]
         return logits.index_fill(-1, mask_index, _EXCLUDED_LOGIT)
 
     @torch.no_grad()
     def sample(self, denoiser, prompt_ids: torch.Tensor, gen_length: int, generator: torch.Generator | None = None,
-               *, return_trace: bool = False) -> SampleOutput:
-        """Generate `gen_length` tokens after each row of `prompt_ids [b, lp]` (attention all ones)."""
-        check_request(denoiser, prompt_ids, gen_length)
-        ids = start_answer(denoiser, prompt_ids, gen_length)  # [b, lp+L]
-        device, mask_id = ids.device, int(denoiser.mask_token_id)
-        (b, lp), length = prompt_ids.shape, int(gen_length)
+               *, return_trace: bool = False, prompt_attention_mask: torch.Tensor | None = None,
+               eos_token_id: int | None = None) -> SampleOutput:
+        """Generate `gen_length` tokens after each prompt (prompt forms and EOS as jointobj/decoding/sampler.py
+        says: prompts of different lengths, answers trimmed at EOS in `answer_ids`; decoding ignores EOS)."""
+        layout = layout_request(denoiser, prompt_ids, gen_length, prompt_attention_mask)
+        eos = resolve_eos(denoiser, eos_token_id)
+        mask_id, device = int(denoiser.mask_token_id), layout.device
+        b, length = layout.batch_size, layout.gen_length
+        ids = layout.start(mask_id)  # [b, L] the answers
         mask_index = torch.tensor([mask_id], device=device)
         perm = verification_order(self.order, b, length, self.block_length, generator, device)  # [b, L]
         block = self.block_length or length
@@ -205,7 +212,7 @@ class SpeculativeDecoder:
         first = torch.ones(b, dtype=torch.bool, device=device)  # the proposal shows exactly the committed tokens
 
         with eval_mode(denoiser):
-            proposal = self._answer_logits(denoiser, ids, lp, mask_index)  # [b, L, V] the first marginals
+            proposal = self._answer_logits(denoiser, layout, ids, None, mask_index)  # [b, L, V] the first marginals
             steps, rows = 1, b
             while bool((done < length).any()):
                 live = (done < length).nonzero().squeeze(1)  # [a]
@@ -240,12 +247,13 @@ class SpeculativeDecoder:
                 row_of[:, 1:, 0] = row_of[:, :1, 0]
                 total_rows = int(need.sum())
                 if total_rows:
-                    x = ids[live][:, None, None, :].expand(a, n, w, lp + length).clone()  # [a, N, w, lp+L]
+                    x = ids[live][:, None, None, :].expand(a, n, w, length).clone()  # [a, N, w, L]
                     for s in range(w - 1):  # slot s's draft is visible to rows j > s
-                        at = (lp + positions[:, s]).view(a, 1, 1, 1).expand(a, n, w - s - 1, 1)
+                        at = positions[:, s].view(a, 1, 1, 1).expand(a, n, w - s - 1, 1)
                         token_s = drafted[:, :, s].view(a, n, 1, 1).expand(a, n, w - s - 1, 1)
                         x[:, :, s + 1 :].scatter_(3, at, token_s)
-                    verified = self._answer_logits(denoiser, x[need], lp, mask_index)  # [R, L, V]
+                    owner = live[:, None, None].expand(a, n, w)[need]  # [R] the sample of each row
+                    verified = self._answer_logits(denoiser, layout, x[need], owner, mask_index)  # [R, L, V]
                     took_part = need.flatten(1).any(1)  # [a]
                     row_steps[live] += took_part.long()
                     steps, rows = steps + 1, rows + total_rows
@@ -256,7 +264,7 @@ class SpeculativeDecoder:
                 running = torch.ones(a, dtype=torch.bool, device=device)  # the round goes on
                 supplier = torch.full((a,), -1, dtype=torch.long, device=device)  # row giving the next proposal
                 committed = torch.zeros(a, dtype=torch.long, device=device)
-                gen = ids[live, lp:]  # [a, L]
+                gen = ids[live]  # [a, L]
                 for j in range(w):
                     act = running & (j < width)  # [a]
                     if not bool(act.any()):
@@ -280,15 +288,14 @@ class SpeculativeDecoder:
                     committed += act.long()
                     alive &= drafted[:, :, j] == token[:, None]
                     running = act & accepted
-                ids[live, lp:] = gen
+                ids[live] = gen
                 done[live] = c + committed
                 first[live] = False
                 if total_rows:
                     fresh = supplier >= 0  # else the proposal already in place stays (first round, slot 0 only)
                     if bool(fresh.any()):
                         proposal[live[fresh]] = verified[supplier[fresh]]
-        return SampleOutput(ids=ids, prompt_length=lp, steps=steps, row_steps=row_steps, rows_per_sample=rows / b,
-                            log_prob=log_prob, commit_step=commit_step)
+        return finish_sample(layout, ids, CommitLedger(log_prob, row_steps, commit_step), steps, rows, eos)
 
 
 @DECODERS.register("speculative")
