@@ -2,6 +2,12 @@
 
     jointobj --help              lists the subcommands
     jointobj eval --help         joint validity of decoders on toy sets (jointobj/cli/eval.py)
+    jointobj generate --help     text from a model directory with any decoder (jointobj/cli/generate.py)
+    jointobj probe --help        frequency collapse far from the context (jointobj/cli/probe.py)
+    jointobj bench --help        sampler throughput and overhead (jointobj/cli/bench.py)
+
+Toy sets are named (`likes_tennis`) or given by import reference (`mysets:dates`, see
+jointobj/user_sets.py) wherever a command takes `--toyset`.
 
 Each subcommand module has `main(argv) -> rows`; the scripts under eval/ call the same mains.
 """
@@ -14,6 +20,9 @@ import sys
 # subcommand -> (module under jointobj.cli, one-line summary); modules are imported only when run
 SUBCOMMANDS = {
     "eval": ("eval", "joint validity, fidelity and cost of decoders on toy sets (oracle or a model directory)"),
+    "generate": ("generate", "text from a model directory with any decoder, prompts from a file or stdin"),
+    "probe": ("probe", "frequency collapse: what a model predicts far from any visible token"),
+    "bench": ("bench", "sampler throughput and its overhead beside the forward, on a tiny model"),
 }
 
 

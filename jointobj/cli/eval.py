@@ -61,7 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--oracle", action="store_true", help="decode with the exact oracle of the toy sets")
     source.add_argument("--model", metavar="DIR", help="a Denoiser directory (Denoiser.save_pretrained)")
-    parser.add_argument("--toyset", required=True, type=_names, help="comma-separated toy set names")
+    parser.add_argument("--toyset", required=True, type=_names,
+                        help="comma-separated toy set names, or import references module:attribute of your own sets "
+                             "(jointobj/user_sets.py)")
     parser.add_argument("--decoder", required=True, type=_names, help=f"comma-separated; known: {', '.join(DECODERS)}")
     parser.add_argument("--tokens-per-step", required=True, type=_names, help="comma-separated K (>= 1) or 'all'")
     parser.add_argument("--samples", type=int, default=1000)
