@@ -22,12 +22,14 @@ from typing import Any
 
 import torch
 import yaml
-from transformers import HfArgumentParser
+from accelerate import PartialState
+from transformers import HfArgumentParser, enable_full_determinism, set_seed
 
 from jointobj.data import load_training_data
 from jointobj.denoiser import Denoiser
 from jointobj.embedded import ensure_base
-from jointobj.trainer import JointObjConfig, JointObjTrainer, accelerator_available, latest_checkpoint
+from jointobj.run_dir import check_previous_run, clear_previous_run, finished_step, mark_finished, previous_run
+from jointobj.trainer import JointObjConfig, JointObjTrainer, accelerator_available
 
 MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -76,6 +78,25 @@ class DataArguments:
     report_decoders: str = field(default="confidence,l2r,random", metadata={"help": "Decoders in the final report."})
     report_tokens_per_step: str = field(default="1,2,all", metadata={"help": "Tokens per step in the final report."})
     report_samples: int = field(default=400, metadata={"help": "Samples per report cell (0: no report)."})
+    allow_mask_token_in_data: bool = field(
+        default=False, metadata={"help": "Accept the [MASK] id inside training rows (refused by default: it is "
+                                         "the corruption token, so data holding it is almost always a bug)."},
+    )
+
+    def __post_init__(self) -> None:
+        """Refuse bad report options now, not after training and saving."""
+        from jointobj.decoding.registry import DECODERS
+        from jointobj.evaluate import parse_tokens_per_step
+
+        if self.report_samples < 0:
+            raise ValueError(f"report_samples must be >= 0 (0: no report), got {self.report_samples}")
+        for name in self.report_decoders.split(","):
+            DECODERS.get(name.strip())  # an unknown decoder fails here, listing the known ones
+        for value in self.report_tokens_per_step.split(","):
+            try:
+                parse_tokens_per_step(value.strip())
+            except ValueError as error:
+                raise ValueError(f"--report_tokens_per_step {self.report_tokens_per_step}: {error}") from error
 
 
 def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -119,7 +140,10 @@ def parse_recipe_args(argv: list[str] | None, default_config: str | Path | None)
         path = Path(config_path)
         if not path.exists():
             raise FileNotFoundError(f"config {path} does not exist")
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"config {path} is not valid YAML: {error}") from error
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a mapping of argument names to values")
         for key, value in values.items():
@@ -155,11 +179,6 @@ def join_process_group(config: JointObjConfig) -> None:
         deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
 
 
-def _wait_for_everyone() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
 def model_dtype(model_args: ModelArguments, config: JointObjConfig) -> torch.dtype | str:
     """The dtype to load the weights in (see ModelArguments.model_dtype): always explicit, since
     transformers' own default changed in 5.0 from float32 to the checkpoint's dtype."""
@@ -173,8 +192,9 @@ def model_dtype(model_args: ModelArguments, config: JointObjConfig) -> torch.dty
 
 
 def load_denoiser(model_args: ModelArguments, path: str | Path, config: JointObjConfig) -> Denoiser:
-    """The model to fine-tune, with a LoRA adapter unless lora_r is 0."""
-    denoiser = Denoiser.from_pretrained(path, trust_remote_code=model_args.trust_remote_code,
+    """The model to fine-tune, with a LoRA adapter unless lora_r is 0. The path is made absolute, so
+    the adapter records a base that loads from any working directory."""
+    denoiser = Denoiser.from_pretrained(Path(path).resolve(), trust_remote_code=model_args.trust_remote_code,
                                         mask_token_id=model_args.mask_token_id, dtype=model_dtype(model_args, config))
     if model_args.lora_r > 0:
         targets = model_args.lora_target_modules
@@ -236,35 +256,97 @@ def check_output_dir(output_dir: str | Path, model_dir: str | Path) -> None:
 
 @dataclass
 class RecipeResult:
-    trainer: JointObjTrainer
-    denoiser: Denoiser
+    trainer: JointObjTrainer | None  # None when the run had already finished (nothing was done)
+    denoiser: Denoiser | None
     output_dir: str
     base: str
     report: list[dict]
+
+
+def resume_target(config: JointObjConfig) -> str | None:
+    """What to resume from: None for a fresh start (also for "latest" over an output_dir holding no
+    run: nothing can be lost), else "latest" or the path given; JointObjTrainer.train verifies it."""
+    resume = config.resume_from_checkpoint
+    if resume == "latest" and not previous_run(config.output_dir):
+        print(f"--resume_from_checkpoint latest: {config.output_dir} holds no run yet; starting at step 0", flush=True)
+        return None
+    return resume
+
+
+def seed_everything(config: JointObjConfig) -> None:
+    """Seed python, numpy and torch from --seed before anything random is built (LoRA and energy-head
+    init), as the Trainer does only after the model exists."""
+    (enable_full_determinism if config.full_determinism else set_seed)(config.seed)
 
 
 def run_recipe(argv: list[str] | None = None, default_config: str | Path | None = None) -> RecipeResult:
     """Parse arguments, (pre)train the base if embedded, fine-tune, save the adapter, report."""
     model_args, data_args, config = parse_recipe_args(argv, default_config)
     embedded = model_args.model_name_or_path is None
-    check_output_dir(config.output_dir, model_args.base_dir if embedded else model_args.model_name_or_path)
+    base = Path(model_args.base_dir if embedded else model_args.model_name_or_path)
+    check_output_dir(config.output_dir, base)
+    check_previous_run(config.output_dir, config.resume_from_checkpoint, config.overwrite_output_dir)
+    done = finished_step(config.output_dir)
+    if config.resume_from_checkpoint == "latest" and done is not None and done >= config.max_steps:
+        print(f"{config.output_dir} holds a run that finished at step {done}; nothing to resume and nothing changed "
+              "(raise --max_steps to train it further, or start over with --overwrite_output_dir)", flush=True)
+        return RecipeResult(None, None, config.output_dir, str(base), [])
     configure_cpu_ranks()
     join_process_group(config)
+    state = PartialState()
+    if config.overwrite_output_dir and not config.resume_from_checkpoint and state.is_main_process:
+        cleared = clear_previous_run(config.output_dir)
+        if cleared:
+            print(f"--overwrite_output_dir: deleted the previous run's {', '.join(cleared)} in {config.output_dir}")
+    state.wait_for_everyone()
     if embedded:
         base = ensure_base(model_args.base_dir, data_args.dataset, steps=model_args.base_steps,
                            learning_rate=model_args.base_learning_rate,
                            samples_per_toyset=data_args.samples_per_toyset, seed=config.seed)
-    else:
-        base = Path(model_args.model_name_or_path)
+    seed_everything(config)
     denoiser = load_denoiser(model_args, base, config)
     data = load_training_data(data_args.dataset, denoiser.tokenizer, data_args.samples_per_toyset, seed=config.seed,
-                              max_length=denoiser.max_positions)  # bad rows fail here, not mid-training
+                              max_length=denoiser.max_positions, vocab_size=denoiser.vocab_size,
+                              mask_token_id=None if data_args.allow_mask_token_in_data else denoiser.mask_token_id,
+                              min_response_tokens=min_response_tokens(config))  # bad rows fail here, not mid-training
     trainer = JointObjTrainer(denoiser, config, train_dataset=data, processing_class=denoiser.tokenizer)
-    resume = latest_checkpoint(config.output_dir) if config.resume_from_checkpoint == "latest" else config.resume_from_checkpoint
-    trainer.train(resume_from_checkpoint=resume)
+    settle_gradient_checkpointing(trainer, denoiser)
+    trainer.train(resume_from_checkpoint=resume_target(config))
     trainer.save_model(config.output_dir)  # the adapter only (PEFT format) when LoRA is on, and jointobj.json
+    if trainer.is_world_process_zero():
+        mark_finished(config.output_dir, trainer.state.global_step)
     rows: list[dict] = []
     if trainer.is_world_process_zero() and embedded and data_args.report_samples > 0:
         rows = report(base, Path(config.output_dir), data_args, config)
-    _wait_for_everyone()
+    trainer.accelerator.wait_for_everyone()
     return RecipeResult(trainer, denoiser, config.output_dir, str(base), rows)
+
+
+def settle_gradient_checkpointing(trainer: JointObjTrainer, denoiser: Denoiser) -> bool:
+    """--gradient_checkpointing: the model's own where it has one; else (LLaDA's code has none) say so once,
+    turn it off and checkpoint jointobj's block forwards (the log-sum likelihood's chunks) instead.
+    Returns whether the model's own is used."""
+    names = [name for name in ("gradient_checkpointing", "activation_checkpointing") if hasattr(trainer.args, name)]
+    if not any(getattr(trainer.args, name) for name in names):  # transformers 5 renamed it activation_checkpointing
+        return False
+    if denoiser.supports_gradient_checkpointing:
+        return True
+    from jointobj.losses.logsum import LogSumOrdersLoss
+
+    for name in names:
+        setattr(trainer.args, name, False)
+    chunks = [m for m in trainer.objective.modules() if isinstance(m, LogSumOrdersLoss)]
+    for loss in chunks:
+        loss.checkpoint = True
+    fallback = ("checkpointing the log-sum likelihood's block forwards instead" if chunks else
+                f"the {trainer.args.objective} objective has no block forwards to checkpoint, so none is used")
+    if trainer.is_world_process_zero():
+        print(f"--gradient_checkpointing: {type(denoiser.base_model_for_checkpointing).__name__} does not support "
+              f"gradient checkpointing; {fallback}", flush=True)
+    return False
+
+
+def min_response_tokens(config: JointObjConfig) -> int:
+    """The response tokens every row needs: K for the log-sum over K blocks (each block holds one or more)."""
+    uses_blocks = config.objective in ("logsum", "mixture") and config.blocks != "all"
+    return int(config.blocks) if uses_blocks else 1

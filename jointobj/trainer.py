@@ -76,6 +76,11 @@ class JointObjConfig(TrainingArguments):
                           "soft-state decoding (--decoder soft) works; 0 = off, 0.5 is the usual choice."},
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep prompt_mask: the objective needs it."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start a new run in an output_dir that holds one (its checkpoints and saved model are "
+                          "deleted); without it such an output_dir is refused unless --resume_from_checkpoint is given."},
+    )
 
     def __post_init__(self) -> None:
         if self.objective not in LOSSES:
@@ -164,9 +169,8 @@ class JointObjTrainer(Trainer):
         prepare = getattr(self.objective, "prepare", None)
         if callable(prepare):  # e.g. the energy objective attaches its head: before the optimizer exists
             prepare(denoiser)
-        if "data_collator" not in kwargs:
-            pad = getattr(denoiser.tokenizer, "pad_token_id", None)
-            kwargs["data_collator"] = DiffusionCollator(0 if pad is None else pad, max_length=denoiser.max_positions)
+        if "data_collator" not in kwargs:  # pads answers with EOS for a mask-blind model (see DiffusionCollator)
+            kwargs["data_collator"] = DiffusionCollator.for_denoiser(denoiser)
         super().__init__(model=denoiser.model, args=args, **kwargs)
         # Objectives normalise per scorable token themselves: average micro-batches, don't re-scale by item count.
         self.model_accepts_loss_kwargs = False
@@ -268,6 +272,8 @@ class JointObjTrainer(Trainer):
         good, _ = newest_complete_checkpoint(run_dir, before_step=step)
         if self.args.should_save and good is not None:
             write_latest(run_dir, good)
+        elif self.args.should_save:
+            (run_dir / LATEST_NAME).unlink(missing_ok=True)
         if good is None:
             where = "No checkpoint before this step exists to resume from; lower the learning rate and start again."
         else:
