@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
+from jointobj.add_ons import add_on_names, load_add_ons, save_add_ons
 from jointobj.conventions import (
     LogitShiftMeasurement,
     check_positions,
@@ -51,6 +52,7 @@ from jointobj.conventions import (
     shift_logits,
     source_positions,
 )
+from jointobj.ranks import zero3_sharded
 
 logger = logging.get_logger(__name__)
 
@@ -295,12 +297,21 @@ class Denoiser(nn.Module):
             config = LoraConfig(**settings)
         elif overrides:
             raise ValueError("pass either a LoraConfig or keyword overrides, not both")
-        from jointobj.energy_head import lora_modules_to_save
-
-        if lora_modules_to_save(self.model):  # an energy head trains and saves with the adapter
-            config.modules_to_save = sorted(set(config.modules_to_save or []) | set(lora_modules_to_save(self.model)))
+        if add_on_names(self.model):  # add-ons (jointobj/add_ons.py) train and checkpoint with the adapter
+            config.modules_to_save = sorted(set(config.modules_to_save or []) | set(add_on_names(self.model)))
         self.model = get_peft_model(self.model, config)
         return self
+
+    @property
+    def base_model_for_checkpointing(self) -> nn.Module:
+        """The model under any adapter (the one whose gradient checkpointing a Trainer turns on)."""
+        get_base = getattr(self.model, "get_base_model", None)
+        return get_base() if self.has_adapter and callable(get_base) else self.model
+
+    @property
+    def supports_gradient_checkpointing(self) -> bool:
+        """Whether the model has its own gradient checkpointing (LLaDA's code, for one, has none)."""
+        return bool(getattr(self.base_model_for_checkpointing, "supports_gradient_checkpointing", False))
 
     @property
     def has_adapter(self) -> bool:
@@ -327,12 +338,12 @@ class Denoiser(nn.Module):
 
     def save_settings(self, directory: str | Path) -> None:
         """Write jointobj.json (mask id, logit shift, mask-blindness, EOS id), which from_pretrained
-        reads back. Written last, so its presence also marks a directory whose save finished."""
-        from jointobj.energy_head import ENERGY_HEAD, energy_head_settings
-
+        reads back, and the settings of the model's add-ons, which write their own weights here first
+        (jointobj/add_ons.py). Written last, so its presence also marks a directory whose save finished."""
         settings: dict[str, Any] = dict(self.settings)
-        if energy_head_settings(self.model) is not None:
-            settings[ENERGY_HEAD] = energy_head_settings(self.model)
+        add_ons = save_add_ons(self.model, directory)
+        if add_ons:
+            settings["add_ons"] = add_ons
         path = Path(directory) / CONFIG_NAME
         path.write_text(json.dumps(settings, indent=2) + "\n")
 
@@ -362,7 +373,7 @@ class Denoiser(nn.Module):
         `base` (adapter directories only): the base model's directory, an nn.Module, or a Denoiser
         without an adapter; default: the base recorded in adapter_config.json. A module or
         Denoiser passed as `base` is modified in place and not copied (peft injects the adapter's
-        layers into it; a saved energy head is attached to it; a Denoiser's mask id is
+        layers into it; saved add-ons such as an energy head are attached to it; a Denoiser's mask id is
         overridden as above): the returned Denoiser shares its weights. Pass `copy.deepcopy(base)`
         to keep the original untouched.
 
@@ -372,17 +383,14 @@ class Denoiser(nn.Module):
         `logit_shift`, `eos_token_id`: as for Denoiser; else the values saved in jointobj.json
         (with the mask-blindness found when it was saved), else decided from the model.
         """
-        from jointobj.energy_head import base_for_saved_head, load_full_model_head
         from jointobj.loading import load_masked_lm
 
-        # A saved energy head is rebuilt on the base before peft reads the adapter (see energy_head.py).
-        base = base_for_saved_head(cls, Path(path), base, trust_remote_code=trust_remote_code,
-                                   mask_token_id=mask_token_id, dtype=dtype)
         denoiser = load_masked_lm(
             cls, Path(path), lora=lora, trust_remote_code=trust_remote_code, mask_token_id=mask_token_id,
             base=base, is_trainable=is_trainable, dtype=dtype, logit_shift=logit_shift, eos_token_id=eos_token_id,
         )
-        load_full_model_head(denoiser, Path(path))
+        saved = Path(path) / CONFIG_NAME
+        load_add_ons(denoiser, path, json.loads(saved.read_text()).get("add_ons", {}) if saved.exists() else {})
         return denoiser
 
 
@@ -394,13 +402,6 @@ def logits_at(denoiser: Any, positions: torch.Tensor, **inputs: Any) -> torch.Te
     if "positions" in inspect.signature(call).parameters:
         return denoiser(**inputs, positions=positions)  # [t, V]
     return denoiser(**inputs)[positions].float()  # [t, V]
-
-
-def zero3_sharded(model: Any) -> bool:
-    """True when DeepSpeed ZeRO-3 partitioned the model's weights (it tags them with `ds_id`):
-    outside a DeepSpeed forward they are placeholders. False for anything without parameters."""
-    parameters = getattr(model, "parameters", None)
-    return callable(parameters) and any(hasattr(p, "ds_id") for p in parameters())
 
 
 def _input_embeddings(model: nn.Module) -> nn.Embedding | None:
