@@ -173,3 +173,22 @@ def test_model_dtype_default_follows_deepspeed_lora_and_precision(model_dtype, l
     config = JointObjConfig(output_dir=str(tmp_path), report_to="none", bf16=bf16,
                             deepspeed=str(ROOT / "ds_configs" / "zero2.json") if deepspeed else None)
     assert dtype_for(ModelArguments(model_dtype=model_dtype, lora_r=lora_r), config) == expected
+
+
+def test_bad_report_options_fail_before_training(tmp_path):
+    # Fails if --report_decoders / --report_tokens_per_step are read only by the report, after training and saving.
+    from jointobj.recipe import parse_recipe_args
+
+    with pytest.raises(ValueError, match="bogus"):
+        parse_recipe_args(["--output_dir", str(tmp_path), "--report_decoders", "confidence,bogus"], None)
+    with pytest.raises(ValueError, match=r"--report_tokens_per_step 0,-1: tokens per step must be a whole number >= 1"):
+        parse_recipe_args(["--output_dir", str(tmp_path), "--report_tokens_per_step", "0,-1"], None)
+
+
+def test_broken_yaml_names_the_file(tmp_path):
+    # Fails if the YAML parser's error escapes as is: it names "<unicode string>", not the file.
+    from jointobj.recipe import parse_recipe_args
+
+    path = write_yaml(tmp_path / "broken.yaml", "lora_r: 3\n  lora_alpha: [7\n")
+    with pytest.raises(ValueError, match=r"config .*broken.yaml is not valid YAML"):
+        parse_recipe_args(["--config", str(path)], None)
