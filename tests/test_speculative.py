@@ -194,7 +194,8 @@ def test_greedy_matches_one_token_per_step_on_a_trained_model(order):
     denoiser = train_token_ce("likes_tennis")
     toyset = load_toyset("likes_tennis")
     prompts = toyset.prompts[:1].expand(8, -1)
-    reference = greedy_one_token_per_step(denoiser, prompts, toyset.answer_length, order_of(order, toyset.answer_length))
+    length = toyset.answer_length
+    reference = greedy_one_token_per_step(denoiser, prompts, length, order_of(order, length))
     if order == "l2r":
         assert torch.equal(build_decoder("l2r", 1, temperature=0).sample(denoiser, prompts, 3).ids, reference)
     out = build_decoder("speculative", order=order, temperature=0).sample(denoiser, prompts, toyset.answer_length)
@@ -260,7 +261,8 @@ def test_oracle_validity_is_one_and_several_tokens_commit_per_step():
 def test_oracle_validity_is_one_on_every_builtin_set():
     for name in builtin_set_names():
         toyset = load_toyset(name)
-        validity, rate = _oracle_run(toyset, 64)
+        big = len(toyset.flat_answers) > 100000  # latin_square_5: the oracle is slow there
+        validity, rate = _oracle_run(toyset, 8 if big else 64)
         assert validity == 1.0, name
         if toyset.answer_length > 2:  # two tokens take two steps: the first marginal forward, one round
             assert rate > 1.0, (name, rate)

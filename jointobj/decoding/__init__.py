@@ -22,6 +22,7 @@ from jointobj.decoding.rescore import (
 )
 from jointobj.decoding.sampler import SampleOutput, UnmaskingSampler, gumbel_max, steps_for
 from jointobj.decoding.soft import MIXING_SCHEDULES, SYMMETRY_BREAKERS, SoftStateDecoder, SymmetryBreaker  # registers "soft"
+from jointobj.decoding.revisable import RevisableDecoder  # registers "revisable"
 from jointobj.decoding.speculative import SpeculativeDecoder  # registers "speculative"
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "RandomTopK",
     "RescoreSpec",
     "RescoredOutput",
+    "RevisableDecoder",
     "SampleOutput",
     "SoftStateDecoder",
     "SpeculativeDecoder",
