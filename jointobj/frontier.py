@@ -21,7 +21,15 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["SweepPoint", "TARGET", "Target", "parse_grid", "sweep_points", "target_status"]
+__all__ = ["REPORT_GRID", "SweepPoint", "TARGET", "Target", "parse_grid", "registered_grid", "setting_label",
+           "sweep_points", "target_status"]
+
+# What the recipes' final report sweeps beside its plain decoders: the speculative decoder (its rate is
+# measured, so it runs once per option set) and the confidence threshold (one step budget, K = 1).
+REPORT_GRID: dict[str, dict[str, list[Any]]] = {
+    "speculative": {"tokens_per_step": [None], "drafts": [1, 4]},
+    "threshold": {"tokens_per_step": [1], "threshold": [0.9]},
+}
 
 
 def _parse_tokens_per_step(value: Any) -> int | None:
@@ -64,6 +72,19 @@ def _value(text: str) -> Any:
         except ValueError:
             pass
     return text.strip()
+
+
+def registered_grid(grid: Mapping[str, Mapping[str, Sequence[Any]]]) -> dict[str, dict[str, list[Any]]]:
+    """The entries of `grid` whose decoder is registered (a grid written for decoders a given
+    install may not have)."""
+    from jointobj.decoding.registry import DECODERS
+
+    return {name: {k: list(v) for k, v in axes.items()} for name, axes in grid.items() if name in DECODERS}
+
+
+def setting_label(row: Mapping[str, Any]) -> str:
+    """A row's decoder setting in a few characters: its knobs, else K=..."""
+    return row.get("knobs") or f"K={row['requested_tokens_per_step']}"
 
 
 def parse_grid(text: str) -> tuple[str, dict[str, list[Any]]]:

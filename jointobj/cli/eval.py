@@ -32,6 +32,19 @@ every decoder and K, a row per SPEC besides the plain one:
         --rescore "best:self:l2r:all,8" --rescore "sir:exact,16,step" --samples 1000 --json out/rescore.json
 
 Steps and rows per sample count every candidate and every energy forward.
+
+The frontier (`--grid NAME:KEY=V1|V2[,KEY=V1|V2]`, repeatable) sweeps any decoder's knobs: every
+combination of the listed option values (`all` / `none` mean None; a `tokens_per_step` key
+replaces --tokens-per-step for that decoder). Rows then carry `knobs` and `rows_per_token`
+(forward rows per generated token); `--frontier FILE` draws validity and rows per token against
+tokens per step, every decoder (and the oracle, with --compare-oracle) on one picture. Sets of
+>= 8 answer tokens end with the target status (>= 4 tokens per step at the model's own l2r K=1
+validity and TV, <= 32 rows per token; needs l2r at K=1 among the rows):
+
+    jointobj eval --oracle --toyset latin_square_3,latin_square_4 --decoder l2r,confidence \
+        --tokens-per-step 1,2,4 --grid "speculative:tokens_per_step=all,drafts=1|4|16" \
+        --grid "threshold:tokens_per_step=1,threshold=0.5|0.7|0.9" --rescore "best:self:l2r:all,8" \
+        --samples 1000 --json out/frontier.json --frontier out/frontier.png
 """
 
 from __future__ import annotations
@@ -43,12 +56,15 @@ import torch
 from jointobj.decoding.registry import DECODERS, decoder_option_names
 from jointobj.decoding.rescore import RescoreSpec
 from jointobj.evaluate import evaluate, headline, parse_tokens_per_step
-from jointobj.report import format_headline, format_table, plot_validity, write_json
+from jointobj.frontier import parse_grid, target_status
+from jointobj.report import format_headline, format_table, plot_frontier, plot_validity, write_json
 from jointobj.toysets import load_toyset
 
-COLUMNS = ["toyset", "decoder", "requested_tokens_per_step", "tokens_per_step", "validity", "validity_low",
+COLUMNS = ["toyset", "decoder", "knobs", "requested_tokens_per_step", "tokens_per_step", "validity", "validity_low",
            "validity_high", "tv", "tv_floor", "coverage", "coverage_exact", "steps_per_sample", "rows_per_sample",
-           "wall_s"]
+           "rows_per_token", "wall_s"]
+TARGET_COLUMNS = ["model", "toyset", "met", "reference_validity", "reference_tv", "best_decoder", "best_knobs",
+                  "best_tokens_per_step", "best_validity", "best_tv", "best_rows_per_token"]
 
 
 def _names(text: str) -> list[str]:
@@ -64,8 +80,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--toyset", required=True, type=_names,
                         help="comma-separated toy set names, or import references module:attribute of your own sets "
                              "(jointobj/user_sets.py)")
-    parser.add_argument("--decoder", required=True, type=_names, help=f"comma-separated; known: {', '.join(DECODERS)}")
-    parser.add_argument("--tokens-per-step", required=True, type=_names, help="comma-separated K (>= 1) or 'all'")
+    parser.add_argument("--decoder", default=[], type=_names, help=f"comma-separated; known: {', '.join(DECODERS)}")
+    parser.add_argument("--tokens-per-step", default=["1"], type=_names, help="comma-separated K (>= 1) or 'all'")
+    parser.add_argument("--grid", action="append", default=[], metavar="NAME:KEY=V1|V2[,...]",
+                        help="sweep a decoder's options (repeatable; see above)")
+    parser.add_argument("--frontier", metavar="FILE", help="PNG of validity and rows per token vs tokens per step")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", required=True, metavar="FILE")
@@ -81,7 +100,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="with --model: also run the oracle (dashed in the plot)")
     parser.add_argument("--rescore", action="append", default=[], metavar="SPEC",
                         help="energy rescoring, MODE:ENERGY,N[,WHERE] (see above); repeatable, or joined by ';'")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.grid = dict(parse_grid(text) for text in args.grid)  # a malformed grid fails here, with an example
+    if not args.decoder and not args.grid:
+        raise ValueError("nothing to evaluate: give --decoder NAMES, --grid NAME:KEY=V1|V2, or both")
+    return args
 
 
 def decoder_options(args: argparse.Namespace) -> dict[str, dict]:
@@ -89,7 +112,8 @@ def decoder_options(args: argparse.Namespace) -> dict[str, dict]:
     given = {"temperature": args.temperature, "block_length": args.block_length, "threshold": args.threshold,
              "bound": args.entropy_bound}
     given = {k: v for k, v in given.items() if v is not None}
-    return {name: {k: v for k, v in given.items() if k in decoder_option_names(name)} for name in args.decoder}
+    names = [*args.decoder, *args.grid]
+    return {name: {k: v for k, v in given.items() if k in decoder_option_names(name)} for name in names}
 
 
 def load_denoiser(args: argparse.Namespace, toysets: list):
@@ -112,7 +136,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rescore = [RescoreSpec.parse(spec) for text in args.rescore for spec in text.split(";") if spec.strip()]
     denoiser = load_denoiser(args, toysets)
     sweep = dict(toysets=toysets, decoders=args.decoder, tokens_per_step=args.tokens_per_step, samples=args.samples,
-                 seed=args.seed, decoder_options=options, batch_size=args.batch_size, rescore=rescore)
+                 seed=args.seed, decoder_options=options, grid=args.grid, batch_size=args.batch_size, rescore=rescore)
     rows = evaluate(denoiser, **sweep)
     label = "oracle" if args.oracle else args.model
     for row in rows:
@@ -128,6 +152,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(format_table(rows + (oracle_rows or []), (["model"] if oracle_rows else []) + COLUMNS))
     if args.plot:
         plot_validity(rows, args.plot, oracle_rows=oracle_rows)
+    if args.frontier:
+        plot_frontier(rows + (oracle_rows or []), args.frontier)
     print("\nheadline (highest tokens per step with validity >= 99%):")
     print(format_headline(headline(rows)))
+    status = target_status(rows + (oracle_rows or []))
+    if status:
+        print("\ntarget (>= 8 answer tokens): >= 4 tokens/step, validity within one SE of l2r K=1, TV within 0.02, "
+              "<= 32 rows per token")
+        print(format_table(status, TARGET_COLUMNS))
     return rows
