@@ -316,3 +316,21 @@ def test_answers_are_trimmed_at_eos():
     for row in range(64):
         k = int(first[row])
         assert torch.equal(trimmed[row, :k], gen[row, :k]) and (trimmed[row, k:] == 1).all()
+
+
+def test_benchmark_script_writes_rates_and_wall_times(tmp_path, capsys):
+    import json
+
+    from helpers import load_script
+
+    out = tmp_path / "bench_speculative.json"
+    rows = load_script("eval/bench_speculative.py").main(
+        ["--sets", "likes_tennis", "--drafts", "1,2", "--draft-lengths", "all", "--samples", "16",
+         "--wall-sets", "likes_tennis", "--thresholds", "0.9", "--batches", "1,4", "--wall-samples", "4",
+         "--repeats", "1", "--json", str(out)])
+    parts = {row["part"] for row in rows}
+    assert parts == {"rate", "wall", "equal_validity"}
+    assert {row["batch"] for row in rows if row["part"] == "wall"} == {1, 4}
+    saved = json.loads(out.read_text())
+    assert len(saved["rows"]) == len(rows) and "environment" in saved
+    assert "threshold_over_speculative" in capsys.readouterr().out

@@ -1,0 +1,177 @@
+"""Speculative decoding: tokens per step against drafts N and window w, and wall time per sample
+against the confidence-threshold decoder at equal validity, batch 1 and batch 64 side by side.
+
+    python eval/bench_speculative.py --json out/bench_speculative.json                    # oracle only
+    python eval/bench_speculative.py --train-base runs/spec_base --json out/bench_speculative.json
+
+Part "rate": for each model (the exact oracle; a trained tiny model with --model DIR, or one
+pretrained here with --train-base DIR, reused on later runs) and toy set, the speculative
+decoder (l2r, T = --temperature) at every window w and draft count N: validity with its
+Wilson interval, tokens per sequential step, forward rows per generated token.
+
+Part "wall": on --wall-sets with the trained model (the oracle when there is none), the
+speculative decoder beside the one-token-per-step l2r decoder (the same law) and the
+confidence-threshold decoder at each --thresholds value, each timed per sample at every
+--batches size in one interleaved run (jointobj.benchmark.time_interleaved). Validity is
+measured once per setting on --samples prompts. "Equal validity" picks, per set, the lowest
+threshold whose validity interval reaches the speculative decoder's validity; the table then
+gives the wall-time ratio threshold / speculative at each batch size.
+
+Prints the tables and writes the JSON (jointobj.benchmark.write_measurements).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from jointobj.benchmark import time_interleaved, write_measurements
+from jointobj.decoding.registry import build_decoder
+from jointobj.metrics import wilson_interval
+from jointobj.oracle import OracleDenoiser
+from jointobj.report import format_table
+from jointobj.toysets import load_toyset
+
+RATE_COLUMNS = ["model", "toyset", "draft_length", "drafts", "validity", "validity_low", "tokens_per_step",
+                "rows_per_token"]
+WALL_COLUMNS = ["model", "toyset", "decoder", "setting", "validity", "validity_low", "validity_high",
+                "tokens_per_step", "rows_per_token", "batch", "wall_ms_per_sample"]
+EQUAL_COLUMNS = ["model", "toyset", "batch", "threshold", "threshold_validity", "speculative_validity",
+                 "threshold_ms", "speculative_ms", "threshold_over_speculative"]
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _windows(text: str) -> list[int | None]:
+    return [None if t == "all" else int(t) for t in _names(text)]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--sets", type=_names, default=_names("likes_tennis,agreement,shuffle_4,latin_square_3"),
+                        help="toy sets of the rate part (the trained model must know them)")
+    parser.add_argument("--drafts", type=lambda s: [int(t) for t in _names(s)], default=[1, 2, 4, 8])
+    parser.add_argument("--draft-lengths", type=_windows, default=[2, 4, None], help="w values; 'all' = the rest")
+    parser.add_argument("--samples", type=int, default=400, help="prompts per validity measurement")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--model", default=None, help="a saved Denoiser directory (trained on the sets)")
+    parser.add_argument("--train-base", default=None, metavar="DIR",
+                        help="pretrain the embedded tiny base on --train-sets into DIR (or reuse it)")
+    parser.add_argument("--train-sets", default="likes_tennis,agreement,shuffle_4,latin_square_3")
+    parser.add_argument("--train-steps", type=int, default=600)
+    parser.add_argument("--wall-sets", type=_names, default=_names("agreement,shuffle_4"))
+    parser.add_argument("--thresholds", type=lambda s: [float(t) for t in _names(s)], default=[0.5, 0.7, 0.9, 0.99])
+    parser.add_argument("--batches", type=lambda s: [int(t) for t in _names(s)], default=[1, 64])
+    parser.add_argument("--wall-samples", type=int, default=64, help="samples timed per setting and batch size")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default="bench_speculative.json", metavar="FILE")
+    return parser.parse_args(argv)
+
+
+def _trained_model(args: argparse.Namespace):
+    from jointobj.denoiser import Denoiser
+
+    directory = args.model
+    if directory is None and args.train_base is not None:
+        from jointobj.embedded import ensure_base
+
+        directory = ensure_base(args.train_base, args.train_sets, steps=args.train_steps, learning_rate=3e-3,
+                                samples_per_toyset=2000, seed=args.seed)
+    return None if directory is None else Denoiser.from_pretrained(str(directory)).eval()
+
+
+def _measure(decoder, denoiser, toyset, prompts: torch.Tensor, seed: int) -> dict:
+    """Validity (Wilson interval), tokens per step and rows per token of one decoder on `prompts`."""
+    out = decoder.sample(denoiser, prompts, toyset.answer_length, torch.Generator().manual_seed(seed))
+    valid = int(toyset.is_valid(prompts, out.answer_ids).sum())
+    low, high = wilson_interval(valid, len(prompts))
+    return {"validity": valid / len(prompts), "validity_low": low, "validity_high": high,
+            "tokens_per_step": out.tokens_per_step, "rows_per_token": out.rows_per_sample / toyset.answer_length,
+            "steps_per_sample": out.steps_per_sample}
+
+
+def rate_rows(models: dict, args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for model_name, denoiser in models.items():
+        for name in args.sets:
+            toyset = load_toyset(name)
+            prompts, _ = toyset.sample(args.samples, torch.Generator().manual_seed(args.seed))
+            oracle = OracleDenoiser(toyset) if denoiser is None else denoiser
+            for w in args.draft_lengths:
+                for n in args.drafts:
+                    decoder = build_decoder("speculative", draft_length=w, drafts=n, temperature=args.temperature)
+                    rows.append({"part": "rate", "model": model_name, "toyset": name,
+                                 "draft_length": "all" if w is None else w, "drafts": n,
+                                 **_measure(decoder, oracle, toyset, prompts, args.seed)})
+    return rows
+
+
+def wall_rows(model_name: str, denoiser, args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+    rows, equal = [], []
+    for name in args.wall_sets:
+        toyset = load_toyset(name)
+        model = OracleDenoiser(toyset) if denoiser is None else denoiser
+        prompts, _ = toyset.sample(max(args.samples, args.wall_samples), torch.Generator().manual_seed(args.seed))
+        settings = {"speculative N=1": build_decoder("speculative", temperature=args.temperature),
+                    "speculative N=4": build_decoder("speculative", drafts=4, temperature=args.temperature),
+                    "l2r K=1": build_decoder("l2r", 1, temperature=args.temperature)}
+        settings.update({f"threshold {t}": build_decoder("threshold", 1, threshold=t, temperature=args.temperature)
+                         for t in args.thresholds})
+        quality = {label: _measure(d, model, toyset, prompts[: args.samples], args.seed) for label, d in settings.items()}
+        timed = prompts[: args.wall_samples]
+        for batch in args.batches:
+            chunks = timed.split(batch)  # batch 1: one call per sample
+
+            def runner(decoder):
+                def run():
+                    for chunk in chunks:
+                        decoder.sample(model, chunk, toyset.answer_length, torch.Generator().manual_seed(args.seed))
+                return run
+
+            seconds = time_interleaved({label: runner(d) for label, d in settings.items()}, repeats=args.repeats,
+                                       warmup=1)
+            for label, decoder in settings.items():
+                rows.append({"part": "wall", "model": model_name, "toyset": name, "decoder": decoder.name,
+                             "setting": label, "batch": batch, **quality[label],
+                             "wall_ms_per_sample": 1000 * seconds[label] / len(timed)})
+            target = quality["speculative N=1"]["validity"]
+            reaching = [t for t in args.thresholds if quality[f"threshold {t}"]["validity_high"] >= target]
+            if reaching:
+                t = min(reaching)
+                equal.append({"part": "equal_validity", "model": model_name, "toyset": name, "batch": batch,
+                              "threshold": t, "threshold_validity": quality[f"threshold {t}"]["validity"],
+                              "speculative_validity": target,
+                              "threshold_ms": 1000 * seconds[f"threshold {t}"] / len(timed),
+                              "speculative_ms": 1000 * seconds["speculative N=1"] / len(timed),
+                              "threshold_over_speculative": seconds[f"threshold {t}"] / seconds["speculative N=1"]})
+    return rows, equal
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    trained = _trained_model(args)
+    models = {"oracle": None, **({"trained": trained} if trained is not None else {})}
+    rate = rate_rows(models, args)
+    print(format_table(rate, RATE_COLUMNS))
+    wall_model = "trained" if trained is not None else "oracle"
+    wall, equal = wall_rows(wall_model, trained, args)
+    print()
+    print(format_table(wall, WALL_COLUMNS))
+    print()
+    print(format_table(equal, EQUAL_COLUMNS))
+    rows = rate + wall + equal
+    write_measurements(args.json, rows, command_args=vars(args), total_s=time.perf_counter() - start)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
