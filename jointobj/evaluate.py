@@ -63,12 +63,13 @@ def parse_tokens_per_step(value: int | str | None) -> int | None:
 
 def _sample_all(decoder, denoiser, prompts: torch.Tensor, gen_length: int, generator: torch.Generator,
                 batch_size: int) -> tuple[torch.Tensor, Cost]:
-    """Run the decoder over all prompts in batches -> (answers [n, L], per-sample Cost)."""
+    """Run the decoder over all prompts in batches -> (answers [n, L] trimmed at the first EOS, as
+    `SampleOutput.answer_ids` trims them for validity and TV; per-sample Cost)."""
     answers, steps, rows = [], 0.0, 0.0
     start = time.perf_counter()
     for chunk in prompts.split(batch_size):
         out = decoder.sample(denoiser, chunk, gen_length, generator)
-        answers.append(out.gen_ids.cpu())
+        answers.append(out.answer_ids.cpu())
         steps += float(out.row_steps.double().sum())
         rows += out.rows_per_sample * len(chunk)
     n = len(prompts)

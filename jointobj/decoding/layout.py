@@ -103,7 +103,7 @@ class AnswerLayout:
     prompt_ids      [b, P] long   each row's prompt first, `pad_id` after
     prompt_lengths  [b] long
     gen_length      L
-    pad_id          what fills padding (the denoiser's pad id, else its mask id)
+    pad_id          what fills padding (the denoiser's or its config's pad id, else its mask id)
     mask_blind      run rows of different lengths in separate forwards
     """
 
@@ -119,6 +119,7 @@ class AnswerLayout:
         """Check the request (see `sampler.check_request`) and lay it out on the denoiser's device."""
         mask_id = int(denoiser.mask_token_id)
         pad = getattr(denoiser, "pad_token_id", None)
+        pad = getattr(getattr(denoiser, "config", None), "pad_token_id", None) if pad is None else pad
         pad = pad if isinstance(pad, int) and not isinstance(pad, bool) and pad >= 0 else mask_id
         prompts, lengths = normalise_prompts(prompt_ids, prompt_attention_mask, pad)
         device = getattr(denoiser, "device", prompts.device)

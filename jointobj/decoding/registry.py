@@ -4,7 +4,9 @@
     out = decoder.sample(denoiser, prompt_ids, gen_length, generator)   # SampleOutput
 
 Every decoder has `.name` and `.sample(denoiser, prompt_ids [b, lp], gen_length, generator,
-*, return_trace=False) -> SampleOutput`; nothing else is assumed of it, so later decoders
+*, return_trace=False, prompt_attention_mask=None, eos_token_id=None) -> SampleOutput` (prompts
+of different lengths and EOS as jointobj/decoding/sampler.py describes); nothing else is assumed
+of it, so later decoders
 (energy rescoring around any decoder, soft-state decoding) register a factory here with
 `@DECODERS.register("name")` and every evaluator can run them.
 
@@ -17,8 +19,9 @@ answer, or block, in one step). For the built-in policies:
   is the pure rule and K = L is one step. The tokens per step they reach is measured
   (`SampleOutput.tokens_per_step`), and that is what tables report.
 
-Options: `temperature` (default 1.0), `block_length` (default None), and the policy's own
-(`threshold=0.9` for `threshold`, `bound=0.1` nats for `entropy_bounded`).
+Options: `temperature` (default 1.0), `block_length` (default None), `steps` (S sequential
+steps per block instead of K, 1 <= S <= block length; quotas spread as LLaDA spreads them),
+and the policy's own (`threshold=0.9` for `threshold`, `bound=0.1` nats for `entropy_bounded`).
 
 Energy rescoring wraps any of them: `build_decoder(name, K, rescore="best:self:l2r:4,8")`.
 The rescorers are not registered here: they draw N candidates per prompt and run energy
@@ -44,7 +47,8 @@ class Decoder(Protocol):
     name: str
 
     def sample(self, denoiser: Any, prompt_ids: torch.Tensor, gen_length: int,
-               generator: torch.Generator | None = None, *, return_trace: bool = False) -> SampleOutput: ...
+               generator: torch.Generator | None = None, *, return_trace: bool = False,
+               prompt_attention_mask: torch.Tensor | None = None, eos_token_id: int | None = None) -> SampleOutput: ...
 
 
 DECODERS: Registry[Callable[..., Decoder]] = Registry("decoder")
@@ -77,17 +81,17 @@ def _policy_decoder(policy_name: str) -> Callable[..., Decoder]:
     policy_options = [p for p in policy_options if p not in ("args", "kwargs")]
 
     def factory(tokens_per_step: int | None = 1, *, temperature: float = 1.0, block_length: int | None = None,
-                **options: Any) -> UnmaskingSampler:
+                steps: int | None = None, **options: Any) -> UnmaskingSampler:
         unknown = set(options) - set(policy_options)
         if unknown:
-            accepted = ", ".join(["temperature", "block_length", *policy_options])
+            accepted = ", ".join(["temperature", "block_length", "steps", *policy_options])
             raise ValueError(f"decoder {policy_name!r} takes no option {', '.join(sorted(unknown))}; "
                              f"it accepts {accepted}")
         policy = policy_class(**options)
         return UnmaskingSampler(policy, tokens_per_step, temperature=temperature, block_length=block_length,
-                                name=policy_name)
+                                name=policy_name, steps=steps)
 
-    factory.option_names = {"temperature", "block_length", *policy_options}
+    factory.option_names = {"temperature", "block_length", "steps", *policy_options}
     factory.__doc__ = f"UnmaskingSampler over {policy_class.__name__}: {policy_class.__doc__}"
     return factory
 

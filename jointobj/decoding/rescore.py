@@ -44,6 +44,11 @@ Cost, counted as design.md counts it (`steps`, `row_steps`, `rows_per_sample`):
   lookahead are two calls. The learned head is not fused: it scores complete sequences only.
 
 The kept sample's probability is not tractable, so `log_prob` is NaN on every rescored output.
+
+Prompts of different lengths and EOS as every decoder takes them (jointobj/decoding/sampler.py):
+candidates sit in the decoder's layout (prompt, answer, padding after) and are scored with
+their attention mask; for a mask-blind model, one energy call per prompt length, which
+together count as one sequential step (the largest of their steps) and add their rows.
 """
 
 from __future__ import annotations
@@ -61,13 +66,14 @@ from jointobj.decoding.sampler import (
     UnmaskingSampler,
     _ceil_div,
     block_budget,
-    check_request,
     eval_mode,
     gumbel_max,
     gumbel_noise,
-    start_answer,
+    layout_request,
+    resolve_eos,
 )
-from jointobj.energies import Energy, build_energy
+from jointobj.decoding.layout import AnswerLayout
+from jointobj.energies import Energy, EnergyCost, build_energy
 from jointobj.registry import Registry
 
 __all__ = ["RESCORING", "SELECTIONS", "EndOfLoopRescoring", "InLoopRescoring", "RescoreSpec", "RescoredOutput",
@@ -223,32 +229,61 @@ class EndOfLoopRescoring:
 
     @torch.no_grad()
     def sample(self, denoiser: Any, prompt_ids: torch.Tensor, gen_length: int, generator: torch.Generator | None = None,
-               *, return_trace: bool = False) -> RescoredOutput:
+               *, return_trace: bool = False, prompt_attention_mask: torch.Tensor | None = None,
+               eos_token_id: int | None = None) -> RescoredOutput:
         with eval_mode(denoiser):  # the energy's forwards too: no dropout in the scores
-            return self._sample(denoiser, prompt_ids, gen_length, generator, return_trace)
+            layout = layout_request(denoiser, prompt_ids, gen_length, prompt_attention_mask)
+            return self._sample(denoiser, layout, generator, return_trace, resolve_eos(denoiser, eos_token_id))
 
-    def _sample(self, denoiser: Any, prompt_ids: torch.Tensor, gen_length: int, generator: torch.Generator | None,
-                return_trace: bool) -> RescoredOutput:
+    def _sample(self, denoiser: Any, layout: AnswerLayout, generator: torch.Generator | None, return_trace: bool,
+                eos: int | None) -> RescoredOutput:
         energy, n = _bind(self.spec.energy, denoiser), self.spec.candidates
         check_residual(energy, self.spec.mode, self.decoder, in_loop=False)
-        b, lp = prompt_ids.shape
-        inner = self.decoder.sample(denoiser, prompt_ids.repeat_interleave(n, 0), gen_length, generator,
-                                    return_trace=return_trace)  # b*N rows, a prompt's candidates adjacent
-        context = torch.zeros_like(inner.ids, dtype=torch.bool)  # [b*N, lp+L]
-        context[:, :lp] = True
-        scores = energy(inner.ids, context).view(b, n)  # [b, N]
-        cost = energy.cost(context)
+        b, lengths = layout.batch_size, layout.prompt_lengths.repeat_interleave(n)  # [b*N]
+        extra = {} if eos is None else {"eos_token_id": eos}
+        if not layout.uniform:  # decoders of the old contract take equal-length prompts only
+            extra["prompt_attention_mask"] = torch.arange(layout.prompt_width, device=layout.device) < lengths[:, None]
+        inner = self.decoder.sample(denoiser, layout.prompt_ids.repeat_interleave(n, 0), layout.gen_length, generator,
+                                    return_trace=return_trace, **extra)  # b*N rows, a prompt's candidates adjacent
+        rows = torch.arange(b, device=layout.device).repeat_interleave(n)  # [b*N] prompt of each candidate
+        context = layout.attention_mask(rows) & ~layout.answer_mask(rows)  # [b*N, P+L] the prompt
+        scores, cost = score_candidates(energy, layout, inner.ids, context, rows)  # [b*N]
+        scores = scores.view(b, n)  # [b, N]
         log_q = inner.log_prob.view(b, n).double()  # [b, N]
         index, fallback = SELECTIONS.get(self.spec.mode)(scores, log_q, energy.residual, generator)  # [b], [b]
         kept = torch.arange(b, device=index.device) * n + index  # [b] rows of the batch
         row_steps = inner.row_steps.view(b, n).amax(1) + cost.steps  # a sample waits for its slowest candidate
         return RescoredOutput(
-            ids=inner.ids[kept], prompt_length=lp, steps=inner.steps + cost.steps, row_steps=row_steps,
-            rows_per_sample=inner.rows_per_sample * n + cost.rows / b,
+            ids=inner.ids[kept], prompt_length=inner.prompt_length, steps=inner.steps + cost.steps,
+            row_steps=row_steps, rows_per_sample=inner.rows_per_sample * n + cost.rows / b,
             log_prob=torch.full((b,), math.nan, dtype=torch.float64, device=index.device),
             commit_step=None if inner.commit_step is None else inner.commit_step[kept],
+            prompt_lengths=None if layout.uniform else layout.prompt_lengths, eos_token_id=eos,
             candidates=inner.gen_ids.view(b, n, -1), chosen=index, energy=scores, candidate_log_prob=log_q,
             fallback=fallback.long(), energy_steps=cost.steps)
+
+
+def score_candidates(energy: Energy, layout: AnswerLayout, ids: torch.Tensor, context: torch.Tensor,
+                     rows: torch.Tensor) -> tuple[torch.Tensor, EnergyCost]:
+    """Energies [r] float64 of candidates ids [r, P + L] in `layout` (prompt of `rows` [r]) with their
+    context [r, P + L], and what they cost: one call with the attention mask, rows of one length
+    trimmed and unmasked, and for a mask-blind model one call per length (one sequential step)."""
+    lengths = layout.lengths[rows]  # [r]
+    groups = [torch.arange(len(rows), device=rows.device)]
+    if layout.mask_blind and not bool((lengths == lengths[0]).all()):
+        groups = [(lengths == length).nonzero().squeeze(1) for length in lengths.unique().tolist()]
+    scores = torch.empty(len(rows), dtype=torch.float64, device=ids.device)
+    steps, cost_rows = 0, 0.0
+    for group in groups:
+        width = int(lengths[group].max())
+        attention = None
+        if not bool((lengths[group] == width).all()):
+            attention = (torch.arange(width, device=ids.device) < lengths[group][:, None]).long()  # [g, w]
+        part_ids, part_context = ids[group, :width], context[group, :width]  # [g, w]
+        scores[group] = energy(part_ids, part_context, attention).double().to(ids.device)
+        cost = energy.cost(part_context, attention)
+        steps, cost_rows = max(steps, cost.steps), cost_rows + cost.rows
+    return scores, EnergyCost(steps, cost_rows)
 
 
 def best_of_n(decoder: Any, energy: "str | Energy", denoiser: Any, prompt_ids: torch.Tensor, gen_length: int,
@@ -291,21 +326,23 @@ class InLoopRescoring:
 
     @torch.no_grad()
     def sample(self, denoiser: Any, prompt_ids: torch.Tensor, gen_length: int, generator: torch.Generator | None = None,
-               *, return_trace: bool = False) -> RescoredOutput:
+               *, return_trace: bool = False, prompt_attention_mask: torch.Tensor | None = None,
+               eos_token_id: int | None = None) -> RescoredOutput:
         with eval_mode(denoiser):  # marginals, energies and lookaheads alike: no dropout
-            return self._sample(denoiser, prompt_ids, gen_length, generator, return_trace)
+            energy = _bind(self.spec.energy, denoiser)
+            if self.scope == "step" and not energy.accepts_masks:
+                raise ValueError(f"the {energy.spec!r} energy cannot score partial candidates; use 'loop' or self / exact")
+            check_residual(energy, self.spec.mode, self.sampler, in_loop=True)
+            layout = layout_request(denoiser, prompt_ids, gen_length, prompt_attention_mask)
+            return self._sample(denoiser, energy, layout, generator, return_trace, resolve_eos(denoiser, eos_token_id))
 
-    def _sample(self, denoiser: Any, prompt_ids: torch.Tensor, gen_length: int, generator: torch.Generator | None,
-                return_trace: bool) -> RescoredOutput:
-        energy, n, sampler = _bind(self.spec.energy, denoiser), self.spec.candidates, self.sampler
-        if self.scope == "step" and not energy.accepts_masks:
-            raise ValueError(f"the {energy.spec!r} energy cannot score partial candidates; use 'loop' or self / exact")
-        check_residual(energy, self.spec.mode, sampler, in_loop=True)
-        check_request(denoiser, prompt_ids, gen_length)
-        ids = start_answer(denoiser, prompt_ids, gen_length)  # [b, lp+L]
-        device, mask_id = ids.device, int(denoiser.mask_token_id)
-        b, lp, length = *prompt_ids.shape, int(gen_length)
-        budget = int(block_budget(length, sampler.tokens_per_step)[1].sum())  # ceil(L / K) denoising steps
+    def _sample(self, denoiser: Any, energy: Energy, layout: AnswerLayout, generator: torch.Generator | None,
+                return_trace: bool, eos: int | None) -> RescoredOutput:
+        n, sampler = self.spec.candidates, self.sampler
+        mask_id, device = int(denoiser.mask_token_id), layout.device
+        b, length = layout.batch_size, layout.gen_length
+        gen = layout.start(mask_id)  # [b, L]
+        budget = int(block_budget(length, sampler.tokens_per_step, steps=sampler.steps)[1].sum())  # denoising steps
         denoising = torch.zeros(b, dtype=torch.long, device=device)  # denoising steps per sample
         row_steps = torch.zeros(b, dtype=torch.long, device=device)  # sequential steps per sample
         fallback = torch.zeros(b, dtype=torch.long, device=device)
@@ -315,14 +352,14 @@ class InLoopRescoring:
         rows = 0.0
         ahead: torch.Tensor | None = None  # fused: [b, L, V] marginals of each state, from the last lookahead
         while True:
-            masked = ids[:, lp:] == mask_id  # [b, L]
+            masked = gen == mask_id  # [b, L]
             live = masked.any(1).nonzero().squeeze(1)  # [a]
             if len(live) == 0:
                 break
-            x, m = ids[live], masked[live]  # [a, lp+L], [a, L]
+            g, m = gen[live], masked[live]  # [a, L], [a, L]
             quota = _ceil_div(m.sum(1), (budget - denoising[live]).clamp(min=1))  # [a] ceil(open / steps left)
             if ahead is None:  # the marginals forward: its own sequential step
-                logits = denoiser(input_ids=x, attention_mask=torch.ones_like(x))[:, lp:]  # [a, L, V]
+                logits = layout.answer_logits(denoiser, live, input_ids=layout.compose(g, live))  # [a, L, V]
                 logits = logits.index_fill(-1, mask_index, _EXCLUDED_LOGIT)
                 steps, rows = steps + 1, rows + len(live)
                 row_steps[live] += 1
@@ -331,23 +368,25 @@ class InLoopRescoring:
             commit = sampler.policy.select(logits, m, quota, generator)  # [a, L]
             draw = m if self.scope == "complete" else commit  # [a, L] positions each candidate fills
             tokens, token_log_q = gumbel_max(logits[draw].repeat(n, 1), sampler.temperature, generator)  # [N*t]
-            gen = x[:, lp:].unsqueeze(0).repeat(n, 1, 1)  # [N, a, L]
-            gen[:, draw] = tokens.view(n, -1)
+            candidates = g.unsqueeze(0).repeat(n, 1, 1)  # [N, a, L]
+            candidates[:, draw] = tokens.view(n, -1)
             owner = draw.nonzero()[:, 0]  # [t] row of each drawn token
             log_q = torch.zeros(n, len(live), dtype=torch.float64, device=device).index_add_(
                 1, owner, token_log_q.view(n, -1))  # [N, a]
-            candidates = torch.cat([x[:, :lp].expand(n, -1, -1), gen], -1).transpose(0, 1)  # [a, N, lp+L]
-            context = torch.ones_like(x, dtype=torch.bool)  # [a, lp+L]: prompt and committed tokens are given
-            context[:, lp:] = ~draw
-            flat_context = context.repeat_interleave(n, 0)  # [a*N, lp+L]
-            scores = energy(candidates.reshape(-1, lp + length), flat_context).view(len(live), n)  # [a, N]
-            cost = energy.cost(flat_context)
-            index, fell = SELECTIONS.get(self.spec.mode)(scores, log_q.T, energy.residual, generator)  # [a], [a]
-            kept = gen[index, torch.arange(len(live), device=device)]  # [a, L]
-            ids[live, lp:] = torch.where(commit, kept, x[:, lp:])
+            owners = live.repeat_interleave(n)  # [a*N] batch row of each candidate, a row's candidates adjacent
+            flat = candidates.transpose(0, 1).reshape(-1, length)  # [a*N, L]
+            given = torch.zeros_like(owners[:, None].expand(-1, layout.width), dtype=torch.bool)  # [a*N, P+L]
+            given.scatter_(1, layout.answer_positions(owners), ~draw.repeat_interleave(n, 0))
+            context = given | (layout.attention_mask(owners) & ~layout.answer_mask(owners))  # prompt and committed
+            scores, cost = score_candidates(energy, layout, layout.compose(flat, owners), context, owners)
+            index, fell = SELECTIONS.get(self.spec.mode)(scores.view(len(live), n), log_q.T, energy.residual,
+                                                         generator)  # [a], [a]
+            kept = candidates[index, torch.arange(len(live), device=device)]  # [a, L]
+            gen[live] = torch.where(commit, kept, g)
             look = torch.zeros(len(live), dtype=torch.long, device=device)  # [a] 1 where a lookahead ran
             if self.fused:
-                ahead, look, look_rows = self._look_ahead(denoiser, x, gen, commit, index, live, ahead, b, mask_index)
+                ahead, look, look_rows = self._look_ahead(denoiser, layout, g, candidates, commit, index, live, ahead,
+                                                          mask_index)
                 rows += look_rows
             if commit_step is not None:
                 trace = commit_step[live]
@@ -359,29 +398,31 @@ class InLoopRescoring:
             steps += max(cost.steps, int(look.max()))
             energy_steps, rows = energy_steps + cost.steps, rows + cost.rows
         return RescoredOutput(
-            ids=ids, prompt_length=lp, steps=steps, row_steps=row_steps, rows_per_sample=rows / b,
-            log_prob=torch.full((b,), math.nan, dtype=torch.float64, device=device), commit_step=commit_step,
-            fallback=fallback, energy_steps=energy_steps)
+            ids=layout.compose(gen), prompt_length=layout.prompt_width, steps=steps, row_steps=row_steps,
+            rows_per_sample=rows / b, log_prob=torch.full((b,), math.nan, dtype=torch.float64, device=device),
+            commit_step=commit_step, prompt_lengths=None if layout.uniform else layout.prompt_lengths,
+            eos_token_id=eos, fallback=fallback, energy_steps=energy_steps)
 
-    def _look_ahead(self, denoiser, x: torch.Tensor, gen: torch.Tensor, commit: torch.Tensor, index: torch.Tensor,
-                    live: torch.Tensor, ahead: torch.Tensor | None, b: int, mask_index: torch.Tensor):
+    def _look_ahead(self, denoiser, layout: AnswerLayout, g: torch.Tensor, candidates: torch.Tensor,
+                    commit: torch.Tensor, index: torch.Tensor, live: torch.Tensor, ahead: torch.Tensor | None,
+                    mask_index: torch.Tensor):
         """Fused: a forward on every candidate's next state (its step positions committed), in the
         same batched step as its energy (both depend only on the candidates); the kept candidate's
         logits are the next step's marginals. Rows that finish now need none.
-        Returns (ahead [b, L, V], look [a] long, rows run)."""
-        lp, n = x.shape[1] - gen.shape[-1], gen.shape[0]
-        state = torch.where(commit, gen, x[:, lp:])  # [N, a, L] each candidate's next state
-        open_rows = ((x[:, lp:] == int(mask_index)) & ~commit).any(-1)  # [a] rows with positions left after this step
+        g [a, L] the live answers, candidates [N, a, L]. Returns (ahead [b, L, V], look [a] long, rows run)."""
+        n, length = candidates.shape[0], layout.gen_length
+        state = torch.where(commit, candidates, g)  # [N, a, L] each candidate's next state
+        open_rows = ((g == int(mask_index)) & ~commit).any(-1)  # [a] rows with positions left after this step
         look = open_rows.long()
         if not open_rows.any():
             return ahead, look, 0
         which = open_rows.nonzero().squeeze(1)  # [u]
-        inputs = torch.cat([x[which, :lp].expand(n, -1, -1), state[:, which]], -1).transpose(0, 1)  # [u, N, lp+L]
-        flat = inputs.reshape(-1, x.shape[1])  # [u*N, lp+L]
-        logits = denoiser(input_ids=flat, attention_mask=torch.ones_like(flat))[:, lp:]  # [u*N, L, V]
+        flat = state[:, which].transpose(0, 1).reshape(-1, length)  # [u*N, L]
+        owners = live[which].repeat_interleave(n)  # [u*N]
+        logits = layout.answer_logits(denoiser, owners, input_ids=layout.compose(flat, owners))  # [u*N, L, V]
         logits = logits.index_fill(-1, mask_index, _EXCLUDED_LOGIT).view(len(which), n, *logits.shape[1:])
         if ahead is None:
-            ahead = logits.new_zeros(b, *logits.shape[2:])  # [b, L, V]
+            ahead = logits.new_zeros(layout.batch_size, *logits.shape[2:])  # [b, L, V]
         ahead[live[which]] = logits[torch.arange(len(which), device=logits.device), index[which]]
         return ahead, look, len(flat)
 

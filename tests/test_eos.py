@@ -1,0 +1,102 @@
+"""EOS: every decoder takes `eos_token_id` (default: the denoiser's), answers are trimmed at the
+first EOS for text and validity, and the cost counts say how the EOS tail counts."""
+
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from jointobj.decoding import build_decoder
+from jointobj.decoding.sampler import SampleOutput, resolve_eos, trim_at_eos
+from jointobj.evaluate import evaluate
+from jointobj.oracle import OracleDenoiser
+
+VOCAB, MASK, EOS = 8, 1, 7
+
+
+class EndsEarly(nn.Module):
+    """Logits that favour token 2 + position at the first two answer positions and EOS after,
+    whatever the context (a model that learnt to stop after two tokens)."""
+
+    mask_token_id, max_positions, vocab_size = MASK, 16, VOCAB
+
+    def __init__(self, eos_token_id=EOS):
+        super().__init__()
+        self.eos_token_id = eos_token_id
+        self.scale = nn.Parameter(torch.tensor(5.0))
+
+    def forward(self, input_ids, attention_mask=None):
+        b, length = input_ids.shape
+        favourite = torch.full((length,), EOS)
+        favourite[length - 4 : length - 2] = torch.tensor([2, 3])  # answers of 4 after any prompt of lp
+        return self.scale * nn.functional.one_hot(favourite, VOCAB).float().expand(b, length, VOCAB)
+
+
+def test_trim_at_eos_sets_everything_after_the_first_eos_to_eos():
+    gen = torch.tensor([[2, 7, 3, 7, 4], [2, 3, 4, 5, 6], [7, 2, 2, 2, 2]])
+    assert trim_at_eos(gen, 7).tolist() == [[2, 7, 7, 7, 7], [2, 3, 4, 5, 6], [7, 7, 7, 7, 7]]
+    assert torch.equal(trim_at_eos(gen, None), gen)
+
+
+def output(gen: torch.Tensor, eos, row_steps) -> SampleOutput:
+    ids = torch.cat([torch.full((len(gen), 2), 5), gen], 1)
+    return SampleOutput(ids, 2, int(max(row_steps)), torch.tensor(row_steps), 1.0,
+                        torch.zeros(len(gen), dtype=torch.float64), eos_token_id=eos)
+
+
+def test_sample_output_trims_answers_and_counts_the_eos_tail_in_tokens_per_step_only():
+    # Row 0: 2 answer tokens then EOS and its tail; row 1: no EOS. tokens_per_step counts all 5
+    # positions of both rows; answer_tokens_per_step counts 2 + EOS and 5: (3 + 5) / 2 rows over 2 steps.
+    out = output(torch.tensor([[2, 3, 7, 4, 7], [2, 3, 4, 5, 6]]), EOS, [2, 2])
+    assert out.answer_ids.tolist() == [[2, 3, 7, 7, 7], [2, 3, 4, 5, 6]]
+    assert out.answer_lengths.tolist() == [2, 5]
+    assert out.tokens_per_step == 5 / 2
+    assert out.answer_tokens_per_step == pytest.approx((3 + 5) / 2 / 2)
+    plain = output(torch.tensor([[2, 3, 7, 4, 7]]), None, [1])
+    assert torch.equal(plain.answer_ids, plain.gen_ids) and plain.answer_lengths.tolist() == [5]
+
+
+@pytest.mark.parametrize("name, options", [("confidence", {}), ("threshold", {}), ("l2r", {"steps": 2}),
+                                           ("random", {"rescore": "best:self:l2r:all,2"}),
+                                           ("random", {"rescore": "best:self:l2r:all,2,step"})])
+def test_every_decoder_takes_eos_from_the_denoiser_or_the_call(name, options):
+    # Fails if a decoder drops the EOS (answers untrimmed) or ignores the explicit one.
+    decoder = build_decoder(name, None if "steps" in options else 2, temperature=0, **options)
+    prompt = torch.full((3, 2), 4)
+    out = decoder.sample(EndsEarly(), prompt, 4, torch.Generator().manual_seed(0))
+    assert out.eos_token_id == EOS and out.gen_ids.tolist() == [[2, 3, 7, 7]] * 3
+    assert out.answer_lengths.tolist() == [2, 2, 2]
+    other = decoder.sample(EndsEarly(), prompt, 4, torch.Generator().manual_seed(0), eos_token_id=3)
+    assert other.eos_token_id == 3 and other.answer_ids.tolist() == [[2, 3, 3, 3]] * 3
+    none = decoder.sample(EndsEarly(eos_token_id=None), prompt, 4, torch.Generator().manual_seed(0))
+    assert none.eos_token_id is None and none.answer_lengths.tolist() == [4, 4, 4]
+
+
+def test_the_soft_decoder_takes_eos():
+    from jointobj import Denoiser
+    from jointobj.tiny import tiny_masked_lm
+
+    denoiser = Denoiser(tiny_masked_lm("bert", vocab_size=VOCAB, max_positions=16, seed=0), mask_token_id=MASK)
+    out = build_decoder("soft", 1).sample(denoiser, torch.full((2, 2), 4), 4, torch.Generator().manual_seed(0),
+                                          eos_token_id=EOS)
+    assert out.eos_token_id == EOS and torch.equal(out.answer_ids, trim_at_eos(out.gen_ids, EOS))
+
+
+@pytest.mark.parametrize("eos, message", [(MASK, "is the mask token id"), (VOCAB, r"token id in 0\.\.7"),
+                                          (-1, "token id"), (2.0, "token id"), (True, "token id")])
+def test_a_bad_eos_id_is_refused(eos, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_eos(types.SimpleNamespace(mask_token_id=MASK, vocab_size=VOCAB), eos)
+
+
+def test_validity_is_read_from_trimmed_answers():
+    # The oracle always writes a full valid answer; an EOS id equal to the answers' first token trims
+    # every answer to nothing, so validity falls from 1 to 0 -- fails if evaluate reads untrimmed ids.
+    oracle = OracleDenoiser("likes_tennis")
+    kept = evaluate(oracle, ["likes_tennis"], ["l2r"], [1], samples=20)[0]
+    assert kept["validity"] == 1.0
+    first_tokens = {int(a[0]) for a in oracle.toysets[next(iter(oracle.toysets))].answers[0]}
+    oracle.eos_token_id = min(first_tokens)
+    trimmed = evaluate(oracle, ["likes_tennis"], ["l2r"], [1], samples=200)[0]
+    assert 0.0 < trimmed["validity"] < 1.0  # the answers that start with the EOS id are no longer valid
