@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from helpers import load_script
 
 
@@ -15,10 +17,26 @@ def test_bench_losses_writes_both_steps_and_their_ratio(tmp_path, capsys):
     assert "token_ce" in capsys.readouterr().out
 
 
-def test_bench_logsum_covers_every_mode(tmp_path):
+def test_bench_logsum_writes_a_row_per_m_and_k_with_its_summary(tmp_path):
     out = tmp_path / "bench_logsum.json"
-    load_script("eval/bench_logsum.py").main(
+    rows = load_script("eval/bench_logsum.py").main(
         ["--batch", "2", "--length", "6", "--hidden", "16", "--vocab", "20", "--orders", "1", "2", "--blocks", "2",
          "--repeats", "1", "--json", str(out)])
     saved = json.loads(out.read_text())
     assert saved["rows"] and "environment" in saved
+    assert [(row["M"], row["K"]) for row in rows] == [(1, "2"), (2, "2")]
+    assert all(row[key] > 0 for row in rows for key in ("exact_peak_bytes", "sampled_peak_bytes", "sampled_s"))
+    by_m = {row["M"]: row for row in rows}
+    assert saved["summary"]["exact_peak_M2_over_M1_K2"] == by_m[2]["exact_peak_bytes"] / by_m[1]["exact_peak_bytes"]
+
+
+def test_the_cpu_memory_ledger_counts_what_a_step_holds_at_once():
+    peak_bytes = load_script("eval/bench_logsum.py").peak_bytes
+
+    def step() -> None:
+        first = torch.ones(1000)  # 4000 bytes
+        second = torch.ones(2000)  # 8000 bytes, both alive: 12000
+        del first, second
+        torch.ones(500)  # 2000 bytes after they were freed
+
+    assert peak_bytes(step, torch.device("cpu")) == 12000

@@ -14,7 +14,11 @@ DS_CONFIGS = sorted((ROOT / "ds_configs").glob("*.json"))
 YAMLS = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
 
 
-def test_the_four_zero_configs_exist():
+def test_every_deepspeed_config_the_docs_and_errors_name_exists():
+    named = set()
+    for path in [ROOT / "README.md", *ROOT.glob("recipes/**/*.py"), *YAMLS, *ROOT.glob("jointobj/**/*.py")]:
+        named |= set(re.findall(r"ds_configs/(\w+)\.json", path.read_text()))
+    assert named and named <= {p.stem for p in DS_CONFIGS}, named - {p.stem for p in DS_CONFIGS}
     assert {p.stem for p in DS_CONFIGS} >= {"zero2", "zero2_offload", "zero3", "zero3_offload"}
 
 
@@ -29,7 +33,8 @@ def test_deepspeed_config_loads_with_auto_values_and_no_fixed_precision(path):
 def test_recipe_yaml_parses_and_names_its_launch_command(path, tmp_path):
     first_line = path.read_text().splitlines()[0]
     recipe = re.search(r"recipes/\w+\.py", first_line)  # logsum_llada.yaml launches recipes/logsum.py
-    assert first_line.startswith("# deepspeed") and recipe and f"--config recipes/configs/{path.name}" in first_line, first_line
+    assert first_line.startswith("# deepspeed") and recipe, first_line
+    assert f"--config recipes/configs/{path.name}" in first_line, first_line
     assert (ROOT / recipe.group()).exists()
     model_args, data_args, config = parse_recipe_args(["--config", str(path), "--output_dir", str(tmp_path)], None)
     assert config.output_dir == str(tmp_path)  # flags override the YAML

@@ -13,7 +13,6 @@ the launched ranks.
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,14 +22,10 @@ import torch
 
 from jointobj import Denoiser
 
+from helpers import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "logsum"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -38,6 +33,7 @@ def base_dir(tiny_model_dir) -> Path:
     return tiny_model_dir
 
 
+@pytest.mark.slow  # two launched ranks, a few minutes on two CPU cores
 @pytest.mark.parametrize(("zero", "objective", "mode", "self_condition"),
                          [("zero2", "mixture", "sampled", "0"), ("zero3", "logsum", "exact", "0.5")])
 def test_two_cpu_ranks_train_and_save_a_reloadable_adapter(zero, objective, mode, self_condition, base_dir, tmp_path):

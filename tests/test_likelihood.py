@@ -1,16 +1,11 @@
 """order_log_likelihood: brute-force normalisation, a naive chain rule, chunking, bad input."""
 
-import datetime
 import functools
 import itertools
 import math
-import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +15,8 @@ from jointobj.likelihood import order_log_likelihood, plan_blocks
 from jointobj.losses import LogSumOrdersLoss
 from jointobj.orders import ORDERS, OrderProposal, Orders
 from jointobj.tiny import tiny_masked_lm
-from helpers import padded_batch
+from helpers import on_gloo_ranks, padded_batch
+from tiny_models import MixingLM
 
 VOCAB, MASK, PAD = 20, 1, 0
 
@@ -119,16 +115,20 @@ class NoMassOnMask(torch.nn.Module):
         return logits.index_fill(-1, torch.tensor([self.mask_token_id]), -1e9)
 
 
-@pytest.mark.parametrize("length, tokens_per_step", [(10, 3), (13, 3), (14, 4), (10, 4), (7, 2), (6, 6), (5, 1)])
-def test_k_block_l2r_likelihood_is_the_l2r_samplers_log_prob(length, tokens_per_step):
-    # The l2r sampler commits ceil(left / steps left) tokens per step (n=10, t=3: 3, 3, 2, 2), so its
-    # log q(answer) is l_o for the l2r order cut into K = ceil(n / t) blocks of those sizes.
+@pytest.mark.parametrize("length, budget", [
+    *[(n, {"tokens_per_step": t}) for n, t in [(10, 3), (13, 3), (14, 4), (10, 4), (7, 2), (6, 6), (5, 1)]],
+    *[(n, {"steps": s}) for n, s in [(10, 4), (13, 5), (7, 3), (11, 6), (12, 7), (9, 9), (6, 1)]],
+])
+def test_k_block_l2r_likelihood_is_the_l2r_samplers_log_prob(length, budget):
+    # The l2r sampler commits ceil(left / steps left) tokens per step (n=10, t=3: 3, 3, 2, 2; n=13 in
+    # 5 steps: 3, 3, 3, 2, 2), so its log q(answer) is l_o for the l2r order cut into K blocks of
+    # those sizes, K = ceil(n / t) or the steps asked for (uneven quotas included).
     denoiser = NoMassOnMask(sharp_denoiser(VOCAB, MASK))
-    generator = torch.Generator().manual_seed(length * 10 + tokens_per_step)
+    generator = torch.Generator().manual_seed(length * 10 + sum(budget.values()))
     prompt = torch.randint(2, VOCAB, (6, 2), generator=generator)  # [b, lp]
-    decoder = build_decoder("l2r", tokens_per_step=tokens_per_step, temperature=1.0)
+    decoder = build_decoder("l2r", temperature=1.0, **budget)
     out = decoder.sample(denoiser, prompt, length, generator=generator)
-    blocks = math.ceil(length / tokens_per_step)
+    blocks = budget.get("steps") or math.ceil(length / budget["tokens_per_step"])
     assert out.steps == blocks
     prompt_mask = torch.zeros_like(out.ids, dtype=torch.bool)
     prompt_mask[:, : prompt.shape[1]] = True
@@ -204,32 +204,9 @@ def test_logits_at_visible_positions_never_count(rows, seed):
 # ---------------------------------------------------------------- equal forwards on every rank (ZeRO-3)
 
 
-class CountingLM(torch.nn.Module):
-    """A small bidirectional LM (logits = W tanh(E[x] + P + A (E[x] + P))) that counts its forwards,
-    recomputations under checkpointing included. Its parameters are the same on every rank. Under
-    torch.distributed, with `collective` on, each forward is a collective, as ZeRO-3's parameter
-    gather is: a rank whose forward meets another rank's different collective (the chunk-count
-    all-reduce) fails."""
-
-    mask_token_id = MASK
-
-    def __init__(self, vocab=VOCAB, length=12, dim=8):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.embed = torch.nn.Parameter(torch.randn(vocab, dim, generator=g))
-        self.position = torch.nn.Parameter(torch.randn(length, dim, generator=g))
-        self.mix = torch.nn.Parameter(torch.randn(length, length, generator=g) / math.sqrt(length))
-        self.head = torch.nn.Parameter(torch.randn(dim, vocab, generator=g))
-        self.forwards, self.collective = 0, False
-
-    def forward(self, input_ids, attention_mask=None):
-        self.forwards += 1
-        if self.collective and dist.is_initialized():
-            gathered = torch.ones(2)
-            dist.all_reduce(gathered)  # stands in for the weight gather
-            assert gathered.tolist() == [dist.get_world_size()] * 2, "a forward met another collective"
-        h = self.embed[input_ids] + self.position[: input_ids.shape[1]]  # [r, l, d]
-        return torch.tanh(h + torch.einsum("ij,rjd->rid", self.mix[: h.shape[1], : h.shape[1]], h)) @ self.head
+def counting_lm() -> MixingLM:
+    """A MixingLM that counts its forwards; its parameters are the same on every rank."""
+    return MixingLM(VOCAB, length=12, dim=8, scale=1.0, mask_token_id=MASK)
 
 
 def _forwards_and_grads(model, run):
@@ -240,40 +217,31 @@ def _forwards_and_grads(model, run):
     return value.detach(), model.forwards - before, [p.grad.clone() for p in model.parameters()]
 
 
-def _rank_worker(rank, world, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
-    try:
-        # Rank 0 scores long answers, rank 1 short ones: 2 orders x sum_b n_b rows = 22 vs 6, 6 vs 2 chunks of 4.
-        lengths, prompts = ([8, 7], [2, 2]) if rank == 0 else ([4, 2], [2, 1])
-        batch = make_batch(lengths, prompts, pad_to=12, seed=rank)
-        orders = OrderProposal(["l2r", "random"]).sample(scorable_of(batch), torch.Generator().manual_seed(rank))
-        model = CountingLM()
-        result = {}
-        for checkpoint in (False, True):
-            score = lambda sync: order_log_likelihood(model, batch, orders, "all", max_rows=4,  # noqa: E731
-                                                      checkpoint=checkpoint, sync_ranks=sync)
-            model.collective = True
-            result[f"synced_{checkpoint}"] = _forwards_and_grads(model, lambda: score(True))
-            model.collective = False  # the ranks run different numbers of forwards here, on purpose
-            result[f"local_{checkpoint}"] = _forwards_and_grads(model, lambda: score(False))
+def _rank_worker(rank):
+    # Rank 0 scores long answers, rank 1 short ones: 2 orders x sum_b n_b rows = 22 vs 6, 6 vs 2 chunks of 4.
+    lengths, prompts = ([8, 7], [2, 2]) if rank == 0 else ([4, 2], [2, 1])
+    batch = make_batch(lengths, prompts, pad_to=12, seed=rank)
+    orders = OrderProposal(["l2r", "random"]).sample(scorable_of(batch), torch.Generator().manual_seed(rank))
+    model = counting_lm()
+    result = {}
+    for checkpoint in (False, True):
+        score = lambda sync: order_log_likelihood(model, batch, orders, "all", max_rows=4,  # noqa: E731
+                                                  checkpoint=checkpoint, sync_ranks=sync)
         model.collective = True
-        for i, parameter in enumerate(model.parameters()):
-            parameter.ds_id = i  # "ZeRO-3 shards": the loss syncs by default
-        loss_fn = LogSumOrdersLoss(blocks="all", mode="sampled", max_rows=4)
-        result["sampled"] = _forwards_and_grads(model, lambda: loss_fn(model, batch, torch.Generator().manual_seed(0)).loss)
-        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+        result[f"synced_{checkpoint}"] = _forwards_and_grads(model, lambda: score(True))
+        model.collective = False  # the ranks run different numbers of forwards here, on purpose
+        result[f"local_{checkpoint}"] = _forwards_and_grads(model, lambda: score(False))
+    model.collective = True
+    for i, parameter in enumerate(model.parameters()):
+        parameter.ds_id = i  # "ZeRO-3 shards": the loss syncs by default
+    loss_fn = LogSumOrdersLoss(blocks="all", mode="sampled", max_rows=4)
+    result["sampled"] = _forwards_and_grads(model, lambda: loss_fn(model, batch, torch.Generator().manual_seed(0)).loss)
+    return result
 
 
+@pytest.mark.slow  # spawns two processes
 def test_every_rank_runs_the_same_forwards_and_padding_changes_nothing(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_rank_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = on_gloo_ranks(_rank_worker, tmp_path)
     for checkpoint in (False, True):
         recompute = 2 if checkpoint else 1  # each chunk runs again in backward under checkpointing
         synced = [r[f"synced_{checkpoint}"] for r in ranks]
@@ -294,7 +262,7 @@ def test_checkpointing_over_zero3_shards_still_reaches_the_weights():
     # the anchor input every gradient here would be None.
     batch = make_batch([6, 4], [2, 1], pad_to=12, seed=0)
     orders = OrderProposal(["l2r", "random"]).sample(scorable_of(batch), torch.Generator().manual_seed(0))
-    plain, tagged = CountingLM(), CountingLM()
+    plain, tagged = counting_lm(), counting_lm()
     for i, parameter in enumerate(tagged.parameters()):
         parameter.ds_id = i
     _, _, expected = _forwards_and_grads(plain, lambda: order_log_likelihood(plain, batch, orders, 2, max_rows=3))

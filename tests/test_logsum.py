@@ -16,6 +16,7 @@ from jointobj.losses.logsum import logsum_nll
 from jointobj.orders import ORDERS, OrderProposal, Orders
 from jointobj.tiny import tiny_masked_lm
 from helpers import padded_batch
+from tiny_models import MixingLM
 
 VOCAB, MASK, PAD = 20, 1, 0
 
@@ -23,25 +24,6 @@ VOCAB, MASK, PAD = 20, 1, 0
 @functools.cache
 def modernbert() -> Denoiser:
     return Denoiser(tiny_masked_lm("modernbert", vocab_size=VOCAB, seed=0), mask_token_id=MASK)
-
-
-class MixingLM(torch.nn.Module):
-    """A small bidirectional LM with ~250 parameters: logits = W tanh(E[x] + P + A (E[x] + P)).
-    Large weights make its conditionals sharp, so orders get clearly different likelihoods."""
-
-    mask_token_id = MASK
-
-    def __init__(self, vocab=VOCAB, length=8, dim=6, scale=2.0, seed=0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.embed = torch.nn.Parameter(scale * torch.randn(vocab, dim, generator=g))
-        self.position = torch.nn.Parameter(scale * torch.randn(length, dim, generator=g))
-        self.mix = torch.nn.Parameter(torch.randn(length, length, generator=g) / math.sqrt(length))
-        self.head = torch.nn.Parameter(scale * torch.randn(dim, vocab, generator=g))
-
-    def forward(self, input_ids, attention_mask=None):
-        h = self.embed[input_ids] + self.position[: input_ids.shape[1]]  # [r, l, d]
-        return torch.tanh(h + torch.einsum("ij,rjd->rid", self.mix[: h.shape[1], : h.shape[1]], h)) @ self.head
 
 
 def make_batch(lengths, prompt_lengths, pad_to=None, seed=0):
@@ -118,6 +100,7 @@ def test_sampled_value_equals_the_exact_value():
     torch.testing.assert_close(sampled, exact, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.slow  # a large statistical sample
 def test_sampled_gradient_is_unbiased():
     draws = 500  # a uniform (wrong) draw of o* fails this by ~13 standard errors
     model = MixingLM(scale=1.0, seed=2)
@@ -249,9 +232,10 @@ def test_mixture_is_the_weighted_sum_of_its_parts_with_prefixed_metrics():
     assert {"token_ce/masked_nll", "logsum/posterior_l2r", "token_ce/loss", "logsum/loss"} <= set(mixture.metrics)
 
 
-def test_losses_are_registered_by_name():
-    assert LOSSES.get("logsum") is LogSumOrdersLoss
-    assert LOSSES.get("mixture") is MixtureLoss
+def test_an_objective_is_found_by_name_and_an_unknown_one_lists_the_known():
+    assert LOSSES.get("logsum") is LogSumOrdersLoss and LOSSES.get("mixture") is MixtureLoss
+    with pytest.raises(ValueError, match=r"unknown objective 'log_sum'; known: .*logsum, mixture"):
+        LOSSES.get("log_sum")
 
 
 # ---------------------------------------------------------------- bad input

@@ -35,6 +35,7 @@ def test_one_parallel_step_is_valid_only_by_luck(name, expected):
         assert abs(row["validity"] - expected) <= binomial_tolerance(expected, N), row
 
 
+@pytest.mark.slow  # large samples under every decoder
 @pytest.mark.parametrize("name", ["likes_tennis", "cities", "agreement", "shuffle_3"])
 def test_one_token_per_step_in_any_order_is_exact(name):
     decoders = ["random", "l2r", "confidence", "threshold", "entropy_bounded"]
@@ -44,6 +45,7 @@ def test_one_token_per_step_in_any_order_is_exact(name):
             assert row["tv"] <= row["tv_floor"] + 4.5 * row["tv_floor_std"], row
 
 
+@pytest.mark.slow  # large samples under every decoder
 @pytest.mark.parametrize("name", ["copy", "reverse"])
 def test_deterministic_controls_stay_valid_under_every_decoder(name):
     # every hard-commit decoder (the soft decoder needs input embeddings, which the oracle has not)
@@ -83,6 +85,7 @@ def model_validity(denoiser: Denoiser, one_step: bool) -> float:
     return total
 
 
+@pytest.mark.slow  # 600 training steps
 def test_trained_model_writes_i_likes_tennis_at_one_step_as_often_as_the_oracle(likes_tennis_model):
     likes = load_toyset("likes_tennis")
     prompts = likes.prompts[[0] * N]
@@ -98,6 +101,7 @@ def test_trained_model_writes_i_likes_tennis_at_one_step_as_often_as_the_oracle(
     assert abs(validity - 0.25) <= 0.03 + binomial_tolerance(0.25, N)
 
 
+@pytest.mark.slow  # 600 training steps
 def test_trained_model_escapes_the_trap_at_one_token_per_step(likes_tennis_model):
     likes = load_toyset("likes_tennis")
     prompts = likes.prompts[[0] * N]

@@ -44,6 +44,7 @@ def test_recipe_main_runs_in_process(recipe, base_dir, tmp_path):
         torch.testing.assert_close(reloaded(input_ids=ids), result.denoiser(input_ids=ids))
 
 
+@pytest.mark.slow  # pretrains a base, trains, reports
 def test_embedded_default_pretrains_a_base_then_reports(tmp_path):
     result = load_recipe("logsum").main(
         ["--base_dir", str(tmp_path / "base"), "--base_steps", "5", "--dataset", "likes_tennis",

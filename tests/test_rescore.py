@@ -57,6 +57,7 @@ def floor_of(toyset, prompt: torch.Tensor, n: int) -> tuple[float, float]:
 # ---------------------------------------------------------------- SIR recovers the distribution
 
 
+@pytest.mark.slow  # large statistical samples
 @pytest.mark.parametrize("name,valid_mass", [("likes_tennis", 2 / 8), ("cities", 4 / 8), ("shuffle_3", 6 / 27)])
 def test_sir_with_the_exact_energy_recovers_the_data_distribution(name, valid_mass):
     """Proposal: the oracle's one-step parallel sampler (valid with probability `valid_mass`).
@@ -162,6 +163,7 @@ def test_fused_scoring_gives_the_same_samples_in_one_step_per_denoising_step():
     assert fused.rows_per_sample == counted.rows / 6 == 1 + 4 * (4 * 4) + 3 * 4
 
 
+@pytest.mark.slow  # large statistical samples
 def test_in_loop_rescoring_escapes_the_trap_where_parallel_sampling_cannot():
     """Latin square 4x4 at 4 cells per step: the oracle alone is valid ~19% of the time; drawing 16
     candidates for each step's cells and keeping one the exact energy accepts gives > 90%."""

@@ -16,6 +16,7 @@ from jointobj.toysets import load_toyset
 SAMPLES = 20000
 
 
+@pytest.mark.slow  # 20,000 samples per case
 @pytest.mark.parametrize("decoder", ["confidence", "margin", "entropy", "threshold", "l2r"])
 @pytest.mark.parametrize("toyset_name", ["likes_tennis", "shuffle_3"])
 def test_answers_appear_at_frequency_exp_log_prob(decoder, toyset_name):

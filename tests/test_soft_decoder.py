@@ -210,6 +210,7 @@ def likes_tennis_samples(decoder, denoiser=None) -> tuple[torch.Tensor, torch.Te
     return valid, he, float(valid.double().mean())
 
 
+@pytest.mark.slow  # trains a model for 600 steps
 def test_gumbel_breaker_finds_both_modes_evenly_and_escapes_the_one_step_trap():
     # Two forwards. Nothing is confident after the first, so without soft states the second would
     # draw the three positions independently: 1/4 valid (one parallel step). The relaxed samples
@@ -224,6 +225,7 @@ def test_gumbel_breaker_finds_both_modes_evenly_and_escapes_the_one_step_trap():
     assert abs(share - 0.5) <= 0.05 + 4.5 * math.sqrt(0.25 / int(valid.sum())), share
 
 
+@pytest.mark.slow  # the 600-step model
 def test_commit_one_breaker_commits_a_draw_from_the_first_marginals():
     # The breaker's hard evidence: at the first forward (nothing is confident on the all-masked
     # answer) exactly one position commits, the most confident, and its token is a draw from that
@@ -248,6 +250,7 @@ def test_commit_one_breaker_commits_a_draw_from_the_first_marginals():
         assert abs(share - p) <= 4.5 * math.sqrt(p * (1 - p) / N), (int(token), share, p)
 
 
+@pytest.mark.slow  # the 600-step model
 def test_without_a_breaker_the_last_step_is_one_product_of_marginals():
     # No noise, nothing confident (threshold 1): every sample sees the same states at every forward,
     # so the last forward draws the three positions independently from one set of marginals -- the

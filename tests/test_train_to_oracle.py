@@ -4,10 +4,12 @@ This is the per-token loss doing its job: the marginals are right, which is exac
 one-step parallel sampling from them falls into the marginal trap (see test_marginal_trap).
 """
 
+import pytest
 import torch
 
 from jointobj.oracle import OracleDenoiser
 from jointobj.toysets import load_toyset
+
 from training import train_token_ce
 
 # Training draws 4096 examples per set: a 1/2 marginal is off by sqrt(.25/4096) = 0.008 per sd
@@ -22,6 +24,7 @@ def fully_masked(toyset, denoiser) -> torch.Tensor:
         return denoiser(input_ids=ids).softmax(-1)[0, toyset.prompt_length:]
 
 
+@pytest.mark.slow  # 600 training steps
 def test_trained_marginals_match_the_oracle():
     denoiser = train_token_ce(("likes_tennis", "cities"), lr=3e-3)  # at 1e-2 the two-set model loses positions
     for name in ("likes_tennis", "cities"):

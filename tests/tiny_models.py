@@ -1,18 +1,24 @@
 """Model classes the tests need that transformers does not ship.
 
 `BidirectionalLM` stands in for LLaDA: a plain nn.Module transformer with no HF head class.
+`MixingLM` is a few hundred parameters with sharp conditionals that counts its forwards (and can
+make each forward a collective, as ZeRO-3's weight gather is).
 `CUSTOM_CODE` is the source of a remote-code model (PreTrainedModel + auto_map), written into
 a temporary directory to test `trust_remote_code`.
 """
 
+import math
+
 import torch
+import torch.distributed as dist
 from torch import nn
 
 
 class BidirectionalLM(nn.Module):
     """Token ids or embeddings -> logits, full (or causal, for the refusal test) self-attention."""
 
-    def __init__(self, vocab_size: int = 32, dim: int = 32, layers: int = 2, causal: bool = False, max_positions: int = 64):
+    def __init__(self, vocab_size: int = 32, dim: int = 32, layers: int = 2, causal: bool = False,
+                 max_positions: int = 64):
         super().__init__()
         self.embed_tokens = nn.Embedding(vocab_size, dim)
         self.positions = nn.Embedding(max_positions, dim)
@@ -33,6 +39,35 @@ class BidirectionalLM(nn.Module):
         padding = None if attention_mask is None else ~attention_mask.bool()
         hidden = self.blocks(hidden, mask=causal_mask, src_key_padding_mask=padding, is_causal=self.causal)
         return self.lm_head(hidden)  # [b, l, V]
+
+
+class MixingLM(nn.Module):
+    """A small bidirectional LM: logits = W tanh(E[x] + P + A (E[x] + P)) (~250 parameters at the defaults).
+    Large weights (`scale`) make its conditionals sharp, so orders get clearly different likelihoods.
+
+    It counts its forwards (`forwards`), recomputations under checkpointing included. With
+    `collective` on under torch.distributed each forward is a collective, as ZeRO-3's parameter
+    gather is: a rank whose forward meets another rank's different collective fails."""
+
+    def __init__(self, vocab: int = 20, length: int = 8, dim: int = 6, scale: float = 2.0, seed: int = 0,
+                 mask_token_id: int = 1):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.mask_token_id = mask_token_id
+        self.embed = nn.Parameter(scale * torch.randn(vocab, dim, generator=g))
+        self.position = nn.Parameter(scale * torch.randn(length, dim, generator=g))
+        self.mix = nn.Parameter(torch.randn(length, length, generator=g) / math.sqrt(length))
+        self.head = nn.Parameter(scale * torch.randn(dim, vocab, generator=g))
+        self.forwards, self.collective = 0, False
+
+    def forward(self, input_ids, attention_mask=None):
+        self.forwards += 1
+        if self.collective and dist.is_initialized():
+            gathered = torch.ones(2)
+            dist.all_reduce(gathered)  # stands in for the weight gather
+            assert gathered.tolist() == [dist.get_world_size()] * 2, "a forward met another collective"
+        h = self.embed[input_ids] + self.position[: input_ids.shape[1]]  # [r, l, d]
+        return torch.tanh(h + torch.einsum("ij,rjd->rid", self.mix[: h.shape[1], : h.shape[1]], h)) @ self.head
 
 
 CUSTOM_CODE = '''
@@ -90,5 +125,6 @@ def write_custom_code_model(directory) -> None:
     model = module.TinyDiffusionModel(module.TinyDiffusionConfig())
     model.save_pretrained(directory)
     config = json.loads((directory / "config.json").read_text())
-    config["auto_map"] = {"AutoConfig": "modeling_tiny.TinyDiffusionConfig", "AutoModel": "modeling_tiny.TinyDiffusionModel"}
+    config["auto_map"] = {"AutoConfig": "modeling_tiny.TinyDiffusionConfig",
+                          "AutoModel": "modeling_tiny.TinyDiffusionModel"}
     (directory / "config.json").write_text(json.dumps(config, indent=2))

@@ -30,7 +30,8 @@ def train_token_ce(names: str | tuple[str, ...], steps: int = 600, batch_size: i
                            max_positions=max(8, max(t.length for t in toysets)), seed=seed)
     denoiser = Denoiser(model, tokenizer=tokenizer)
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=lr, weight_decay=0.0)
-    schedule = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=max(1, steps // 10), num_training_steps=steps)
+    schedule = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=max(1, steps // 10),
+                                               num_training_steps=steps)
     loss_fn, generator = TokenCELoss(), torch.Generator().manual_seed(seed)
     for _ in range(steps):
         rows = torch.randint(0, len(data), (batch_size,), generator=generator)  # [batch]
