@@ -5,6 +5,11 @@ checkpoint; they are real `transformers` classes, so every code path a real mode
 (LoRA targets, save / load, DeepSpeed) is exercised.
 
     model = tiny_masked_lm("modernbert", vocab_size=64)
+    model = tiny_masked_lm("modernbert", vocab_size=64, size="medium")   # a named size (TINY_SIZES)
+
+Named sizes (`TINY_SIZES`: hidden size, layers) grow by doubling the width, and the depth from
+"medium" on: a model too small for a set learns only its per-position marginals, which no decoder
+can turn into valid answers. eval/model_sizes.py measures which size learns which built-in set.
 """
 
 from __future__ import annotations
@@ -16,6 +21,15 @@ from torch import nn
 from jointobj.registry import Registry
 
 TINY_ARCHITECTURES: Registry[Callable[..., Any]] = Registry("tiny architecture")
+
+# name -> (hidden_size, num_layers); "xsmall" is the default (hidden 32, 2 layers)
+TINY_SIZES: dict[str, tuple[int, int]] = {
+    "xsmall": (32, 2),
+    "small": (64, 2),
+    "medium": (128, 4),
+    "large": (256, 4),
+    "xlarge": (256, 8),
+}
 
 
 def _special_ids(vocab_size: int, pad_token_id: int) -> dict[str, int]:
@@ -88,15 +102,24 @@ def tiny_masked_lm(
     architecture: str = "modernbert",
     *,
     vocab_size: int,
-    hidden_size: int = 32,
-    num_layers: int = 2,
+    hidden_size: int | None = None,
+    num_layers: int | None = None,
     num_heads: int = 4,
     max_positions: int = 64,
     pad_token_id: int = 0,
     seed: int | None = None,
+    size: str = "xsmall",
 ) -> nn.Module:
-    """A randomly initialised `*ForMaskedLM` of the named architecture (dropout off)."""
+    """A randomly initialised `*ForMaskedLM` of the named architecture (dropout off).
+
+    `size` names a preset of TINY_SIZES (hidden size, layers); `hidden_size` / `num_layers`,
+    when given, override it."""
     import torch
+
+    if size not in TINY_SIZES:
+        raise ValueError(f"unknown tiny size {size!r}; known: {', '.join(TINY_SIZES)}")
+    hidden_size = TINY_SIZES[size][0] if hidden_size is None else hidden_size
+    num_layers = TINY_SIZES[size][1] if num_layers is None else num_layers
 
     if seed is not None:
         torch.manual_seed(seed)
