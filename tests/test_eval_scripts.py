@@ -42,6 +42,26 @@ def test_joint_validity_with_a_model_directory_and_the_oracle_beside_it(tmp_path
     assert all(CONTRACT <= set(row) for row in rows) and png.exists()
 
 
+def test_joint_validity_frontier_sweeps_grids_and_draws_them(tmp_path, capsys):
+    out, png = tmp_path / "rows.json", tmp_path / "frontier.png"
+    script("joint_validity").main(["--oracle", "--toyset", "latin_square_3", "--decoder", "l2r", "--tokens-per-step",
+                                   "1,2", "--grid", "speculative:tokens_per_step=all,drafts=1|2",
+                                   "--grid", "threshold:tokens_per_step=1,threshold=0.9", "--samples", "30",
+                                   "--json", str(out), "--frontier", str(png)])
+    rows = json.loads(out.read_text())
+    assert [(r["decoder"], r["knobs"]) for r in rows] == [("l2r", ""), ("l2r", ""), ("speculative", "drafts=1"),
+                                                          ("speculative", "drafts=2"), ("threshold", "threshold=0.9")]
+    assert all(CONTRACT | {"rows_per_token", "options"} <= set(row) for row in rows)
+    assert rows[2]["options"]["drafts"] == 1 and png.stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "target (>= 8 answer tokens)" in printed and "latin_square_3" in printed.split("target")[-1]
+
+
+def test_joint_validity_needs_a_decoder_or_a_grid(tmp_path):
+    with pytest.raises(ValueError, match="give --decoder NAMES, --grid"):
+        script("joint_validity").main(["--oracle", "--toyset", "cities", "--json", str(tmp_path / "x.json")])
+
+
 @pytest.mark.parametrize("flag,value,known", [("--decoder", "greedy", "confidence, entropy, entropy_bounded"),
                                               ("--toyset", "tennis", "cities"),
                                               ("--tokens-per-step", "0", "whole number >= 1 or 'all'")])
@@ -82,3 +102,25 @@ def test_format_table_aligns_and_marks_missing_values():
     lines = table.splitlines()
     assert lines[0].split() == ["a", "b"] and lines[2].split() == ["x", "1.235"] and lines[3].split() == ["long", "-"]
     assert len({len(line) for line in lines[1:3]}) == 1
+
+
+def test_joint_validity_takes_a_user_set_by_import_reference_and_reports_wilson_intervals(tmp_path, monkeypatch):
+    from jointobj.metrics import wilson_interval
+    from jointobj.toysets import resolve_toyset_reference
+
+    (tmp_path / "eval_user_sets.py").write_text(
+        "from jointobj.user_sets import make_toyset\n"
+        "fruit = make_toyset('fruit', {'red apple': 0.5, 'green pear': 0.5})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    resolve_toyset_reference.cache_clear()
+    out = tmp_path / "rows.json"
+    script("joint_validity").main(["--oracle", "--toyset", "eval_user_sets:fruit,likes_tennis", "--decoder", "random",
+                                   "--tokens-per-step", "1,all", "--samples", "60", "--json", str(out)])
+    rows = json.loads(out.read_text())
+    assert [r["toyset"] for r in rows] == ["fruit", "fruit", "likes_tennis", "likes_tennis"]
+    for row in rows:
+        interval = wilson_interval(round(row["validity"] * 60), 60)
+        assert (row["validity_low"], row["validity_high"]) == pytest.approx(interval)
+        assert row["validity_low"] <= row["validity"] <= row["validity_high"]
+    assert rows[0]["validity"] == 1.0 and rows[0]["validity_low"] < 1.0  # honest at 1: not (1, 1)
+    resolve_toyset_reference.cache_clear()
