@@ -1,15 +1,30 @@
 """TokenCELoss forward+backward against a bare HF masked-LM step on the same tokens.
 
     python eval/bench_losses.py --json runs/bench_losses.json
+    python eval/bench_losses.py --big_vocab --json runs/bench_losses_big_vocab.json
 
 The bare step is what a user would write without jointobj: `model(input_ids, labels=...)` with
 labels on the masked positions, then backward. The ratio is jointobj's overhead (timestep
 sampling, corruption, ELBO weighting, float32 logits); the target is <= 1.05.
+
+`--big_vocab`: LLaDA's vocabulary (126,464 tokens), batch 8, length 256, on a model with a small
+hidden size: step time and peak memory of the bare step, TokenCE, and log-sum (exact, M = 4
+orders, K = 8 blocks). Each step runs in a fresh process, its peak memory measured once (CUDA: peak
+allocated bytes; Linux CPU: the largest resident set a sampling thread sees during the step,
+less what the process held just before it). Target: TokenCE <= 1.1x the bare step's peak memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
 
 import torch
 
@@ -18,7 +33,10 @@ from jointobj.benchmark import time_interleaved, write_measurements
 from jointobj.tiny import tiny_masked_lm
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+BIG_VOCAB_DEFAULTS = {"vocab": 126_464, "batch": 8, "length": 256, "hidden": 64, "layers": 1, "repeats": 2}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=64)
@@ -26,11 +44,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--big_vocab", action="store_true",
+                        help="the big-vocabulary table (defaults: " + ", ".join(f"{k} {v}" for k, v in BIG_VOCAB_DEFAULTS.items())
+                        + "), with peak memory and log-sum")
+    parser.add_argument("--orders", type=int, default=4, help="--big_vocab: log-sum orders M")
+    parser.add_argument("--blocks", type=int, default=8, help="--big_vocab: log-sum blocks K")
+    parser.add_argument("--memory_of", default=None, help=argparse.SUPPRESS)  # internal: one step's peak, in a child
     parser.add_argument("--json", default="runs/bench_losses.json")
-    args = parser.parse_args(argv)
+    if argv is not None and "--big_vocab" in argv or argv is None and "--big_vocab" in sys.argv:
+        parser.set_defaults(**BIG_VOCAB_DEFAULTS)
+    return parser.parse_args(argv)
 
+
+def build_steps(args: argparse.Namespace, with_logsum: bool) -> dict:
+    """The steps to compare, each a function running one forward+backward on the same tokens."""
     model = tiny_masked_lm("modernbert", vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers,
                            num_heads=4, max_positions=args.length, seed=0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device)
     denoiser = Denoiser(model, mask_token_id=1)
     generator = torch.Generator().manual_seed(0)
     batch = {
@@ -38,8 +69,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "attention_mask": torch.ones(args.batch, args.length, dtype=torch.long),
         "prompt_mask": torch.zeros(args.batch, args.length, dtype=torch.bool),
     }
+    batch = {key: value.to(device) for key, value in batch.items()}
     loss_fn = TokenCELoss()
-    noised = loss_fn.corrupt(batch, denoiser.mask_token_id, generator)
+    noised = loss_fn.corrupt(batch, denoiser.mask_token_id, torch.Generator().manual_seed(0))
     labels = torch.where(noised.masked, batch["input_ids"], -100)  # [b, l] HF's ignore index off the masks
 
     def bare_step() -> None:
@@ -50,7 +82,108 @@ def main(argv: list[str] | None = None) -> list[dict]:
         model.zero_grad(set_to_none=True)
         loss_fn(denoiser, batch, generator=generator).loss.backward()
 
-    seconds = time_interleaved({"bare_hf": bare_step, "token_ce": token_ce_step}, repeats=args.repeats)
+    steps = {"bare_hf": bare_step, "token_ce": token_ce_step}
+    if with_logsum:
+        from jointobj.losses.logsum import LogSumOrdersLoss
+
+        orders = (["l2r", "r2l"] + ["random"] * args.orders)[: args.orders]
+        logsum = LogSumOrdersLoss(orders, blocks=args.blocks, mode="exact")
+
+        def logsum_step() -> None:
+            model.zero_grad(set_to_none=True)
+            logsum(denoiser, batch, generator=generator).loss.backward()
+
+        steps[f"logsum_exact_M{args.orders}_K{args.blocks}"] = logsum_step
+    return steps
+
+
+def peak_step_bytes(run) -> int:
+    """Bytes a step needs above what was held before it (see the module doc)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        held = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        run()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - held
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so the resident set is what is held
+    held = resident_bytes()
+    peak, done = [held], threading.Event()
+
+    def sample() -> None:  # torch ops release the GIL, so this thread sees the step's resident set as it grows
+        while not done.is_set():
+            peak[0] = max(peak[0], resident_bytes())
+            time.sleep(2e-4)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        run()
+    finally:
+        done.set()
+        sampler.join()
+    return peak[0] - held
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def measure_in_child(step: str, argv: list[str]) -> dict:
+    """A step's median seconds and peak memory, measured in a fresh process (see `measure_step`)."""
+    command = [sys.executable, __file__, *argv, "--memory_of", step]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def measure_step(args: argparse.Namespace) -> dict:
+    """In the child: one warm-up run (none for log-sum: minutes a run here), then peak memory and
+    time of one run, then `repeats - 1` more timed runs."""
+    run = build_steps(args, with_logsum=True)[args.memory_of]
+    if not args.memory_of.startswith("logsum"):
+        run()
+    start = time.perf_counter()
+    peak = peak_step_bytes(run)
+    seconds = [time.perf_counter() - start]
+    for _ in range(args.repeats - 1 if not args.memory_of.startswith("logsum") else 0):
+        start = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - start)
+    return {"peak_bytes": peak, "median_s": statistics.median(seconds), "runs": len(seconds)}
+
+
+def big_vocab_table(args: argparse.Namespace, argv: list[str]) -> list[dict]:
+    rows = []
+    for name in ("bare_hf", "token_ce", f"logsum_exact_M{args.orders}_K{args.blocks}"):
+        measured = measure_in_child(name, argv)
+        rows.append({"step": name, "vocab": args.vocab, "batch": args.batch, "length": args.length,
+                     "hidden": args.hidden, **measured})
+    for row in rows:
+        row["time_ratio"] = row["median_s"] / rows[0]["median_s"]
+        row["memory_ratio"] = row["peak_bytes"] / max(1, rows[0]["peak_bytes"])
+    print(f"{'step':<22} {'median s':>9} {'ratio':>6} {'peak MiB':>9} {'ratio':>6}   "
+          f"(vocab {args.vocab}, batch {args.batch}, length {args.length}, hidden {args.hidden}, "
+          f"{args.layers} layer(s), ModernBERT)")
+    for row in rows:
+        print(f"{row['step']:<22} {row['median_s']:>9.2f} {row['time_ratio']:>6.2f} "
+              f"{row['peak_bytes'] / 2**20:>9.0f} {row['memory_ratio']:>6.2f}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if args.memory_of is not None:  # the child of measure_in_child
+        print(json.dumps(measure_step(args)))
+        return []
+    if args.big_vocab:
+        rows = big_vocab_table(args, given)
+        write_measurements(args.json, rows, config=vars(args))
+        print(f"wrote {args.json}")
+        return rows
+    steps = build_steps(args, with_logsum=False)
+    seconds = time_interleaved(steps, repeats=args.repeats)
     rows = [
         {"step": name, "batch": args.batch, "length": args.length, "median_s": s, "ratio_to_bare": s / seconds["bare_hf"]}
         for name, s in seconds.items()
