@@ -46,7 +46,8 @@ def runs(draw):
     temperature = draw(st.sampled_from([0.0, 0.7, 1.0]))
     name = draw(st.sampled_from(POLICIES.names()))  # the hard-commit decoders ('soft': test_soft_decoder.py)
     seed = draw(st.integers(0, 2**16))
-    return b, lp, length, k, block, temperature, name, seed
+    steps = draw(st.one_of(st.none(), st.integers(1, min(block or length, length))))  # replaces k when drawn
+    return b, lp, length, k, block, temperature, name, seed, steps
 
 
 def prompts_for(b: int, lp: int, seed: int) -> torch.Tensor:
@@ -58,10 +59,11 @@ def prompts_for(b: int, lp: int, seed: int) -> torch.Tensor:
 
 @given(runs())
 def test_commit_loop_invariants(run):
-    b, lp, length, k, block, temperature, name, seed = run
+    b, lp, length, k, block, temperature, name, seed, steps = run
     denoiser = ContextLogits(seed % 7)
     prompts = prompts_for(b, lp, seed)
-    decoder = build_decoder(name, k, temperature=temperature, block_length=block)
+    k = None if steps is not None else k
+    decoder = build_decoder(name, k, temperature=temperature, block_length=block, steps=steps)
     out = decoder.sample(denoiser, prompts, length, torch.Generator().manual_seed(seed), return_trace=True)
 
     assert out.ids.shape == (b, lp + length)
@@ -69,8 +71,8 @@ def test_commit_loop_invariants(run):
     assert not (out.gen_ids == MASK).any()  # every position filled
     assert out.steps == len(denoiser.calls)
     assert torch.isfinite(out.log_prob).all() and (out.log_prob <= 1e-9).all()
-    if name in TOP_K:  # ceil(B / K) forwards per block
-        assert out.steps == steps_for(length, k, block)
+    if name in TOP_K:  # ceil(B / K) (or min(S, B)) forwards per block
+        assert out.steps == steps_for(length, k, block, steps)
         assert (out.row_steps == out.steps).all()
     block_id = torch.arange(length) // (block or length)
     for row in range(b):
@@ -106,6 +108,49 @@ def test_forward_count_matches_ceil_of_length_over_k(length, k, block):
     assert denoiser.calls == out.steps == expected
     assert denoiser.rows == 3 * expected and out.rows_per_sample == expected
     assert out.tokens_per_step == pytest.approx(length / expected)
+
+
+def llada_quotas(block: int, steps: int) -> list[int]:
+    """LLaDA's spread of a block over its steps: B // S each, the first B mod S steps one more."""
+    return [block // steps + (i < block % steps) for i in range(steps)]
+
+
+@pytest.mark.parametrize("name", POLICIES.names())
+@pytest.mark.parametrize("length,steps,block", [(20, 6, None), (16, 3, 8), (10, 4, None), (13, 13, None), (7, 1, None),
+                                                (11, 3, 4)])
+def test_any_step_count_spreads_uneven_quotas_as_llada(name, length, steps, block):
+    # 20 positions in 6 steps: 4, 4, 3, 3, 3, 3 tokens; no tokens_per_step gives 6 steps for 20 (K = 3: 7,
+    # K = 4: 5), so a budget from K instead of S fails here, and so does any other spread. Adaptive
+    # policies commit at least the quota: their counts are bounded below by it, their steps above.
+    out = build_decoder(name, None, steps=steps, block_length=block).sample(
+        ContextLogits(1), prompts_for(3, 2, 0), length, torch.Generator().manual_seed(0), return_trace=True)
+    sizes = [min(block or length, length - s) for s in range(0, length, block or length)]
+    expected = [q for size in sizes for q in llada_quotas(size, min(steps, size))]
+    for row in range(3):
+        counts = torch.bincount(out.commit_step[row]).tolist()
+        if name in TOP_K:
+            assert counts == expected
+        else:
+            assert len(counts) <= len(expected)
+    if name in TOP_K:
+        assert out.steps == len(expected) == steps_for(length, None, block, steps)
+
+
+def test_a_step_count_outside_one_to_the_block_length_is_refused():
+    for steps in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="steps must be a whole number >= 1"):
+            build_decoder("confidence", None, steps=steps)
+    with pytest.raises(ValueError, match=r"steps=21 per block is more than an answer of 20 positions; use 1\.\.20"):
+        build_decoder("confidence", None, steps=21).sample(ContextLogits(), prompts_for(2, 1, 0), 20)
+    with pytest.raises(ValueError, match=r"steps=5 per block is more than a block of 4 positions"):
+        build_decoder("random", None, steps=5, block_length=4)
+    with pytest.raises(ValueError, match=r"give tokens_per_step \(2\) or steps per block \(3\), not both"):
+        build_decoder("random", 2, steps=3)
+    real = Denoiser(tiny_masked_lm("bert", vocab_size=VOCAB, max_positions=16, seed=0), mask_token_id=MASK)
+    with pytest.raises(ValueError, match="steps=9 per block is more than an answer of 8 positions"):
+        build_decoder("soft", None, steps=9).sample(real, prompts_for(2, 1, 0), 8)
+    with pytest.raises(ValueError, match="steps=9 per block is more than an answer of 8 positions"):
+        build_decoder("random", None, steps=9, rescore="best:self:l2r:all,2,step").sample(real, prompts_for(2, 1, 0), 8)
 
 
 def test_adaptive_decoders_drop_finished_rows_and_count_them_honestly():

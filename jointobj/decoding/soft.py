@@ -23,8 +23,8 @@ embeddings, uncommitted ones through `(1 - a) * E[MASK] + a * sum_v s_v E[v]` (b
 The first forward has no state yet: open positions are plain masks, i.e. it is the hard
 sampler's first forward. Later forward s of S uses a_s = mixing * schedule(s, S).
 
-Budget. `tokens_per_step = K` gives S = ceil(L / K) forwards at most (K = None: one),
-like the hard samplers, so tables compare decoders at equal sequential steps; rows whose
+Budget. `tokens_per_step = K` gives S = ceil(L / K) forwards at most (K = None: one), or
+`steps = S` per block directly (1 <= S <= block length), like the hard samplers, so tables compare decoders at equal sequential steps; rows whose
 positions are all committed earlier stop (fewer forwards; `row_steps` counts them). With
 `block_length` B (semi-autoregressive, as LLaDA), only the current block commits, each block
 gets ceil(B / K) steps and its last step commits what is left of it; every open position,
