@@ -243,12 +243,24 @@ def test_cost_matches_a_hand_count():
     assert timed.calls == int(out.row_steps.max())
 
 
-def test_multi_draft_rows_per_round():
-    # first round of w = 4, N = 3: slot 0 reuses the first forward, slots 1..3 run for each draft: 9 rows
-    timed = TimedDenoiser(CoupledLogits(seed=1))
-    decoder = SpeculativeDecoder(drafts=3, draft_length=4, temperature=1.0)
-    decoder.sample(timed, torch.zeros(1, 1, dtype=torch.long), 4, torch.Generator().manual_seed(0))
-    assert timed.rows >= 1 + 9
+def test_drafts_that_agree_share_their_rows():
+    drafted = torch.tensor([[[0, 1, 2], [0, 1, 0], [1, 1, 2], [0, 2, 2]]])  # [a=1, N=4, w=3]
+    canonical = SpeculativeDecoder._first_with_same_prefix(drafted)
+    # slot 0: everyone shares draft 0's row; slot 1: drafts 0, 1, 3 agree on "0"; slot 2: 0 and 1 agree on "0 1"
+    assert canonical.tolist() == [[[0, 0, 0], [0, 0, 0], [0, 2, 2], [0, 0, 3]]]
+
+    class Recording(CoupledLogits):
+        def forward(self, input_ids, attention_mask=None):
+            self.calls = getattr(self, "calls", []) + [input_ids.clone()]
+            return super().forward(input_ids)
+
+    denoiser = Recording(seed=1)
+    out = SpeculativeDecoder(drafts=4, draft_length=None).sample(denoiser, torch.arange(3)[:, None], 5,
+                                                                 torch.Generator().manual_seed(0))
+    for call in denoiser.calls[1:]:  # no forward runs the same row twice (the prompt tells the samples apart)
+        assert len(torch.unique(call, dim=0)) == len(call)
+    assert sum(len(call) for call in denoiser.calls) == out.rows_per_sample * 3
+    assert out.rows_per_sample < 1 + 3 * (1 + 4 * 4)  # fewer than without sharing
 
 
 def test_oracle_validity_is_one_and_several_tokens_commit_per_step():

@@ -30,8 +30,8 @@ forward of the bare answer, counted as a step. In the first round that forward a
 row 0's context, so row 0 is not run again (p_0 = q_0, and the first draft is always accepted).
 
 Multi-draft (`drafts` = N): N independent drafts of the window, all drawn from the same q, are
-verified together (N rows per window position, the j = 0 row shared: 1 + N (w - 1) rows, still
-one step). At each position the drafts whose tokens agree with everything accepted so far
+verified together (N rows per window position, at most 1 + N (w - 1) rows, still one step:
+drafts that agree on the tokens before slot j share that slot's row, which runs once). At each position the drafts whose tokens agree with everything accepted so far
 are candidates, tried in draft order by recursive rejection: accept candidate k with
 probability min(1, r_k(x_k) / q(x_k)), r_1 = p_j; on rejection r_{k+1} = norm(max(0, r_k - q));
 when every candidate is rejected the token is drawn from the last residual. Candidates are
@@ -182,6 +182,14 @@ class SpeculativeDecoder:
     # ------------------------------------------------------------ the loop
 
     @staticmethod
+    def _first_with_same_prefix(drafted: torch.Tensor) -> torch.Tensor:
+        """drafted [a, N, w] -> [a, N, w] long: for (draft n, slot j), the first draft whose tokens before j equal
+        draft n's (n itself when none earlier does); identical rows are run once."""
+        agree = drafted[:, :, None, :] == drafted[:, None, :, :]  # [a, N, N, w]
+        before = torch.cat([torch.ones_like(agree[..., :1]), agree[..., :-1]], -1).cumprod(-1)  # [a, N, N, w]
+        return before.long().argmax(2)  # [a, N, w] first n' (n' = n always agrees)
+
+    @staticmethod
     def _answer_logits(denoiser, layout: AnswerLayout, answers: torch.Tensor, owner: torch.Tensor | None,
                        mask_index: torch.Tensor) -> torch.Tensor:
         """answers [R, L] of samples `owner` [R] (None: every sample once) -> [R, L, V] logits, [MASK] excluded."""
@@ -239,12 +247,13 @@ class SpeculativeDecoder:
                     drafted = (log_q[:, None] + noise).argmax(-1)  # [a, N, w]
                     u = uniform((a, n, w), generator, device)  # [a, N, w]
 
-                # rows: (draft n, slot j) shows the drafts of n before j; slot 0 is shared; skipped when first
-                need = in_window[:, None, :].expand(a, n, w).clone()  # [a, N, w]
-                need[:, 1:, 0] = False
+                # rows: (draft n, slot j) shows the drafts of n before j. Drafts that agree before j share
+                # one row (the first of them runs it; slot 0 is always shared); skipped when first.
+                canonical = self._first_with_same_prefix(drafted)  # [a, N, w]
+                need = in_window[:, None, :] & (canonical == torch.arange(n, device=device)[:, None])  # [a, N, w]
                 need[:, 0, 0] &= ~first[live]
                 row_of = torch.where(need.flatten(), need.flatten().long().cumsum(0) - 1, -1).view(a, n, w)
-                row_of[:, 1:, 0] = row_of[:, :1, 0]
+                row_of = row_of.gather(1, canonical)  # [a, N, w] the row each (draft, slot) reads
                 total_rows = int(need.sum())
                 if total_rows:
                     x = ids[live][:, None, None, :].expand(a, n, w, length).clone()  # [a, N, w, L]
