@@ -106,7 +106,8 @@ def test_the_soft_decoder_gives_each_row_what_it_gives_it_alone():
 @pytest.mark.parametrize("rescore", ["best:self:l2r:all,2", "sir:self:l2r:2,2,step", "best:self:l2r:all,2,fused",
                                      "best:self:l2r:all,2,loop"])
 def test_rescorers_give_each_row_what_they_give_it_alone(rescore):
-    assert_rows_as_alone(build_decoder("confidence", 2, temperature=0, rescore=rescore), denoiser_of("bert"), prompts(4))
+    decoder = build_decoder("confidence", 2, temperature=0, rescore=rescore)
+    assert_rows_as_alone(decoder, denoiser_of("bert"), prompts(4))
 
 
 def test_end_of_loop_energies_of_a_mixed_batch_are_each_rows_own():

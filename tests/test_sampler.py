@@ -99,7 +99,8 @@ def test_same_seed_same_samples_and_another_seed_differs(name):
     assert not torch.equal(first.ids, other.ids)
 
 
-@pytest.mark.parametrize("length,k,block", [(8, 1, None), (8, 3, None), (8, None, None), (7, 2, 3), (9, 4, 4), (5, 10, None)])
+@pytest.mark.parametrize("length,k,block", [(8, 1, None), (8, 3, None), (8, None, None), (7, 2, 3), (9, 4, 4),
+                                            (5, 10, None)])
 def test_forward_count_matches_ceil_of_length_over_k(length, k, block):
     denoiser = TimedDenoiser(ContextLogits())
     out = build_decoder("confidence", k, block_length=block).sample(denoiser, prompts_for(3, 1, 0), length)
@@ -166,7 +167,8 @@ def test_log_prob_is_the_exact_sample_probability_for_left_to_right():
     # l2r, one token per step: log_prob = sum_i log softmax(logits_i / T)[x_i] given x_<i, recomputed by hand
     denoiser, temperature = ContextLogits(2), 0.8
     prompts = prompts_for(3, 2, 4)
-    out = build_decoder("l2r", 1, temperature=temperature).sample(denoiser, prompts, 5, torch.Generator().manual_seed(1))
+    out = build_decoder("l2r", 1, temperature=temperature).sample(denoiser, prompts, 5,
+                                                                  torch.Generator().manual_seed(1))
     expected = torch.zeros(3, dtype=torch.float64)
     for i in range(5):
         ids = out.ids.clone()
@@ -179,8 +181,9 @@ def test_log_prob_is_the_exact_sample_probability_for_left_to_right():
 
 def test_greedy_is_deterministic_and_free():
     prompts = prompts_for(4, 2, 0)
-    first = build_decoder("confidence", 2, temperature=0).sample(ContextLogits(), prompts, 6, torch.Generator().manual_seed(0))
-    other = build_decoder("confidence", 2, temperature=0).sample(ContextLogits(), prompts, 6, torch.Generator().manual_seed(9))
+    greedy = build_decoder("confidence", 2, temperature=0)
+    first = greedy.sample(ContextLogits(), prompts, 6, torch.Generator().manual_seed(0))
+    other = greedy.sample(ContextLogits(), prompts, 6, torch.Generator().manual_seed(9))
     assert torch.equal(first.ids, other.ids)
     assert (first.log_prob == 0).all()
 
@@ -220,7 +223,8 @@ def test_the_mask_token_is_never_committed():
 def test_runs_on_a_real_masked_lm_and_restores_train_mode():
     denoiser = Denoiser(tiny_masked_lm("modernbert", vocab_size=VOCAB, max_positions=16, seed=0), mask_token_id=MASK)
     denoiser.train()
-    out = build_decoder("entropy_bounded", 2).sample(denoiser, prompts_for(3, 2, 0), 6, torch.Generator().manual_seed(0))
+    out = build_decoder("entropy_bounded", 2).sample(denoiser, prompts_for(3, 2, 0), 6,
+                                                     torch.Generator().manual_seed(0))
     assert not (out.gen_ids == MASK).any() and denoiser.training
 
 

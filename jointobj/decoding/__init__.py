@@ -1,6 +1,7 @@
 """Decoders: unmasking policies, the hard-commit parallel sampler, soft-state decoding, energy
 rescoring, and decoders by name."""
 
+from jointobj.decoding.layout import AnswerLayout
 from jointobj.decoding.policies import (
     POLICIES,
     ConfidenceThreshold,
@@ -20,9 +21,14 @@ from jointobj.decoding.rescore import (
     best_of_n,
     sampling_importance_resampling,
 )
-from jointobj.decoding.sampler import SampleOutput, UnmaskingSampler, gumbel_max, steps_for
-from jointobj.decoding.soft import MIXING_SCHEDULES, SYMMETRY_BREAKERS, SoftStateDecoder, SymmetryBreaker  # registers "soft"
 from jointobj.decoding.revisable import RevisableDecoder  # registers "revisable"
+from jointobj.decoding.sampler import SampleOutput, UnmaskingSampler, gumbel_max, steps_for, trim_at_eos
+from jointobj.decoding.soft import (  # registers "soft"
+    MIXING_SCHEDULES,
+    SYMMETRY_BREAKERS,
+    SoftStateDecoder,
+    SymmetryBreaker,
+)
 from jointobj.decoding.speculative import SpeculativeDecoder  # registers "speculative"
 
 __all__ = [
@@ -31,6 +37,7 @@ __all__ = [
     "POLICIES",
     "RESCORING",
     "SYMMETRY_BREAKERS",
+    "AnswerLayout",
     "ConfidenceThreshold",
     "ConfidenceTopK",
     "Decoder",
@@ -53,4 +60,5 @@ __all__ = [
     "gumbel_max",
     "sampling_importance_resampling",
     "steps_for",
+    "trim_at_eos",
 ]

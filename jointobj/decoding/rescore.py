@@ -59,6 +59,7 @@ from typing import Any, Callable
 
 import torch
 
+from jointobj.decoding.layout import AnswerLayout
 from jointobj.decoding.registry import build_decoder
 from jointobj.decoding.sampler import (
     _EXCLUDED_LOGIT,
@@ -72,7 +73,6 @@ from jointobj.decoding.sampler import (
     layout_request,
     resolve_eos,
 )
-from jointobj.decoding.layout import AnswerLayout
 from jointobj.energies import Energy, EnergyCost, build_energy
 from jointobj.registry import Registry
 
@@ -331,7 +331,8 @@ class InLoopRescoring:
         with eval_mode(denoiser):  # marginals, energies and lookaheads alike: no dropout
             energy = _bind(self.spec.energy, denoiser)
             if self.scope == "step" and not energy.accepts_masks:
-                raise ValueError(f"the {energy.spec!r} energy cannot score partial candidates; use 'loop' or self / exact")
+                raise ValueError(f"the {energy.spec!r} energy cannot score partial candidates; "
+                                 "use 'loop' or self / exact")
             check_residual(energy, self.spec.mode, self.sampler, in_loop=True)
             layout = layout_request(denoiser, prompt_ids, gen_length, prompt_attention_mask)
             return self._sample(denoiser, energy, layout, generator, return_trace, resolve_eos(denoiser, eos_token_id))

@@ -300,7 +300,8 @@ def check_steps(steps: int | None, gen_length: int, block_length: int | None = N
 
 
 def block_budget(gen_length: int, tokens_per_step: int | None, block_length: int | None = None,
-                 device: torch.device | str | None = None, steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 device: torch.device | str | None = None,
+                 steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The step budget: (block_id [L] long, the block of each generated position; budget [nb] long,
     steps for block j of B_j positions: ceil(B_j / K), or min(S, B_j) with `steps` = S, which wins
     over K). K = None: one step per block; block_length None: one block."""

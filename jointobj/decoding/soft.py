@@ -24,11 +24,11 @@ The first forward has no state yet: open positions are plain masks, i.e. it is t
 sampler's first forward. Later forward s of S uses a_s = mixing * schedule(s, S).
 
 Budget. `tokens_per_step = K` gives S = ceil(L / K) forwards at most (K = None: one), or
-`steps = S` per block directly (1 <= S <= block length), like the hard samplers, so tables compare decoders at equal sequential steps; rows whose
-positions are all committed earlier stop (fewer forwards; `row_steps` counts them). With
-`block_length` B (semi-autoregressive, as LLaDA), only the current block commits, each block
-gets ceil(B / K) steps and its last step commits what is left of it; every open position,
-in any block, carries a state.
+`steps = S` per block directly (1 <= S <= block length), like the hard samplers, so tables
+compare decoders at equal sequential steps; rows whose positions are all committed earlier
+stop (fewer forwards; `row_steps` counts them). With `block_length` B (semi-autoregressive, as
+LLaDA), only the current block commits, each block gets ceil(B / K) (or S) steps and its last
+step commits what is left of it; every open position, in any block, carries a state.
 
 Symmetric states. On "he likes apple" / "i play tennis" the all-masked marginals are 50/50
 everywhere and a symmetric soft state feeds back a symmetric prediction: a deterministic
