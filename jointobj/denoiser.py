@@ -37,10 +37,11 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from jointobj.add_ons import add_on_names, load_add_ons, save_add_ons
+from jointobj.add_ons import add_on_names, attach_add_ons, load_add_ons, save_add_ons
 from jointobj.conventions import (
     LogitShiftMeasurement,
     check_positions,
+    check_shift_on_text,
     describe_settings,
     eval_mode,
     measure_logit_shift,
@@ -124,6 +125,8 @@ class Denoiser(nn.Module):
             assert_bidirectional(self)
         self.mask_blind = mask_blind if mask_blind is not None or sharded else probe_mask_blind(
             model, self.vocab_size, _pad_token_id(tokenizer, config), self.max_positions)
+        if not sharded:
+            check_shift_on_text(self)  # a trained model with a tokenizer: warns if its behaviour says otherwise
 
     def extra_repr(self) -> str:
         return (f"mask_token_id={self.mask_token_id}, "
@@ -385,12 +388,14 @@ class Denoiser(nn.Module):
         """
         from jointobj.loading import load_masked_lm
 
+        saved = Path(path) / CONFIG_NAME
+        add_ons = json.loads(saved.read_text()).get("add_ons", {}) if saved.exists() else {}
         denoiser = load_masked_lm(
             cls, Path(path), lora=lora, trust_remote_code=trust_remote_code, mask_token_id=mask_token_id,
             base=base, is_trainable=is_trainable, dtype=dtype, logit_shift=logit_shift, eos_token_id=eos_token_id,
+            before_adapter=lambda base_denoiser: attach_add_ons(base_denoiser, add_ons),
         )
-        saved = Path(path) / CONFIG_NAME
-        load_add_ons(denoiser, path, json.loads(saved.read_text()).get("add_ons", {}) if saved.exists() else {})
+        load_add_ons(denoiser, path, add_ons)
         return denoiser
 
 

@@ -14,12 +14,14 @@ with c the same for every candidate of that context, so best-of-N and importance
 (which normalise over the candidates of one prompt) never see it. Registered energies
 (spec syntax `name[:arg[:arg]]`, as `eval/joint_validity.py --rescore` takes them):
 
-| spec | E(x) | cost per candidate (design.md) |
-|---|---|---|
-| `self[:ORDER[:K]]` | -l_o(x): the denoiser's own K-block likelihood (jointobj.likelihood) in ORDER (l2r, r2l, random; default l2r, K = all) | 1 step, K rows (all K mask patterns are known up front: one batched call) |
-| `causal:DIR` | -sum_t log p_AR(x_t \\| x_<t) of an external AutoModelForCausalLM | 1 step, 1 row weighted by its parameters / the denoiser's |
-| `head` | the learned energy head on the denoiser's pooled hidden states (energy_head.py) | 1 step, 1 row |
-| `exact` | the toy set's true -log p(answer \\| prompt) (`ToySet.log_prob`; +inf off the support); tests and evaluation only | free: no forward (what a perfect energy buys) |
+- `self[:ORDER[:K]]`: E = -l_o(x), the denoiser's own K-block likelihood (jointobj.likelihood) in
+  ORDER (l2r, r2l, random; default l2r, K = all). Cost per candidate: 1 step, K rows (all K mask
+  patterns are known up front: one batched call).
+- `causal:DIR`: E = -sum_t log p_AR(x_t | x_<t) of an external AutoModelForCausalLM. 1 step, 1 row
+  weighted by its parameters / the denoiser's.
+- `head`: the learned energy head on the denoiser's pooled hidden states (energy_head.py). 1 step, 1 row.
+- `exact`: the toy set's true -log p(answer | prompt) (`ToySet.log_prob`; +inf off the support); tests
+  and evaluation only. Free: no forward (what a perfect energy buys).
 
 `self` and `exact` also score *partial* candidates (`accepts_masks`): a masked position in the
 context is marginalised, which the in-loop rescorer's `step` scope uses. A `residual` energy
@@ -63,7 +65,8 @@ class Energy:
     residual: bool = False  # True: p ∝ q_sampler exp(-E), relative to the sampler it was trained against
     trained_against: dict | None = None  # a residual energy's sampler: {decoder, tokens_per_step}
 
-    def __call__(self, ids: torch.Tensor, context: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, ids: torch.Tensor, context: torch.Tensor,
+                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def cost(self, context: torch.Tensor, attention_mask: torch.Tensor | None = None) -> EnergyCost:
@@ -172,7 +175,8 @@ class SelfEnergy(Energy):
             rows = (per_row == k).nonzero().flatten()
             part = {key: value[rows] for key, value in batch.items()}
             blocks = "all" if self.blocks == "all" or k < self.blocks else k
-            scores = order_log_likelihood(self.denoiser, part, _select_rows(orders, rows), blocks, max_rows=self.max_rows)
+            scores = order_log_likelihood(self.denoiser, part, _select_rows(orders, rows), blocks,
+                                          max_rows=self.max_rows)
             loglik[rows] = scores[:, 0].double()
         return -loglik  # [b]
 
@@ -182,7 +186,8 @@ class SelfEnergy(Energy):
 
 
 def _select_rows(orders: Orders, rows: torch.Tensor) -> Orders:
-    return Orders(orders.rank[rows], orders.family[rows], orders.names, orders.log_prior[rows], orders.log_proposal[rows])
+    return Orders(orders.rank[rows], orders.family[rows], orders.names, orders.log_prior[rows],
+                  orders.log_proposal[rows])
 
 
 # ---------------------------------------------------------------- head: the learned energy head

@@ -12,8 +12,9 @@ the bare model as `model.energy_head`, so every route that trains or saves the m
   (and resuming) included;
 - without LoRA it is an ordinary submodule, saved in the model's own weights.
 
-`jointobj.json` records its settings (hidden size, width, parameterisation), and
-`Denoiser.from_pretrained` rebuilds the head from them before the weights are read; a head
+It is an add-on (jointobj/add_ons.py): saving writes `energy_head.safetensors` and its settings
+(hidden size, width, parameterisation, the sampler it was trained against) go into jointobj.json;
+`Denoiser.from_pretrained` attaches a fresh head from them and reads the weights back. A head
 trained on a model of another hidden size is refused there with a clear error.
 
 Parameterisation (see losses/energy_nce.py): `residual` heads define p(x) ∝ q(x) exp(-E(x))
@@ -24,12 +25,12 @@ define p(x) ∝ exp(-E(x)) on their own.
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from jointobj.add_ons import ADD_ONS, AddOn, called_module
 
 __all__ = ["ENERGY_HEAD", "PARAMETERISATIONS", "EnergyHead", "attach_energy_head", "energy_head_module",
            "energy_head_settings", "find_energy_head", "head_energy", "model_hidden_size", "pooled_hidden_states"]
@@ -38,7 +39,8 @@ ENERGY_HEAD = "energy_head"  # attribute on the bare model, and its name in Lora
 PARAMETERISATIONS = ("residual", "absolute")
 
 
-class EnergyHead(nn.Module):
+@ADD_ONS.register(ENERGY_HEAD)
+class EnergyHead(AddOn):
     """pooled hidden states [b, d] -> energies [b]: Linear(d, w) -> GELU -> Linear(w, 1).
 
     The last layer starts at zero, so a fresh head gives E = 0 everywhere: a residual head
@@ -49,7 +51,8 @@ class EnergyHead(nn.Module):
                  trained_against: dict[str, Any] | None = None):
         super().__init__()
         if parameterisation not in PARAMETERISATIONS:
-            raise ValueError(f"parameterisation must be one of {', '.join(PARAMETERISATIONS)}, got {parameterisation!r}")
+            raise ValueError(f"parameterisation must be one of {', '.join(PARAMETERISATIONS)}, "
+                             f"got {parameterisation!r}")
         width = hidden_size if not width else int(width)
         if hidden_size < 1 or width < 1:
             raise ValueError(f"hidden_size and width must be >= 1, got {hidden_size} and {width}")
@@ -67,6 +70,12 @@ class EnergyHead(nn.Module):
         return {"hidden_size": self.hidden_size, "width": self.width, "parameterisation": self.parameterisation,
                 "trained_against": self.trained_against}
 
+    @classmethod
+    def attach(cls, denoiser: Any, settings: dict[str, Any]) -> "EnergyHead":
+        """A fresh head from saved `settings` on the denoiser (see attach_energy_head)."""
+        return attach_energy_head(denoiser, settings["width"], settings["parameterisation"],
+                                  hidden_size=settings["hidden_size"], trained_against=settings.get("trained_against"))
+
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         weight = self.net[0].weight
         return self.net(pooled.to(weight.dtype)).squeeze(-1).float()  # [b]
@@ -75,18 +84,10 @@ class EnergyHead(nn.Module):
 # ---------------------------------------------------------------- finding it through wrappers
 
 
-def _named_heads(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every module called `energy_head`, shortest name first: through a
-    PeftModel or a DeepSpeed engine the first is the one to call (peft's ModulesToSaveWrapper
-    dispatches to the trained copy)."""
-    found = [(name, module) for name, module in model.named_modules() if name.split(".")[-1] == ENERGY_HEAD]
-    return sorted(found, key=lambda item: len(item[0]))
-
-
 def find_energy_head(model: nn.Module) -> nn.Module | None:
-    """The callable energy head of a (possibly wrapped) model, or None."""
-    heads = _named_heads(model)
-    return heads[0][1] if heads else None
+    """The callable energy head of a (possibly wrapped) model, or None: through a PeftModel that is
+    peft's wrapper, which dispatches to the trained copy."""
+    return called_module(model, ENERGY_HEAD)
 
 
 def energy_head_module(model: nn.Module) -> EnergyHead | None:
@@ -94,8 +95,6 @@ def energy_head_module(model: nn.Module) -> EnergyHead | None:
     any wrapper; None without one. `find_energy_head` gives the module to *call* instead (through
     peft that is the wrapper that dispatches to the trained copy)."""
     return next((m for m in model.modules() if isinstance(m, EnergyHead)), None)
-
-
 
 
 def energy_head_settings(model: nn.Module) -> dict[str, Any] | None:
@@ -176,15 +175,11 @@ def _train_and_save_with_adapter(peft_model: nn.Module, adapter: str, config: An
     _set_trainable(peft_model, adapter, module_names=[ENERGY_HEAD], inference_mode=config.inference_mode)
 
 
-def lora_modules_to_save(model: nn.Module) -> list[str]:
-    """[ENERGY_HEAD] when the bare model carries a head (add_lora must save it), else []."""
-    return [ENERGY_HEAD] if find_energy_head(model) is not None else []
-
-
 # ---------------------------------------------------------------- the energy
 
 
-def pooled_hidden_states(denoiser: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def pooled_hidden_states(denoiser: Any, input_ids: torch.Tensor,
+                         attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean of the last hidden layer over the non-padding positions: [b, l] -> [b, d] float32."""
     hidden = denoiser.hidden_states(input_ids, attention_mask)  # [b, l, d]
     real = torch.ones_like(input_ids) if attention_mask is None else attention_mask
@@ -199,55 +194,3 @@ def head_energy(denoiser: Any, input_ids: torch.Tensor, attention_mask: torch.Te
         raise ValueError("the model has no energy head; attach one (jointobj.energy_head.attach_energy_head) and "
                          "train it with the 'energy' objective, or load a directory saved with one")
     return head(pooled_hidden_states(denoiser, input_ids, attention_mask))  # [b]
-
-
-# ---------------------------------------------------------------- loading (Denoiser.from_pretrained)
-
-
-def saved_head_settings(directory: Path) -> dict[str, Any] | None:
-    from jointobj.denoiser import CONFIG_NAME
-
-    path = Path(directory) / CONFIG_NAME
-    return json.loads(path.read_text()).get(ENERGY_HEAD) if path.exists() else None
-
-
-def base_for_saved_head(cls: type, directory: Path, base: Any, *, trust_remote_code: bool = False,
-                        mask_token_id: int | None = None, dtype: torch.dtype | str | None = None) -> Any:
-    """For an adapter directory saved with a head: the base Denoiser with a fresh head attached,
-    so peft finds `energy_head` when it reads the adapter's weights. Else `base` unchanged.
-    A Denoiser or module passed as `base` gets the head in place (see Denoiser.from_pretrained)."""
-    from jointobj.loading import ADAPTER_CONFIG, _saved_mask_token_id, adapter_base
-
-    settings = saved_head_settings(directory)
-    if settings is None or not (directory / ADAPTER_CONFIG).exists():
-        return base
-    mask = mask_token_id if mask_token_id is not None else _saved_mask_token_id(directory)
-    base_denoiser = adapter_base(cls, directory, base, mask_token_id=mask, trust_remote_code=trust_remote_code,
-                                 dtype=dtype)
-    attach_energy_head(base_denoiser, settings["width"], settings["parameterisation"], hidden_size=settings["hidden_size"],
-                       trained_against=settings.get("trained_against"))
-    return base_denoiser
-
-
-def load_full_model_head(denoiser: Any, directory: Path) -> None:
-    """A full-model directory saved with a head: transformers drops the head's weights as unexpected
-    keys, so rebuild the head and read them from the safetensors file(s)."""
-    from safetensors import safe_open
-
-    from jointobj.loading import ADAPTER_CONFIG
-
-    settings = saved_head_settings(directory)
-    if settings is None or (directory / ADAPTER_CONFIG).exists() or find_energy_head(denoiser.model) is not None:
-        return
-    head = attach_energy_head(denoiser, settings["width"], settings["parameterisation"],
-                              hidden_size=settings["hidden_size"], trained_against=settings.get("trained_against"))
-    index = directory / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
-    prefix, state = f"{ENERGY_HEAD}.", {}
-    for name in files:
-        with safe_open(str(directory / name), framework="pt") as weights:
-            state.update({k[len(prefix):]: weights.get_tensor(k) for k in weights.keys() if k.startswith(prefix)})
-    if not state:
-        raise ValueError(f"{directory} records an energy head in its settings but its weights hold none; "
-                         "re-save the model with the head attached")
-    head.load_state_dict(state)

@@ -22,32 +22,29 @@ vocabulary without [MASK], since it never writes one; per scored token the two d
 almost none). Then, with l2r orders and K = ceil(n / tokens_per_step), l_o of a sample
 equals the l2r sampler's log_prob at temperature 1 (tests/test_likelihood.py checks it).
 
-Distributed runs. Under ZeRO-3 every forward and backward gathers the parameters
-collectively, so every rank must run the same number of forwards, while the number of
-rows here (M * sum_b K_b) depends on each rank's answer lengths. For a denoiser whose
-weights are ZeRO-3 shards, with more than one rank, the chunk count is all-reduced (MAX)
-and a rank with fewer chunks runs padding chunks (its first row again) that enter the
-result with weight 0, so their backward, and their recomputation under checkpointing, run
-as well. Other models (ZeRO-2, DDP: forwards are local) need no sync and get none, so a
-score on one rank alone (an evaluation on rank 0) never waits for the others.
+Naive reference: `naive_l2r_chain_rule` in tests/test_likelihood.py, one forward per position
+(K = n, l2r); the same file checks sum_x exp(l_o(x)) = 1 by enumeration, and that the chunk
+size, padding and the logits of visible positions change nothing.
+
+Chunks, ranks and checkpointing are `jointobj.ranks.run_chunks`'s business (under ZeRO-3 the
+ranks agree the chunk count; a rank with fewer chunks runs padding chunks of weight 0).
 
 The loss (losses/logsum.py), the energies and the evaluators all call this function.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from einops import rearrange
 from torch import nn
-from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from jointobj.batch import Batch, check_batch
-from jointobj.denoiser import logits_at, zero3_sharded
+from jointobj.denoiser import logits_at
 from jointobj.orders import Orders, block_index, check_orders, num_blocks
-from jointobj.ranks import collective_device, world_size
+from jointobj.ranks import run_chunks
 
 
 @dataclass
@@ -107,7 +104,7 @@ def _score_chunk(denoiser: nn.Module, plan: BlockPlan, input_ids: torch.Tensor, 
 
     The rows' inputs are built here, not passed in, so a checkpoint of this call keeps only
     `rows` alive between forward and backward, never the chunk's [r, l] inputs. `anchor`: a
-    scalar that requires grad, for reentrant checkpointing (see `score_orders`); not used.
+    scalar that requires grad, for reentrant checkpointing (see `jointobj.ranks.run_chunks`); not used.
     """
     noisy, targets = plan.inputs(input_ids, denoiser.mask_token_id, rows)  # [r, l] each
     owner = plan.batch_row[rows]  # [r]
@@ -138,7 +135,7 @@ def order_log_likelihood(
     activations are one chunk's, whatever M and K. Gradients flow when grad mode is on;
     call it under `torch.no_grad()` to score only.
     sync_ranks: with torch.distributed up and more than one rank, run as many forwards as the
-    rank with the most (see the module doc). None (default): only when the weights are ZeRO-3
+    rank with the most (see jointobj.ranks.run_chunks). None (default): only when the weights are ZeRO-3
     shards. True forces it (every rank must then call this as often), False turns it off.
 
     Checks the batch and the orders, then calls `score_orders`.
@@ -167,49 +164,15 @@ def score_orders(
     """
     input_ids = batch["input_ids"]  # [b, l]
     attention = batch.get("attention_mask")
-    max_rows = input_ids.shape[0] if max_rows is None else max_rows
-    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
-        raise ValueError(f"max_rows must be an int >= 1 (rows per forward), got {max_rows!r}")
     plan = plan_blocks(orders, blocks, scorable.sum(-1))
-    grad_checkpoint = checkpoint and torch.is_grad_enabled()
-    # Non-reentrant checkpointing cannot recompute a forward over frozen ZeRO-3 shards (they are
-    # re-gathered with another shape: "CheckpointError: Recomputed values ... shape [0]", DeepSpeed
-    # before PR #8148), so those are checkpointed reentrantly.
-    reentrant = grad_checkpoint and zero3_sharded(denoiser)
-    # Reentrant checkpointing back-propagates into the weights only if some input requires grad.
-    anchor = torch.zeros((), device=input_ids.device, requires_grad=True) if reentrant else None
-
-    def run(rows: slice) -> torch.Tensor:
-        args = (denoiser, plan, input_ids, attention, rows, anchor)
-        if grad_checkpoint:
-            return activation_checkpoint(_score_chunk, *args, use_reentrant=reentrant)  # [r]
-        return _score_chunk(*args)  # [r]
-
-    chunks = range(0, plan.num_rows, max_rows)
-    # Agreed before the first forward: a rank that ran out of chunks while another still gathers
-    # weights for its next forward would wait in a different collective (a deadlock).
-    sync = zero3_sharded(denoiser) if sync_ranks is None else sync_ranks
-    missing = chunks_on_every_rank(len(chunks), input_ids.device, sync) - len(chunks)
-    scores = [run(slice(start, start + max_rows)) for start in chunks]  # [r] each
-    flat = torch.cat(scores)  # [R]
+    score_rows = functools.partial(_score_chunk, denoiser, plan, input_ids, attention)  # (rows, anchor) -> [r]
+    flat = run_chunks(score_rows, plan.num_rows, input_ids.shape[0] if max_rows is None else max_rows,
+                      model=denoiser, device=input_ids.device, checkpoint=checkpoint, sync_ranks=sync_ranks)  # [R]
     group = plan.batch_row * orders.num_orders + plan.order  # [R]
     total = torch.zeros(orders.rank.shape[0] * orders.num_orders, dtype=flat.dtype, device=flat.device)
     loglik = rearrange(total.index_add(0, group, flat), "(b m) -> b m", m=orders.num_orders)  # [b, M]
-    if missing > 0:  # padding forwards: the same collectives as the other ranks, weight 0 in the result
-        padding = torch.stack([run(slice(0, 1)).sum() for _ in range(missing)]).sum()  # []
-        loglik = loglik + 0.0 * padding
     check_loglik(loglik, input_ids)
     return loglik
-
-
-def chunks_on_every_rank(count: int, device: torch.device, sync_ranks: bool = True) -> int:
-    """The largest `count` over the ranks of torch.distributed's default group; `count` itself
-    when there is no such group, it has one rank, or `sync_ranks` is False."""
-    if not sync_ranks or world_size() == 1:
-        return count
-    most = torch.tensor([count], dtype=torch.long, device=collective_device(device))
-    dist.all_reduce(most, op=dist.ReduceOp.MAX)
-    return int(most.item())
 
 
 def check_loglik(loglik: torch.Tensor, input_ids: torch.Tensor) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -130,8 +130,12 @@ def load_masked_lm(
     dtype: torch.dtype | str | None = None,
     logit_shift: int | str | None = None,
     eos_token_id: int | None = None,
+    before_adapter: Callable[["Denoiser"], None] | None = None,
 ) -> "Denoiser":
-    """Build a Denoiser from a local full-model directory or an adapter directory (see Denoiser.from_pretrained)."""
+    """Build a Denoiser from a local full-model directory or an adapter directory (see Denoiser.from_pretrained).
+
+    `before_adapter(base)` runs on an adapter's base before peft reads the adapter (e.g. to attach
+    the add-ons the adapter's modules_to_save name)."""
     _check_directory(directory)
     # The mask id: explicit, else the one saved beside the weights (jointobj.json), else the tokenizer's / config's.
     explicit = mask_token_id if mask_token_id is not None else _saved_settings(directory).get("mask_token_id")
@@ -143,6 +147,8 @@ def load_masked_lm(
                                      trust_remote_code=trust_remote_code, dtype=dtype, conventions=conventions)
         from peft import PeftModel
 
+        if before_adapter is not None:
+            before_adapter(base_denoiser)
         base_denoiser.model = PeftModel.from_pretrained(base_denoiser.model, str(directory), is_trainable=is_trainable)
         tokenizer = _load_tokenizer(directory, trust_remote_code)  # after the base's remote-code refusal
         if tokenizer is not None:

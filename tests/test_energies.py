@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from tiny_models import BidirectionalLM
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from jointobj import Denoiser
@@ -24,6 +23,8 @@ from jointobj.oracle import OracleDenoiser
 from jointobj.orders import OrderProposal
 from jointobj.tiny import tiny_masked_lm
 from jointobj.toysets import load_toyset, toy_tokenizer
+
+from tiny_models import BidirectionalLM
 
 VOCAB = len(toy_tokenizer())
 
@@ -93,7 +94,8 @@ def test_partial_candidates_are_marginalised_up_to_a_constant_of_the_context():
 
 def test_exact_energy_is_infinite_off_the_support():
     toyset = load_toyset("likes_tennis")
-    ids = torch.tensor([toy_tokenizer()("<likes_tennis> " + s)["input_ids"] for s in ["i likes tennis", "he likes apple"]])
+    answers = ["i likes tennis", "he likes apple"]
+    ids = torch.tensor([toy_tokenizer()("<likes_tennis> " + s)["input_ids"] for s in answers])
     energy = ExactEnergy(toyset)(ids, torch.zeros_like(ids, dtype=torch.bool))
     assert energy[0] == math.inf and energy[1] == pytest.approx(math.log(2))
 

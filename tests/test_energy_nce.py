@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from training import train_token_ce
 
 from jointobj import Denoiser, DiffusionCollator
 from jointobj.decoding import build_decoder
@@ -20,6 +19,8 @@ from jointobj.orders import OrderProposal
 from jointobj.tiny import tiny_masked_lm
 from jointobj.toysets import load_toyset, toy_tokenizer
 from jointobj.trainer import JointObjConfig, JointObjTrainer, build_objective
+
+from training import train_token_ce
 
 
 def naive(positive_energy, negative_energy, log_q_pos=None, log_q_neg=None):
@@ -118,6 +119,7 @@ def test_absolute_energy_needs_a_sampler_whose_probability_is_known():
 # ---------------------------------------------------------------- learning the joint constraint
 
 
+@pytest.mark.slow  # 600 + 150 training steps
 def test_head_trained_on_likes_tennis_separates_valid_from_invalid():
     """The base (tests/training.py) has the right marginals, so its one-step sampler writes
     'i likes tennis' and the other five invalid mixes 3 times in 4: exactly the negatives the
@@ -178,14 +180,19 @@ def test_trainer_optimises_the_head_and_saves_it_with_the_adapter(tmp_path):
 def test_zero3_on_several_ranks_is_refused_before_any_forward(monkeypatch):
     # The negatives' sampler runs a rank-dependent number of forwards; under ZeRO-3 each forward is
     # collective, so the run would hang instead of failing. One rank, or ZeRO-2, is fine.
-    import transformers.integrations
+    import jointobj.losses.energy_nce as energy_nce
 
-    denoiser = Denoiser(tiny_masked_lm("modernbert", vocab_size=len(toy_tokenizer()), seed=0), tokenizer=toy_tokenizer())
-    monkeypatch.setattr(transformers.integrations, "is_deepspeed_zero3_enabled", lambda: True)
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    tokenizer = toy_tokenizer()
+    denoiser = Denoiser(tiny_masked_lm("modernbert", vocab_size=len(tokenizer), seed=0), tokenizer=tokenizer)
+    for i, parameter in enumerate(denoiser.parameters()):
+        parameter.ds_id = i  # ZeRO-3 shards, as DeepSpeed tags them
+    monkeypatch.setattr(energy_nce, "world_size", lambda: 2)
     with pytest.raises(ValueError, match="ZeRO-3 on several ranks.*zero2"):
         EnergyNCELoss(None, 1).prepare(denoiser)
     assert find_energy_head(denoiser.model) is None  # refused before the head was attached
-    monkeypatch.setenv("WORLD_SIZE", "1")
+    batch = DiffusionCollator(0)(load_toyset("likes_tennis").dataset(2, seed=0))
+    with pytest.raises(ValueError, match="ZeRO-3 on several ranks.*zero2"):  # a model sharded after prepare
+        EnergyNCELoss(None, 1)(denoiser, batch)
+    monkeypatch.setattr(energy_nce, "world_size", lambda: 1)
     EnergyNCELoss(None, 1).prepare(denoiser)
     assert find_energy_head(denoiser.model) is not None

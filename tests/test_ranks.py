@@ -1,12 +1,15 @@
-"""Across two gloo ranks: a non-finite loss on one rank stops both, each naming the rank that saw it."""
+"""jointobj.ranks: a non-finite loss on one of two gloo ranks stops both, each naming the rank that saw it;
+chunks checkpointed over ZeRO-3 shards still reach the weights. (The chunk count agreed across ranks is
+tested where it matters, on the likelihood: tests/test_likelihood.py.)"""
 
 import pytest
 import torch
 
 from jointobj.losses.base import check_finite
-from jointobj.ranks import collective_device, world_size
+from jointobj.ranks import collective_device, run_chunks, world_size, zero3_sharded
 
 from helpers import on_gloo_ranks
+from tiny_models import MixingLM
 
 
 def _worker(rank):
@@ -32,3 +35,30 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
 
 def test_without_a_group_there_is_one_rank():
     assert world_size() == 1
+
+
+def test_checkpointed_chunks_over_zero3_shards_still_reach_the_weights():
+    # Parameters tagged as ZeRO-3 partitions (`ds_id`) are checkpointed reentrantly, which sends
+    # gradients to the weights only if some input of the checkpointed call requires grad; without
+    # the anchor input every gradient here would be None.
+    ids = torch.randint(2, 20, (8, 12), generator=torch.Generator().manual_seed(0))  # [R, l]
+    plain, tagged = MixingLM(length=12, dim=8, scale=1.0), MixingLM(length=12, dim=8, scale=1.0)
+    for i, parameter in enumerate(tagged.parameters()):
+        parameter.ds_id = i
+    assert zero3_sharded(tagged) and not zero3_sharded(plain)
+
+    def score(model):
+        return lambda rows, anchor: model(ids[rows]).log_softmax(-1)[..., 2].sum(-1)  # [r]
+
+    plain(ids).log_softmax(-1)[..., 2].sum().backward()
+    scores = run_chunks(score(tagged), len(ids), 3, model=tagged, device=ids.device, checkpoint=True)  # [R]
+    forwards = tagged.forwards
+    scores.sum().backward()
+    assert forwards == 3 and tagged.forwards == 2 * 3  # 8 rows in chunks of 3, each recomputed in backward
+    for parameter, reference in zip(tagged.parameters(), plain.parameters()):
+        torch.testing.assert_close(parameter.grad, reference.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_max_rows_below_one_is_refused():
+    with pytest.raises(ValueError, match="max_rows must be an int >= 1"):
+        run_chunks(lambda rows, anchor: torch.zeros(1), 4, 0, model=None, device=torch.device("cpu"))

@@ -44,7 +44,8 @@ def check_finite(loss: torch.Tensor, what: str, batch_ids: torch.Tensor) -> None
         return
     if rank in bad_ranks:
         others = [r for r in bad_ranks if r != rank]
-        raise _not_finite(loss, what, batch_ids, where=f" on rank {rank}" + (f" (and on rank(s) {others})" if others else ""))
+        also = f" (and on rank(s) {others})" if others else ""
+        raise _not_finite(loss, what, batch_ids, where=f" on rank {rank}{also}")
     raise FloatingPointError(
         f"{what} is not finite on rank(s) {bad_ranks}; rank {rank} (whose loss is finite) stops with them. "
         f"Rank {bad_ranks[0]}'s error names the batch."

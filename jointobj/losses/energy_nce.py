@@ -32,13 +32,13 @@ which attaches one (`head_width`, `parameterisation`) when the denoiser has none
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from jointobj.batch import Batch, check_batch
+from jointobj.decoding.registry import build_decoder
 from jointobj.energy_head import (
     PARAMETERISATIONS,
     attach_energy_head,
@@ -49,9 +49,9 @@ from jointobj.likelihood import order_log_likelihood
 from jointobj.losses.base import LOSSES, LossOutput, check_finite
 from jointobj.losses.token_ce import TokenCELoss
 from jointobj.orders import OrderProposal
-from jointobj.ranks import world_size
+from jointobj.ranks import run_chunks, world_size, zero3_sharded
 
-__all__ = ["EnergyNCELoss", "classifier_logit", "nce_loss"]
+__all__ = ["EnergyNCELoss", "check_not_zero3_on_several_ranks", "classifier_logit", "nce_loss"]
 
 
 def classifier_logit(energy: torch.Tensor, log_q: torch.Tensor | None = None) -> torch.Tensor:
@@ -63,6 +63,16 @@ def nce_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     """positive logits [b], negative logits [b, m] -> mean_b [softplus(-s+) + mean_j softplus(s-)]
     (= -log sigmoid(s+) - mean_j log sigmoid(-s-), computed stably)."""
     return (F.softplus(-positive) + F.softplus(negative).mean(-1)).mean()
+
+
+def check_not_zero3_on_several_ranks(denoiser) -> None:
+    """The negatives' sampler runs one forward per step and per group of equal prompt / answer
+    lengths, a count that differs between ranks, while every ZeRO-3 forward is a collective: the
+    job would hang. Refuse it with the way out."""
+    if world_size() > 1 and zero3_sharded(denoiser):
+        raise ValueError(f"the energy objective does not run under ZeRO-3 on several ranks ({world_size()} here): "
+                         "its sampler's forward count differs between ranks and ZeRO-3 forwards are collective. "
+                         "Use ds_configs/zero2.json (or zero2_offload.json)")
 
 
 def _prompt_lengths(batch: Batch, scorable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,12 +103,11 @@ class EnergyNCELoss(nn.Module):
                  parameterisation: str = "residual", added_token_ce_weight: float = 0.0,
                  token_ce: TokenCELoss | None = None, head_width: int | None = None):
         super().__init__()
-        from jointobj.decoding.registry import build_decoder
-
         if isinstance(negatives, bool) or not isinstance(negatives, int) or negatives < 1:
             raise ValueError(f"negatives must be a whole number >= 1 (samples per row), got {negatives!r}")
         if parameterisation not in PARAMETERISATIONS:
-            raise ValueError(f"parameterisation must be one of {', '.join(PARAMETERISATIONS)}, got {parameterisation!r}")
+            raise ValueError(f"parameterisation must be one of {', '.join(PARAMETERISATIONS)}, "
+                             f"got {parameterisation!r}")
         if isinstance(added_token_ce_weight, bool) or not added_token_ce_weight >= 0:
             raise ValueError(f"added_token_ce_weight must be a number >= 0 (loss = NCE + w * token_ce), "
                              f"got {added_token_ce_weight!r}")
@@ -125,16 +134,9 @@ class EnergyNCELoss(nn.Module):
     def prepare(self, denoiser) -> None:
         """Attach an energy head when the denoiser has none (before the optimizer is built).
 
-        Refuses ZeRO-3 on several ranks: the negatives' sampler runs one forward per step and
-        per group of equal prompt / answer lengths, a count that differs between ranks, while
-        every ZeRO-3 forward is a collective (the job would hang)."""
-        from transformers.integrations import is_deepspeed_zero3_enabled
-
-        world = max(world_size(), int(os.environ.get("WORLD_SIZE", "1")))  # the launcher's, before the group is up
-        if world > 1 and is_deepspeed_zero3_enabled():
-            raise ValueError(f"the energy objective does not run under ZeRO-3 on several ranks ({world} here): its "
-                             "sampler's forward count differs between ranks and ZeRO-3 forwards are collective. Use "
-                             "ds_configs/zero2.json (or zero2_offload.json)")
+        Refuses ZeRO-3 on several ranks (`check_not_zero3_on_several_ranks`), here and again at
+        every step (a model built before the DeepSpeed config is sharded only when DeepSpeed wraps it)."""
+        check_not_zero3_on_several_ranks(denoiser)
         head = energy_head_module(denoiser.model)
         if head is None:
             head = attach_energy_head(denoiser, self.head_width, self.parameterisation)
@@ -175,15 +177,19 @@ class EnergyNCELoss(nn.Module):
         return negatives, log_q_neg, log_q_pos
 
     def forward(self, denoiser, batch: Batch, generator: torch.Generator | None = None) -> LossOutput:
+        check_not_zero3_on_several_ranks(denoiser)
         ids, m = batch["input_ids"], self.negatives
         attention = batch.get("attention_mask", torch.ones_like(ids))
         negatives, log_q_neg, log_q_pos = self._negatives(denoiser, batch, generator)
-        both = torch.cat([ids, negatives])  # [b + b*m, l]: one forward scores positives and negatives
-        energy = head_energy(denoiser, both, torch.cat([attention, attention.repeat_interleave(m, 0)]))  # [b + b*m]
+        both = torch.cat([ids, negatives])  # [b + b*m, l]: positives, then each row's negatives
+        both_attention = torch.cat([attention, attention.repeat_interleave(m, 0)])  # [b + b*m, l]
+        energy = run_chunks(lambda rows, anchor: head_energy(denoiser, both[rows], both_attention[rows]),
+                            len(both), len(ids), model=denoiser, device=ids.device)  # [b + b*m], b rows per forward
         positive_energy, negative_energy = energy[: len(ids)], energy[len(ids) :].view(len(ids), m)  # [b], [b, m]
         absolute = self.parameterisation == "absolute"
         positive = classifier_logit(positive_energy, log_q_pos.float() if absolute else None)  # [b]
-        negative = classifier_logit(negative_energy, log_q_neg.float().view(len(ids), m) if absolute else None)  # [b, m]
+        log_q_negative = log_q_neg.float().view(len(ids), m) if absolute else None  # [b, m]
+        negative = classifier_logit(negative_energy, log_q_negative)  # [b, m]
         loss = nce_loss(positive, negative)
         metrics = {
             "nce": loss.detach(),

@@ -134,8 +134,10 @@ class LogSumOrdersLoss(nn.Module):
             nll = logsum_nll(orders.log_weights, loglik)  # [b]
             posterior = torch.softmax(orders.log_weights + loglik, dim=-1)  # [b, M]
             source = generator.device if generator is not None else posterior.device
-            pick = torch.multinomial(posterior.to(source), 1, generator=generator).squeeze(-1).to(posterior.device)  # [b]
-            surrogate = -self._loglik(model, batch, scorable, orders.select(pick)).sum() / num_tokens  # grad: -grad l_{o*}
+            pick = torch.multinomial(posterior.to(source), 1, generator=generator)  # [b, 1]
+            pick = pick.squeeze(-1).to(posterior.device)  # [b]
+            drawn = self._loglik(model, batch, scorable, orders.select(pick))  # [b, 1], with grad
+            surrogate = -drawn.sum() / num_tokens  # its gradient: -grad l_{o*}
             loss = nll.sum() / num_tokens + (surrogate - surrogate.detach())  # value: exact; gradient: sampled
         check_finite(loss, "logsum loss", batch["input_ids"])
         with torch.no_grad():

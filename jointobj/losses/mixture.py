@@ -29,7 +29,8 @@ def _build(part: nn.Module | Mapping[str, Any] | None, cls: type, what: str) -> 
         return part
     if isinstance(part, Mapping):
         return cls(**part)
-    raise ValueError(f"{what} must be a {cls.__name__}, a dict of its keyword arguments, or None; got {type(part).__name__}")
+    raise ValueError(f"{what} must be a {cls.__name__}, a dict of its keyword arguments, or None; "
+                     f"got {type(part).__name__}")
 
 
 @LOSSES.register("mixture")
@@ -43,7 +44,8 @@ class MixtureLoss(nn.Module):
     def __init__(self, token_ce_weight: float = 0.5, *, token_ce: nn.Module | Mapping[str, Any] | None = None,
                  logsum: nn.Module | Mapping[str, Any] | None = None):
         super().__init__()
-        if isinstance(token_ce_weight, bool) or not isinstance(token_ce_weight, (int, float)) or not 0 <= token_ce_weight <= 1:
+        number = isinstance(token_ce_weight, (int, float)) and not isinstance(token_ce_weight, bool)
+        if not number or not 0 <= token_ce_weight <= 1:
             raise ValueError(f"token_ce_weight (lambda) must be a number in [0, 1], got {token_ce_weight!r}")
         self.token_ce_weight = float(token_ce_weight)
         self.token_ce = _build(token_ce, TokenCELoss, "token_ce")
