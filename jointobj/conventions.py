@@ -200,6 +200,30 @@ def measure_logit_shift(denoiser: Any, input_ids: torch.Tensor, prompt_mask: tor
     return LogitShiftMeasurement(nll[0], nll[1], len(row), margin)
 
 
+# Plain English for the shift check at construction (written for it; any trained LM predicts it well).
+PROBE_TEXT = (
+    "The river runs past the old mill and under the stone bridge, where children throw bread to the ducks every "
+    "morning. In the afternoon the baker closes his shop, walks along the water and counts the boats that come "
+    "back from the lake. When the sun goes down the town is quiet, and the lights of the houses shine on the river."
+)
+
+
+def check_shift_on_text(denoiser: Any, text: str | None = None) -> LogitShiftMeasurement | None:
+    """`denoiser.check_logit_shift` on `text` (default PROBE_TEXT) through the denoiser's tokenizer; None
+    (nothing run) without a tokenizer, or when the tokenizer does not know the text's words (a toy one)."""
+    tokenizer = getattr(denoiser, "tokenizer", None)
+    if tokenizer is None or not callable(tokenizer):
+        return None
+    try:
+        ids = tokenizer(text or PROBE_TEXT, return_tensors="pt")["input_ids"][:, : denoiser.max_positions]  # [1, l]
+    except Exception:  # a tokenizer that cannot encode plain text (no pre-tokenizer, ...): nothing to probe
+        return None
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    if ids.shape[1] < 16 or (unknown is not None and bool((ids == unknown).float().mean() > 0.1)):
+        return None
+    return denoiser.check_logit_shift(ids)
+
+
 def describe_settings(shift: int, shift_source: str, mask_blind: bool | None, eos_token_id: int | None) -> str:
     blind = {True: "True", False: "False", None: "unknown (not probed)"}[mask_blind]
     return f"logit_shift={shift} ({shift_source}), mask_blind={blind}, eos_token_id={eos_token_id}"

@@ -209,6 +209,42 @@ def test_contradicting_shift_warns_with_the_figures():
         assert shifted_oracle_denoiser(1, "likes_tennis").check_logit_shift(ids, prompt).decided == 1
 
 
+class RecitingLM(nn.Module):
+    """Knows one text by heart and keeps Dream's shift: the logits at i predict the text's token i + 1."""
+
+    def __init__(self, text_ids: torch.Tensor, vocab_size: int):
+        super().__init__()
+        self.text_ids, self.config = text_ids, SimpleNamespace(vocab_size=vocab_size, model_type="reciting")
+        self.anchor = nn.Parameter(torch.zeros(()))
+
+    def forward(self, input_ids=None, attention_mask=None, **unused):
+        nexts = torch.cat([self.text_ids[1:], self.text_ids[-1:]])[: input_ids.shape[1]]  # [l]
+        logits = torch.full((*input_ids.shape, self.config.vocab_size), -10.0)  # [b, l, V]
+        return logits.scatter(-1, nexts.expand_as(input_ids)[..., None], 10.0)
+
+
+def test_construction_checks_the_shift_on_plain_text():
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import PreTrainedTokenizerFast
+
+    from jointobj.conventions import PROBE_TEXT
+
+    words = ["[UNK]", "[MASK]"] + sorted(set(PROBE_TEXT.split()))
+    backend = Tokenizer(WordLevel({word: i for i, word in enumerate(words)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", mask_token="[MASK]")
+    model = RecitingLM(tokenizer(PROBE_TEXT, return_tensors="pt")["input_ids"][0], len(words))
+    with pytest.warns(UserWarning, match="logit_shift=0 .set by the user. contradicts"):
+        Denoiser(model, tokenizer=tokenizer, check_bidirectional=False, mask_blind=False, logit_shift=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Denoiser(model, tokenizer=tokenizer, check_bidirectional=False, mask_blind=False, logit_shift=1)
+        Denoiser(model, tokenizer=SimpleNamespace(mask_token_id=1), check_bidirectional=False, mask_blind=False,
+                 logit_shift=0)  # a tokenizer that cannot encode text: nothing checked
+
+
 def test_untrained_model_decides_no_shift():
     measured = LogitShiftMeasurement(unshifted_nll=4.0, shifted_nll=4.1, tokens=100, margin=0.5)
     assert measured.decided is None
