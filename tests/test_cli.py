@@ -15,14 +15,24 @@ from jointobj.oracle import OracleDenoiser
 def test_help_lists_every_subcommand(capsys):
     main(["--help"])
     printed = capsys.readouterr().out
-    assert all(f"  {name}" in printed for name in ("eval", "generate", "probe", "bench"))
+    assert all(f"  {name}" in printed for name in ("eval", "generate", "probe", "bench", "lm-eval"))
 
 
-@pytest.mark.parametrize("name", sorted(SUBCOMMANDS))
+@pytest.mark.parametrize("name", sorted(set(SUBCOMMANDS) - {"lm-eval"}))
 def test_each_subcommand_has_help(name, capsys):
     with pytest.raises(SystemExit) as done:
         main([name, "--help"])
     assert done.value.code == 0 and f"usage: jointobj {name}" in capsys.readouterr().out
+
+
+def test_lm_eval_subcommand_is_lm_evals_own_command_line(capsys):
+    pytest.importorskip("lm_eval")
+    with pytest.raises(SystemExit) as done:
+        main(["lm-eval", "run", "--help"])
+    assert done.value.code == 0 and "--model_args" in capsys.readouterr().out
+    from lm_eval.api.registry import get_model
+
+    assert get_model("jointobj").__name__ == "JointObjLM"
 
 
 def test_unknown_subcommand_lists_the_known_ones():

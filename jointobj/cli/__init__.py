@@ -5,6 +5,7 @@
     jointobj generate --help     text from a model directory with any decoder (jointobj/cli/generate.py)
     jointobj probe --help        frequency collapse far from the context (jointobj/cli/probe.py)
     jointobj bench --help        sampler throughput and overhead (jointobj/cli/bench.py)
+    jointobj lm-eval --help      lm-evaluation-harness with the jointobj model (jointobj/cli/harness.py)
 
 Toy sets are named (`likes_tennis`) or given by import reference (`mysets:dates`, see
 jointobj/user_sets.py) wherever a command takes `--toyset`.
@@ -23,6 +24,7 @@ SUBCOMMANDS = {
     "generate": ("generate", "text from a model directory with any decoder, prompts from a file or stdin"),
     "probe": ("probe", "frequency collapse: what a model predicts far from any visible token"),
     "bench": ("bench", "sampler throughput and its overhead beside the forward, on a tiny model"),
+    "lm-eval": ("harness", "lm-evaluation-harness with the jointobj model registered (the lm_eval extra)"),
 }
 
 

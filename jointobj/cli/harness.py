@@ -1,0 +1,27 @@
+"""`jointobj lm-eval`: lm-evaluation-harness's command line with the `jointobj` model registered.
+
+    jointobj lm-eval --model jointobj --model_args pretrained=runs/agreement,decoder=confidence,tokens_per_step=2 \
+        --tasks my_task --include_path my_tasks/
+
+Every argument is lm_eval's own (`jointobj lm-eval --help`); the model and its model_args are
+documented in jointobj/lm_eval_model.py. Needs the `lm_eval` extra (pip install "jointobj[lm_eval]").
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        import jointobj.lm_eval_model  # noqa: F401  (registers the model)
+        from lm_eval.__main__ import cli_evaluate
+    except ImportError as error:
+        raise ValueError(f"jointobj lm-eval needs lm-evaluation-harness: pip install 'jointobj[lm_eval]' "
+                         f"({error})") from error
+    saved = sys.argv
+    sys.argv = ["jointobj lm-eval", *(sys.argv[1:] if argv is None else argv)]
+    try:
+        cli_evaluate()
+    finally:
+        sys.argv = saved
