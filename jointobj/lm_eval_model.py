@@ -1,12 +1,12 @@
 """jointobj as an lm-evaluation-harness model (the optional `lm_eval` extra: pip install "jointobj[lm_eval]").
 
-    python -m jointobj.lm_eval_model --model jointobj \
+    jointobj lm-eval --model jointobj \
         --model_args pretrained=runs/agreement,decoder=threshold,threshold=0.9,tokens_per_step=2 \
         --tasks my_task --include_path my_tasks/
 
-`python -m jointobj.lm_eval_model` is lm-eval's own command line (every flag of `lm_eval`) with
-this module imported first, which registers the model `jointobj` (lm-eval has no plugin hook that
-would let a bare `lm_eval --model jointobj` find it). From Python, `import jointobj.lm_eval_model`
+`jointobj lm-eval` (or `python -m jointobj.lm_eval_model`) is lm-eval's own command line (every
+flag of `lm_eval`) with this module imported first, which registers the model `jointobj` (lm-eval
+has no plugin hook that would let a bare `lm_eval --model jointobj` find it). From Python, `import jointobj.lm_eval_model`
 then `lm_eval.simple_evaluate(model="jointobj", model_args=...)`.
 
 Model args (unknown keys are an error listing these):
