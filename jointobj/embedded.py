@@ -33,6 +33,7 @@ from pathlib import Path
 
 from jointobj.denoiser import CONFIG_NAME
 
+BASE_SIZE = "small"  # jointobj.tiny.TINY_SIZES preset of the base (hidden size, layers)
 RECORD_NAME = "embedded.json"  # in the base directory: the toy sets (and settings) it was pretrained on
 
 # Variables that would make the base job join the launcher's process group or DeepSpeed setup.
@@ -100,7 +101,7 @@ def _global_rank() -> int:
 
 
 def ensure_base(base_dir: str | Path, dataset: str, *, steps: int, learning_rate: float, samples_per_toyset: int,
-                seed: int, timeout_s: float = 3600.0) -> Path:
+                seed: int, timeout_s: float = 3600.0, size: str = BASE_SIZE) -> Path:
     """Reuse the base in `base_dir` if it was pretrained on `dataset`'s toy sets, or pretrain it
     there (global rank 0) while the other ranks wait."""
     base_dir = Path(base_dir)
@@ -112,7 +113,7 @@ def ensure_base(base_dir: str | Path, dataset: str, *, steps: int, learning_rate
                        if k not in _LAUNCHER_VARIABLES and not k.startswith("ACCELERATE_")}
         command = [sys.executable, "-m", "jointobj.embedded", "--base_dir", str(base_dir), "--dataset", dataset,
                    "--steps", str(steps), "--learning_rate", str(learning_rate),
-                   "--samples_per_toyset", str(samples_per_toyset), "--seed", str(seed)]
+                   "--samples_per_toyset", str(samples_per_toyset), "--seed", str(seed), "--size", size]
         print(f"pretraining the embedded base dLLM into {base_dir} (reused on later runs)", flush=True)
         subprocess.run(command, env=environment, check=True)
     deadline = time.monotonic() + timeout_s
@@ -129,7 +130,7 @@ def ensure_base(base_dir: str | Path, dataset: str, *, steps: int, learning_rate
 
 
 def pretrain_base(base_dir: Path, dataset: str, steps: int, learning_rate: float, samples_per_toyset: int,
-                  seed: int) -> None:
+                  seed: int, size: str = BASE_SIZE) -> None:
     """Pretrain a tiny ModernBERT on toy sets with TokenCELoss, full parameters, and save it with
     its record (embedded.json), under a file lock; a base already there for these sets is kept."""
     from filelock import FileLock
@@ -143,14 +144,14 @@ def pretrain_base(base_dir: Path, dataset: str, steps: int, learning_rate: float
         staging = Path(f"{base_dir}.staging")
         if staging.exists():  # we hold the lock, so this is left by a build that crashed
             shutil.rmtree(staging)
-        _train_into(staging, dataset, steps, learning_rate, samples_per_toyset, seed)
+        _train_into(staging, dataset, steps, learning_rate, samples_per_toyset, seed, size)
         if base_dir.exists():
             base_dir.rmdir()  # empty (check_base_dir refused anything else); rmdir never deletes content
         os.replace(staging, base_dir)
 
 
 def _train_into(staging: Path, dataset: str, steps: int, learning_rate: float, samples_per_toyset: int,
-                seed: int) -> None:
+                seed: int, size: str) -> None:
     from jointobj.data import load_training_data
     from jointobj.denoiser import Denoiser
     from jointobj.recipe import configure_cpu_ranks
@@ -161,8 +162,8 @@ def _train_into(staging: Path, dataset: str, steps: int, learning_rate: float, s
     configure_cpu_ranks()
     length = toy_suite_length(dataset)
     tokenizer = shared_tokenizer([load_toyset(name) for name in toy_set_names(dataset)])  # user sets: extended
-    model = tiny_masked_lm("modernbert", vocab_size=len(tokenizer), hidden_size=64, num_layers=2,
-                           max_positions=max(32, length), seed=seed)
+    model = tiny_masked_lm("modernbert", vocab_size=len(tokenizer), size=size, max_positions=max(32, length),
+                           seed=seed)
     denoiser = Denoiser(model, tokenizer=tokenizer)
     config = JointObjConfig(
         output_dir=str(staging), objective="token_ce", max_steps=steps, learning_rate=learning_rate,
@@ -174,7 +175,7 @@ def _train_into(staging: Path, dataset: str, steps: int, learning_rate: float, s
     trainer.train()
     staging.mkdir(parents=True, exist_ok=True)
     record = {"toysets": toy_set_names(dataset), "samples_per_toyset": samples_per_toyset, "steps": steps,
-              "learning_rate": learning_rate, "seed": seed, "max_positions": denoiser.max_positions}
+              "learning_rate": learning_rate, "seed": seed, "size": size, "max_positions": denoiser.max_positions}
     (staging / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
     denoiser.save_pretrained(staging)  # jointobj.json last: marks the save complete
 
@@ -187,8 +188,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--learning_rate", type=float, default=3e-3)
     parser.add_argument("--samples_per_toyset", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", default=BASE_SIZE, help="a tiny size preset (jointobj.tiny.TINY_SIZES)")
     args = parser.parse_args(argv)
-    pretrain_base(Path(args.base_dir), args.dataset, args.steps, args.learning_rate, args.samples_per_toyset, args.seed)
+    pretrain_base(Path(args.base_dir), args.dataset, args.steps, args.learning_rate, args.samples_per_toyset, args.seed,
+                  args.size)
 
 
 if __name__ == "__main__":
