@@ -103,6 +103,18 @@ def test_mask_blindness_is_found_by_behaviour(dream_dir, llada_dir):
         assert Denoiser(tiny_masked_lm(architecture, vocab_size=VOCAB, seed=0), mask_token_id=2).mask_blind is False
 
 
+def test_mask_blindness_probe_holds_in_bfloat16(dream_dir, llada_dir):
+    """16-bit rounding must not pass for blindness, nor hide it."""
+    from jointobj.conventions import probe_mask_blind
+
+    for directory, blind in ((llada_dir, True), (dream_dir, False)):
+        model = load(directory).model.to(torch.bfloat16)
+        assert probe_mask_blind(model, model.config.vocab_size, 0, 64) is blind
+    for architecture in ("bert", "modernbert", "roberta"):
+        model = tiny_masked_lm(architecture, vocab_size=VOCAB, seed=0).to(torch.bfloat16)
+        assert probe_mask_blind(model, VOCAB, 0, 64) is False
+
+
 def test_llada_style_mask_id_comes_from_the_config(llada_dir):
     denoiser = load(llada_dir)
     assert denoiser.tokenizer.mask_token_id is None and denoiser.mask_token_id == 2
