@@ -146,6 +146,16 @@ def test_in_loop_rescoring_counts_the_marginals_forward_and_the_energy_at_every_
     assert free.steps == 4 and free.rows_per_sample == 4  # the exact energy is oracle knowledge, no forward
 
 
+@pytest.mark.parametrize("where", ["step", "fused", "loop"])
+def test_in_loop_rescoring_runs_any_step_count_with_llada_quotas(where):
+    # 16 positions in 5 denoising steps: 4, 3, 3, 3, 3 committed (no tokens_per_step gives 5 steps for 16).
+    toyset = load_toyset("latin_square_4")
+    prompts = toyset.prompts[[0] * 3]
+    decoder = build_decoder("random", None, steps=5, rescore=f"best:exact,2,{where}")
+    out = decoder.sample(OracleDenoiser(toyset), prompts, 16, torch.Generator().manual_seed(0), return_trace=True)
+    assert all(torch.bincount(row).tolist() == [4, 3, 3, 3, 3] for row in out.commit_step)
+
+
 def test_fused_scoring_gives_the_same_samples_in_one_step_per_denoising_step():
     """`fused` runs each candidate's energy and a lookahead on its next state as one step; the kept
     candidate's lookahead is the next marginals. Same draws as `step` (the oracle is deterministic),

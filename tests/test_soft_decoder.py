@@ -22,6 +22,7 @@ from jointobj.oracle import OracleDenoiser
 from jointobj.tiny import tiny_masked_lm
 from jointobj.toysets import load_toyset, toy_tokenizer
 from jointobj.trainer import JointObjConfig, JointObjTrainer
+
 from helpers import load_script
 
 VOCAB, MASK, DIM = 12, 1, 16
@@ -125,6 +126,27 @@ def test_without_states_it_is_the_hard_threshold_decoder(k, block, options):
     assert torch.equal(a.ids, b.ids) and torch.equal(a.commit_step, b.commit_step)
     torch.testing.assert_close(a.log_prob, b.log_prob)
     assert torch.equal(a.row_steps, b.row_steps)
+
+
+@pytest.mark.parametrize("steps,block", [(4, None), (2, 3), (5, None), (7, None)])
+def test_any_step_count_is_the_hard_threshold_decoders_and_spreads_as_llada(steps, block):
+    # steps per block instead of K: with quota and no states, the same ids, trace and log q as the hard
+    # threshold decoder under those steps; at threshold 1 (nothing commits early) the commits per step
+    # are LLaDA's spread (7 in 4 steps: 2, 2, 2, 1), which a budget from K cannot give for 7 in 5 steps.
+    prompts = prompts_for(4, 2, 3).repeat(4, 1)  # [16, 2]
+    soft = build_decoder("soft", None, mixing=0.0, threshold=0.6, block_length=block, quota=True, steps=steps)
+    hard = build_decoder("threshold", None, threshold=0.6, block_length=block, steps=steps)
+    a = soft.sample(SoftContextLogits(1), prompts, 7, torch.Generator().manual_seed(0), return_trace=True)
+    b = hard.sample(SoftContextLogits(1), prompts, 7, torch.Generator().manual_seed(0), return_trace=True)
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.commit_step, b.commit_step)
+    torch.testing.assert_close(a.log_prob, b.log_prob)
+    slow = build_decoder("soft", None, threshold=1.0, block_length=block, quota=True, steps=steps)
+    out = slow.sample(SoftContextLogits(1), prompts, 7, torch.Generator().manual_seed(0), return_trace=True)
+    sizes = [min(block or 7, 7 - start) for start in range(0, 7, block or 7)]
+    spread = [size // min(steps, size) + (i < size % min(steps, size))
+              for size in sizes for i in range(min(steps, size))]
+    assert all(torch.bincount(row).tolist() == spread for row in out.commit_step)
+    assert out.steps == len(spread)
 
 
 def test_forwards_and_rows_are_counted_honestly():
