@@ -81,3 +81,13 @@ def test_pretrain_base_keeps_a_base_already_built_for_the_sets(base):
     before = snapshot(base)
     pretrain_base(base, "likes_tennis", steps=1, learning_rate=1e-3, samples_per_toyset=4, seed=0)
     assert snapshot(base) == before
+
+
+@pytest.mark.slow  # trains for one step
+def test_pretrain_base_builds_the_size_asked_for_and_records_it(tmp_path):
+    # Fails if the size is ignored (the base was always 64 x 2) or missing from the record.
+    pretrain_base(tmp_path / "base", "likes_tennis", steps=1, learning_rate=1e-3, samples_per_toyset=4, seed=0,
+                  size="xsmall")
+    record = json.loads((tmp_path / "base" / RECORD_NAME).read_text())
+    config = json.loads((tmp_path / "base" / "config.json").read_text())
+    assert record["size"] == "xsmall" and (config["hidden_size"], config["num_hidden_layers"]) == (32, 2)
