@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--sets", type=_names, default=_names("likes_tennis,agreement,shuffle_4,latin_square_3"),
                         help="toy sets of the rate part (the trained model must know them)")
+    parser.add_argument("--oracle-sets", type=_names, default=_names("latin_square_4,sudoku_4,shuffle_8"),
+                        help="more sets of the rate part, for the oracle only (8 or more answer tokens)")
     parser.add_argument("--drafts", type=lambda s: [int(t) for t in _names(s)], default=[1, 2, 4, 8])
     parser.add_argument("--draft-lengths", type=_windows, default=[2, 4, None], help="w values; 'all' = the rest")
     parser.add_argument("--samples", type=int, default=400, help="prompts per validity measurement")
@@ -64,6 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="pretrain the embedded tiny base on --train-sets into DIR (or reuse it)")
     parser.add_argument("--train-sets", default="likes_tennis,agreement,shuffle_4,latin_square_3")
     parser.add_argument("--train-steps", type=int, default=600)
+    parser.add_argument("--train-lr", type=float, default=3e-3)
     parser.add_argument("--wall-sets", type=_names, default=_names("agreement,shuffle_4"))
     parser.add_argument("--thresholds", type=lambda s: [float(t) for t in _names(s)], default=[0.5, 0.7, 0.9, 0.99])
     parser.add_argument("--batches", type=lambda s: [int(t) for t in _names(s)], default=[1, 64])
@@ -82,7 +85,7 @@ def _trained_model(args: argparse.Namespace):
     if directory is None and args.train_base is not None:
         from jointobj.embedded import ensure_base
 
-        directory = ensure_base(args.train_base, args.train_sets, steps=args.train_steps, learning_rate=3e-3,
+        directory = ensure_base(args.train_base, args.train_sets, steps=args.train_steps, learning_rate=args.train_lr,
                                 samples_per_toyset=2000, seed=args.seed)
     return None if directory is None else Denoiser.from_pretrained(str(directory)).eval()
 
@@ -100,7 +103,7 @@ def _measure(decoder, denoiser, toyset, prompts: torch.Tensor, seed: int) -> dic
 def rate_rows(models: dict, args: argparse.Namespace) -> list[dict]:
     rows = []
     for model_name, denoiser in models.items():
-        for name in args.sets:
+        for name in args.sets + (args.oracle_sets if denoiser is None else []):
             toyset = load_toyset(name)
             prompts, _ = toyset.sample(args.samples, torch.Generator().manual_seed(args.seed))
             oracle = OracleDenoiser(toyset) if denoiser is None else denoiser
