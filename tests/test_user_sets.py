@@ -87,6 +87,17 @@ def test_validator_rejecting_its_own_data_names_the_example_with_its_text():
         make_toyset("dates", DATES, lambda answer, prompt: answer.startswith("december"))
 
 
+def test_a_set_holding_the_unknown_token_blames_the_tokenizer_not_the_validator():
+    from jointobj.toysets import toyset_from_dataset
+
+    tokenizer = toy_tokenizer()
+    ids = tokenizer("<cities> zebra crossing", add_special_tokens=False)["input_ids"]  # unknown words: [UNK]
+    rows = datasets.Dataset.from_dict({"input_ids": [ids], "prompt_mask": [[True, False, False]]})
+    with pytest.raises(ValueError, match=r"example 0 holds the unknown token '\[UNK\]' .*answer '\[UNK\] \[UNK\]'.*"
+                                         r"make_toyset \(it extends the tokenizer"):
+        toyset_from_dataset("zebras", rows, lambda prompt, answer: "[UNK]" not in answer)
+
+
 def test_probabilities_that_miss_one_say_by_how_much_and_normalise_on_request():
     with pytest.raises(ValueError, match=r"sum to 0.9 \(0.1 short of 1\).*normalise=True"):
         make_toyset("c", {"red apple": 0.6, "green pear": 0.3})
