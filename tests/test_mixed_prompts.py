@@ -2,8 +2,11 @@
 that row alone (T = 0), on models that honour attention masks (BERT: absolute positions;
 ModernBERT: rotary), and a mask-blind model never sees two lengths in one forward."""
 
+import warnings
+
 import pytest
 import torch
+from remote_models import save_remote_model
 from torch import nn
 
 from jointobj import Denoiser
@@ -185,6 +188,24 @@ def test_a_mask_blind_models_groups_count_as_one_sequential_step():
     out = build_decoder("confidence", 1).sample(blind, rows, GEN, torch.Generator().manual_seed(0))
     assert out.steps == GEN and (out.row_steps == GEN).all()
     assert len(blind.widths) == GEN * len(set(LENGTHS)) and out.rows_per_sample == GEN
+
+
+@pytest.mark.parametrize("kind", ["dream_style", "llada_style"])
+def test_remote_code_models_decode_mixed_lengths_as_each_row_alone(kind, tmp_path):
+    # Dream-style: shifted logits and the mask handed to SDPA (a bool mask); LLaDA-style: no attention
+    # mask at all, found mask-blind by the Denoiser's probe, so its rows run one length per forward.
+    # The Denoiser warns whenever a mask-blind model gets a padded batch: no warning may appear.
+    denoiser = Denoiser.from_pretrained(save_remote_model(kind, tmp_path), trust_remote_code=True).eval()
+    assert denoiser.mask_blind == (kind == "llada_style")
+    generator = torch.Generator().manual_seed(0)
+    rows = [torch.randint(4, denoiser.vocab_size, (n,), generator=generator) for n in (2, 5, 3)]
+    for name in ("confidence", "soft"):
+        decoder = build_decoder(name, 2, temperature=0)
+        expected = [decoder.sample(denoiser, row[None], 4).gen_ids[0] for row in rows]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            out = decoder.sample(denoiser, rows, 4)
+        assert all(torch.equal(out.gen_ids[i], expected[i]) for i in range(len(rows))), name
 
 
 # ---------------------------------------------------------------- the layout and bad input
