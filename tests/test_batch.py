@@ -37,3 +37,15 @@ def test_check_batch_names_missing_ids_and_bad_shapes():
         check_batch({"attention_mask": torch.ones(1, 2)})
     with pytest.raises(ValueError, match="attention_mask has shape"):
         check_batch({"input_ids": torch.ones(1, 3, dtype=torch.long), "attention_mask": torch.ones(1, 2)})
+
+
+def test_collator_for_an_unprobed_model_pads_with_eos_when_it_can():
+    """A model whose mask-blindness is unknown (ZeRO-3 shards are not probed) gets EOS padding when it has an EOS id."""
+    from types import SimpleNamespace
+
+    unknown = SimpleNamespace(tokenizer=None, eos_token_id=9, mask_blind=None, max_positions=None)
+    assert DiffusionCollator.for_denoiser(unknown).pad_answers_with_eos is True
+    assert DiffusionCollator.for_denoiser(SimpleNamespace(**{**vars(unknown), "eos_token_id": None})).pad_answers_with_eos is False
+    honest = SimpleNamespace(**{**vars(unknown), "mask_blind": False})
+    assert DiffusionCollator.for_denoiser(honest).pad_answers_with_eos is False
+    assert DiffusionCollator.for_denoiser(honest, pad_answers_with_eos=True).pad_answers_with_eos is True
