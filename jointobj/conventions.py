@@ -222,7 +222,8 @@ def check_shift_on_text(denoiser: Any, text: str | None = None) -> LogitShiftMea
     except Exception:  # a tokenizer that cannot encode plain text (no pre-tokenizer, ...): nothing to probe
         return None
     unknown = getattr(tokenizer, "unk_token_id", None)
-    if ids.shape[1] < 16 or (unknown is not None and bool((ids == unknown).float().mean() > 0.1)):
+    if ids.shape[1] < 16 or int(ids.max()) >= denoiser.vocab_size or (
+            unknown is not None and bool((ids == unknown).float().mean() > 0.1)):
         return None
     return denoiser.check_logit_shift(ids)
 
