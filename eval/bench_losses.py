@@ -45,8 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vocab", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--big_vocab", action="store_true",
-                        help="the big-vocabulary table (defaults: " + ", ".join(f"{k} {v}" for k, v in BIG_VOCAB_DEFAULTS.items())
-                        + "), with peak memory and log-sum")
+                        help="the big-vocabulary table, with peak memory and log-sum (defaults: "
+                        + ", ".join(f"{k} {v}" for k, v in BIG_VOCAB_DEFAULTS.items()) + ")")
     parser.add_argument("--orders", type=int, default=4, help="--big_vocab: log-sum orders M")
     parser.add_argument("--blocks", type=int, default=8, help="--big_vocab: log-sum blocks K")
     parser.add_argument("--memory_of", default=None, help=argparse.SUPPRESS)  # internal: one step's peak, in a child
@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     steps = build_steps(args, with_logsum=False)
     seconds = time_interleaved(steps, repeats=args.repeats)
     rows = [
-        {"step": name, "batch": args.batch, "length": args.length, "median_s": s, "ratio_to_bare": s / seconds["bare_hf"]}
+        {"step": name, "batch": args.batch, "length": args.length, "median_s": s,
+         "ratio_to_bare": s / seconds["bare_hf"]}
         for name, s in seconds.items()
     ]
     print(f"{'step':<10} {'median ms':>10} {'ratio':>7}   (batch {args.batch}, length {args.length}, tiny ModernBERT)")

@@ -89,7 +89,8 @@ class DiffusionCollator:
             raise ValueError("cannot collate an empty list of examples; is the dataset empty?")
         ids = [torch.as_tensor(f["input_ids"], dtype=torch.long) for f in features]
         prompts = [
-            torch.as_tensor(f["prompt_mask"], dtype=torch.bool) if "prompt_mask" in f else torch.zeros_like(i, dtype=torch.bool)
+            torch.as_tensor(f["prompt_mask"], dtype=torch.bool) if "prompt_mask" in f
+            else torch.zeros_like(i, dtype=torch.bool)
             for f, i in zip(features, ids)
         ]
         length = max(len(i) for i in ids)

@@ -85,7 +85,8 @@ def resolve_eos_token_id(explicit: int | None, tokenizer: Any, config: Any, voca
     inside the vocabulary; None if none."""
     if explicit is not None:
         if isinstance(explicit, bool) or not 0 <= int(explicit) < vocab_size:
-            raise ValueError(f"eos_token_id {explicit} is outside the model's vocabulary of {vocab_size}; pass the right id")
+            raise ValueError(f"eos_token_id {explicit} is outside the model's vocabulary of {vocab_size}; "
+                             "pass the right id")
         return int(explicit)
     for source in (getattr(tokenizer, "eos_token_id", None), getattr(config, "eos_token_id", None)):
         if isinstance(source, (list, tuple)):

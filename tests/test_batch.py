@@ -45,7 +45,8 @@ def test_collator_for_an_unprobed_model_pads_with_eos_when_it_can():
 
     unknown = SimpleNamespace(tokenizer=None, eos_token_id=9, mask_blind=None, max_positions=None)
     assert DiffusionCollator.for_denoiser(unknown).pad_answers_with_eos is True
-    assert DiffusionCollator.for_denoiser(SimpleNamespace(**{**vars(unknown), "eos_token_id": None})).pad_answers_with_eos is False
+    no_eos = SimpleNamespace(**{**vars(unknown), "eos_token_id": None})
+    assert DiffusionCollator.for_denoiser(no_eos).pad_answers_with_eos is False
     honest = SimpleNamespace(**{**vars(unknown), "mask_blind": False})
     assert DiffusionCollator.for_denoiser(honest).pad_answers_with_eos is False
     assert DiffusionCollator.for_denoiser(honest, pad_answers_with_eos=True).pad_answers_with_eos is True

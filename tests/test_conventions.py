@@ -128,8 +128,9 @@ def test_padding_moves_a_mask_blind_models_likelihood(llada_dir):
     alone = DiffusionCollator(0)([row])
     padded = DiffusionCollator(0)([row, longer])
     with torch.no_grad():
-        score_alone = order_log_likelihood(denoiser, alone, OrderProposal(["l2r"]).sample(scorable_mask(alone)))[0, 0]
-        score_padded = order_log_likelihood(denoiser, padded, OrderProposal(["l2r"]).sample(scorable_mask(padded)))[0, 0]
+        l2r = OrderProposal(["l2r"])
+        score_alone = order_log_likelihood(denoiser, alone, l2r.sample(scorable_mask(alone)))[0, 0]
+        score_padded = order_log_likelihood(denoiser, padded, l2r.sample(scorable_mask(padded)))[0, 0]
     assert abs(float(score_alone - score_padded)) > 1e-4
 
 

@@ -41,8 +41,11 @@ class Block(nn.Module):
     def forward(self, hidden, attention_mask):
         b, l, d = hidden.shape
         x = self.input_norm(hidden)
-        q, k, v = (p(x).view(b, l, self.heads, d // self.heads).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
-        mask = attention_mask[:, None, None, :] if attention_mask is not None and attention_mask.dim() == 2 else attention_mask
+        q, k, v = (project(x).view(b, l, self.heads, d // self.heads).transpose(1, 2)  # [b, h, l, d/h] each
+                   for project in (self.q_proj, self.k_proj, self.v_proj))
+        mask = attention_mask
+        if mask is not None and mask.dim() == 2:
+            mask = mask[:, None, None, :]  # [b, 1, 1, l], its dtype untouched
         attended = F.scaled_dot_product_attention(rotate(q, self.theta), rotate(k, self.theta), v, attn_mask=mask,
                                                   is_causal=False)  # [b, h, l, d/h]; the mask goes in as given
         hidden = hidden + self.o_proj(attended.transpose(1, 2).reshape(b, l, d))

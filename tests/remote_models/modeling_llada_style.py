@@ -38,7 +38,8 @@ class LLaDAStyleBlock(nn.Module):
     def forward(self, hidden):
         b, l, d = hidden.shape
         x = self.attn_norm(hidden)
-        q, k, v = (p(x).view(b, l, self.heads, d // self.heads).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (project(x).view(b, l, self.heads, d // self.heads).transpose(1, 2)  # [b, h, l, d/h] each
+                   for project in (self.q_proj, self.k_proj, self.v_proj))
         attended = F.scaled_dot_product_attention(rotate(q, self.theta), rotate(k, self.theta), v)  # [b, h, l, d/h]
         hidden = hidden + self.attn_out(attended.transpose(1, 2).reshape(b, l, d))
         gate, up = self.ff_proj(self.ff_norm(hidden)).chunk(2, dim=-1)
