@@ -27,7 +27,7 @@ __all__ = ["REPORT_GRID", "SweepPoint", "TARGET", "Target", "parse_grid", "regis
 # What the recipes' final report sweeps beside its plain decoders: the speculative decoder (its rate is
 # measured, so it runs once per option set) and the confidence threshold (one step budget, K = 1).
 REPORT_GRID: dict[str, dict[str, list[Any]]] = {
-    "speculative": {"tokens_per_step": [None], "drafts": [1, 4]},
+    "speculative": {"tokens_per_step": [None], "drafts": [1]},
     "threshold": {"tokens_per_step": [1], "threshold": [0.9]},
 }
 

@@ -207,37 +207,61 @@ def load_denoiser(model_args: ModelArguments, path: str | Path, config: JointObj
 
 
 def report(base_dir: Path, tuned_dir: Path, data_args: DataArguments, config: JointObjConfig) -> list[dict]:
-    """Joint validity of base, fine-tuned and the exact oracle on the toy sets, printed and written
-    beside the adapter. The oracle is the best any model could do with each decoder."""
+    """The trap and its cure, printed and written beside the adapter: base, fine-tuned and the exact
+    oracle (the best any model could do with each decoder) on the toy sets, under the plain
+    decoders (report_decoders x report_tokens_per_step) and the frontier's grid (REPORT_GRID in
+    jointobj/frontier.py: the speculative decoder, the confidence threshold). Prints one line per
+    (set, decoder setting) with each model's tokens per step, validity and TV, the headline
+    (highest tokens per step with validity >= 0.99) and, for sets of >= 8 answer tokens, the
+    target status; writes report.json (every row) and report.png (the frontier)."""
     from jointobj.evaluate import evaluate, headline
+    from jointobj.frontier import REPORT_GRID, registered_grid, setting_label, sweep_points, target_status
     from jointobj.oracle import OracleDenoiser
-    from jointobj.report import format_table, plot_validity, write_json
+    from jointobj.report import format_table, plot_frontier, write_json
 
-    names = data_args.dataset.split(",")
+    names = [name.strip() for name in data_args.dataset.split(",")]
     models = {
         "base": Denoiser.from_pretrained(base_dir).eval(),  # the saved artifacts, as a user reloads them
         "fine-tuned": Denoiser.from_pretrained(tuned_dir).eval(),
         "oracle": OracleDenoiser(*names),
     }
+    points = sweep_points(data_args.report_decoders.split(","), data_args.report_tokens_per_step.split(","),
+                          grid=registered_grid(REPORT_GRID))
     rows = []
     for label, denoiser in models.items():
-        for row in evaluate(denoiser, names, data_args.report_decoders.split(","),
-                            data_args.report_tokens_per_step.split(","), data_args.report_samples, seed=config.seed):
+        for row in evaluate(denoiser, names, points=points, samples=data_args.report_samples, seed=config.seed):
             rows.append({"model": label, **row})
-    columns = ["model", "toyset", "decoder", "requested_tokens_per_step", "tokens_per_step", "validity", "tv", "tv_floor"]
-    print(format_table(rows, columns))
+    table: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for row in rows:
+        line = table.setdefault((row["toyset"], row["decoder"], setting_label(row)), {
+            "toyset": row["toyset"], "decoder": row["decoder"], "setting": setting_label(row),
+            "tv floor": row["tv_floor"]})
+        line.update({f"{row['model']} tok/step": row["tokens_per_step"], f"{row['model']} valid": row["validity"],
+                     f"{row['model']} tv": row["tv"]})
+        if row["model"] == "fine-tuned":
+            line["rows/token"] = row["rows_per_token"]
+    per_model = [f"{label} {what}" for label in models for what in ("tok/step", "valid", "tv")]
+    print(f"\nvalidity, TV and tokens per step ({data_args.report_samples} samples per cell; rows/token of the "
+          "fine-tuned model: forward rows per generated token)")
+    print(format_table(list(table.values()), ["toyset", "decoder", "setting", *per_model, "tv floor", "rows/token"]))
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for label in models:
         for head in headline([r for r in rows if r["model"] == label]):
             cell = best.setdefault((head["toyset"], head["decoder"]), {"toyset": head["toyset"], "decoder": head["decoder"]})
             cell[label] = head["tokens_per_step"]
+            if label == "fine-tuned":
+                cell["fine-tuned setting"] = head["knobs"] or None
     print("\nhighest tokens per step with validity >= 0.99 (- : not even at the fewest)")
-    print(format_table(list(best.values()), ["toyset", "decoder", *models]))
+    print(format_table(list(best.values()), ["toyset", "decoder", *models, "fine-tuned setting"]))
+    status = target_status([r for r in rows if r["model"] != "oracle"])
+    if status:
+        print("\ntarget (sets of >= 8 answer tokens): >= 4 tokens per step, validity within one standard error of "
+              "the model's own l2r K=1 validity, TV within 0.02 of its TV, <= 32 rows per token")
+        print(format_table(status, ["model", "toyset", "met", "reference_validity", "best_decoder", "best_knobs",
+                                    "best_tokens_per_step", "best_validity", "best_rows_per_token"]))
     out = Path(config.output_dir)
     write_json(out / "report.json", rows)
-    by_model = {label: [r for r in rows if r["model"] == label] for label in models}
-    plot_validity(by_model["fine-tuned"], out / "report.png", oracle_rows=by_model["oracle"],
-                  baseline_rows=by_model["base"])
+    plot_frontier(rows, out / "report.png")
     print(f"\nreport: {out / 'report.json'}, plot: {out / 'report.png'}, adapter: {out}")
     return rows
 
