@@ -9,6 +9,9 @@ pretrained here with --train-base DIR, reused on later runs) and toy set, the sp
 decoder (l2r, T = --temperature) at every window w and draft count N: validity with its
 Wilson interval, tokens per sequential step, forward rows per generated token.
 
+Part "revisable": revisable commits (check_rows 1 and 2) beside the threshold decoder at the
+same commit threshold, on the same sets and models: validity, steps and rows per token.
+
 Part "wall": on --wall-sets with the trained model (the oracle when there is none), the
 speculative decoder beside the one-token-per-step l2r decoder (the same law) and the
 confidence-threshold decoder at each --thresholds value, each timed per sample at every
@@ -38,6 +41,8 @@ RATE_COLUMNS = ["model", "toyset", "draft_length", "drafts", "validity", "validi
                 "rows_per_token"]
 WALL_COLUMNS = ["model", "toyset", "decoder", "setting", "validity", "validity_low", "validity_high",
                 "tokens_per_step", "rows_per_token", "batch", "wall_ms_per_sample"]
+REVISABLE_COLUMNS = ["model", "toyset", "decoder", "threshold", "check_rows", "validity", "validity_low",
+                     "tokens_per_step", "steps_per_sample", "rows_per_token"]
 EQUAL_COLUMNS = ["model", "toyset", "batch", "threshold", "threshold_validity", "speculative_validity",
                  "threshold_ms", "speculative_ms", "threshold_over_speculative"]
 
@@ -67,6 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-sets", default="likes_tennis,agreement,shuffle_4,latin_square_3")
     parser.add_argument("--train-steps", type=int, default=600)
     parser.add_argument("--train-lr", type=float, default=3e-3)
+    parser.add_argument("--revisable-thresholds", type=lambda s: [float(t) for t in _names(s)],
+                        default=[0.1, 0.3, 0.5], help="part 'revisable': its commit thresholds (and the threshold "
+                                                       "decoder's, at equal forwards)")
     parser.add_argument("--wall-sets", type=_names, default=_names("agreement,shuffle_4"))
     parser.add_argument("--thresholds", type=lambda s: [float(t) for t in _names(s)], default=[0.5, 0.7, 0.9, 0.99])
     parser.add_argument("--batches", type=lambda s: [int(t) for t in _names(s)], default=[1, 64])
@@ -116,6 +124,26 @@ def rate_rows(models: dict, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def revisable_rows(models: dict, args: argparse.Namespace) -> list[dict]:
+    """Revisable commits beside the threshold decoder at the same commit threshold: what the check rows buy."""
+    rows = []
+    for model_name, denoiser in models.items():
+        for name in args.sets + (args.oracle_sets if denoiser is None else []):
+            toyset = load_toyset(name)
+            prompts, _ = toyset.sample(args.samples, torch.Generator().manual_seed(args.seed))
+            model = OracleDenoiser(toyset) if denoiser is None else denoiser
+            for t in args.revisable_thresholds:
+                settings = [("threshold", None, build_decoder("threshold", 1, threshold=t,
+                                                                temperature=args.temperature))]
+                settings += [("revisable", r, build_decoder("revisable", threshold=t, check_rows=r,
+                                                             temperature=args.temperature)) for r in (1, 2)]
+                for label, check_rows, decoder in settings:
+                    rows.append({"part": "revisable", "model": model_name, "toyset": name, "decoder": label,
+                                 "threshold": t, "check_rows": check_rows,
+                                 **_measure(decoder, model, toyset, prompts, args.seed)})
+    return rows
+
+
 def wall_rows(model_name: str, denoiser, args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     rows, equal = [], []
     for name in args.wall_sets:
@@ -127,7 +155,8 @@ def wall_rows(model_name: str, denoiser, args: argparse.Namespace) -> tuple[list
                     "l2r K=1": build_decoder("l2r", 1, temperature=args.temperature)}
         settings.update({f"threshold {t}": build_decoder("threshold", 1, threshold=t, temperature=args.temperature)
                          for t in args.thresholds})
-        quality = {label: _measure(d, model, toyset, prompts[: args.samples], args.seed) for label, d in settings.items()}
+        measured = prompts[: args.samples]
+        quality = {label: _measure(d, model, toyset, measured, args.seed) for label, d in settings.items()}
         timed = prompts[: args.wall_samples]
         for batch in args.batches:
             chunks = timed.split(batch)  # batch 1: one call per sample
@@ -165,13 +194,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     models = {"oracle": None, **({"trained": trained} if trained is not None else {})}
     rate = rate_rows(models, args)
     print(format_table(rate, RATE_COLUMNS))
+    revisable = revisable_rows(models, args)
+    print()
+    print(format_table(revisable, REVISABLE_COLUMNS))
     wall_model = "trained" if trained is not None else "oracle"
     wall, equal = wall_rows(wall_model, trained, args)
     print()
     print(format_table(wall, WALL_COLUMNS))
     print()
     print(format_table(equal, EQUAL_COLUMNS))
-    rows = rate + wall + equal
+    rows = rate + revisable + wall + equal
     write_measurements(args.json, rows, command_args=vars(args), total_s=time.perf_counter() - start)
     return rows
 
