@@ -6,8 +6,8 @@
 
 `jointobj lm-eval` (or `python -m jointobj.lm_eval_model`) is lm-eval's own command line (every
 flag of `lm_eval`) with this module imported first, which registers the model `jointobj` (lm-eval
-has no plugin hook that would let a bare `lm_eval --model jointobj` find it). From Python, `import jointobj.lm_eval_model`
-then `lm_eval.simple_evaluate(model="jointobj", model_args=...)`.
+has no plugin hook that would let a bare `lm_eval --model jointobj` find it). From Python,
+`import jointobj.lm_eval_model` then `lm_eval.simple_evaluate(model="jointobj", model_args=...)`.
 
 Model args (unknown keys are an error listing these):
 

@@ -28,7 +28,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="jointobj probe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, metavar="DIR", help="a Denoiser directory (Denoiser.save_pretrained)")
     parser.add_argument("--toyset", required=True,
-                        help="the toy set the model was trained on (its prompt and unigram): a name or module:attribute")
+                        help="the toy set the model was trained on (its prompt and unigram): a name or "
+                             "module:attribute")
     parser.add_argument("--masks", required=True, type=int, help="number of mask positions after the prompt")
     parser.add_argument("--json", required=True, metavar="FILE")
     parser.add_argument("--plot", metavar="FILE", help="PNG of entropy and KL vs distance")
