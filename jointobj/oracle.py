@@ -13,6 +13,8 @@ training gap; the oracle's gap to 100% is the decoder's marginal trap.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -25,6 +27,7 @@ __all__ = ["IMPOSSIBLE_LOGIT", "OracleDenoiser"]
 IMPOSSIBLE_LOGIT = -1e4
 _CHUNK_ELEMENTS = 1 << 22  # bound on rows * support (* answer_len when gathering) per chunk
 _SMALL_SUPPORT = 32  # supports up to this size are gathered for all rows at once
+_REMEMBERED_VISIBLE = 2  # large supports: marginals of contexts showing this few answer tokens are kept
 
 
 class OracleDenoiser(nn.Module):
@@ -70,7 +73,7 @@ class OracleDenoiser(nn.Module):
                                  f"{self.tokenizer.convert_ids_to_tokens(tag)!r}; each set needs its own")
             self.toysets[tag] = toyset
         # caches keyed by id(toyset): the sets are held in self.toysets, so ids stay valid
-        self._onehots: dict[tuple[int, int], torch.Tensor] = {}  # per-prompt support one-hots
+        self._onehots: dict[tuple, Any] = {}  # per-prompt support one-hots and answer sets
         self._vocabs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per-set answer tokens
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)  # lets .to(device) / .device work
 
@@ -161,9 +164,15 @@ class OracleDenoiser(nn.Module):
         for k, p in enumerate(unique.tolist()):
             rows = (inverse == k).nonzero().flatten()  # [g]
             onehot = self._support_onehot(toyset, p, to_local, len(tokens))  # [S, la * U]
+            support, postings = self._support_postings(toyset, p, to_local, len(tokens))  # [S, la], [la * (U+1), W]
             chunk = max(1, _CHUNK_ELEMENTS // len(onehot))  # bounds the [chunk, S] weights
-            for part in rows.split(chunk):
-                local[part] = dense_marginals(onehot, toyset.answer_probs[p], local_ids[part], visible[part])
+            shown = visible[rows].sum(1)  # [g]
+            few = rows[shown <= _REMEMBERED_VISIBLE]  # few tokens visible: few distinct contexts, remembered
+            if len(few):
+                local[few] = self._remembered(toyset, p, onehot, support, postings, local_ids[few], visible[few])
+            for part in rows[shown > _REMEMBERED_VISIBLE].split(chunk):
+                local[part] = support_marginals(onehot, support, postings, toyset.answer_probs[p], local_ids[part],
+                                                visible[part])
         return tokens, local
 
     def _answer_vocab(self, toyset: ToySet) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,6 +184,36 @@ class OracleDenoiser(nn.Module):
             self._vocabs[id(toyset)] = (tokens, to_local)
         return self._vocabs[id(toyset)]
 
+    def _remembered(self, toyset: ToySet, p: int, onehot: torch.Tensor, support: torch.Tensor,
+                    postings: torch.Tensor, local_ids: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """support_marginals for rows of prompt p showing at most _REMEMBERED_VISIBLE answer tokens, each
+        distinct context computed once per oracle (there are at most 1 + la U + (la U)^2 / 2 of them)."""
+        memory = self._onehots.setdefault((id(toyset), p, "remembered"), {})
+        contexts = torch.where(visible, local_ids, -1)  # [g, la]: -1 where masked
+        unique, inverse = contexts.unique(dim=0, return_inverse=True)  # [c, la], [g]
+        names = [tuple(row) for row in unique.tolist()]
+        new = [k for k, name in enumerate(names) if name not in memory]
+        for part in torch.tensor(new, dtype=torch.long).split(max(1, _CHUNK_ELEMENTS // len(onehot))):
+            fresh = unique[part]  # [n, la]
+            computed = support_marginals(onehot, support, postings, toyset.answer_probs[p], fresh.clamp(min=0),
+                                         fresh >= 0)  # [n, la, U]
+            memory.update((names[k], marginals) for k, marginals in zip(part.tolist(), computed))
+        return torch.stack([memory[name] for name in names])[inverse]  # [g, la, U]
+
+    def _support_postings(self, toyset: ToySet, p: int, to_local: torch.Tensor,
+                          n_local: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt p's answers as local ids [S, la] and, packed (pack_answer_sets), the answers holding
+        local token u at position j in row j * (U + 1) + u, then every answer in the last row:
+        [la * (U + 1) + 1, W] int64 (cached; u = U, a token no answer uses, holds none)."""
+        key = (id(toyset), p, "postings")
+        if key not in self._onehots:
+            support = to_local[toyset.answers[p]]  # [S, la]
+            sets = torch.zeros(toyset.answer_length, n_local + 1, len(support), dtype=torch.bool)  # [la, U + 1, S]
+            sets.scatter_(1, support.T[:, None, :], True)
+            every = torch.ones(1, len(support), dtype=torch.bool)  # the set of a masked position: no constraint
+            self._onehots[key] = (support, pack_answer_sets(torch.cat([sets.reshape(-1, len(support)), every])))
+        return self._onehots[key]
+
     def _support_onehot(self, toyset: ToySet, p: int, to_local: torch.Tensor, n_local: int) -> torch.Tensor:
         """[S, la * U] float32 one-hot of prompt p's support over the set's U answer tokens (cached)."""
         key = (id(toyset), p)
@@ -184,6 +223,70 @@ class OracleDenoiser(nn.Module):
             onehot = torch.zeros(len(support), toyset.answer_length * n_local)  # [S, la * U]
             self._onehots[key] = onehot.scatter_(1, columns, 1.0)
         return self._onehots[key]
+
+
+_WORD = 64  # answers per int64 word of a packed answer set
+_BITS = torch.arange(_WORD)  # [64]
+
+
+def pack_answer_sets(sets: torch.Tensor) -> torch.Tensor:
+    """[k, S] bool -> [k, ceil(S / 64)] int64, bit b of word w marking answer 64 w + b."""
+    k, n = sets.shape
+    padded = torch.zeros(k, -(-n // _WORD) * _WORD, dtype=torch.bool)
+    padded[:, :n] = sets
+    bits = padded.reshape(k, -1, _WORD).long()  # [k, W, 64]
+    packed = torch.zeros(k, bits.shape[1], dtype=torch.long)
+    for bit in range(_WORD):
+        packed |= bits[..., bit] << bit
+    return packed
+
+
+def unpack_answer_sets(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """[k, W] int64 -> [k, n] bool (pack_answer_sets undone)."""
+    return ((packed[..., None] >> _BITS) & 1).bool().reshape(len(packed), -1)[:, :n]
+
+
+def support_marginals(onehot: torch.Tensor, support: torch.Tensor, postings: torch.Tensor, probs: torch.Tensor,
+                      local_ids: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """dense_marginals' result, fast where it can be: a row whose visible tokens some answers match
+    exactly conditions on those answers (the fewest mismatches are then zero), found by intersecting
+    the packed answer sets of its visible tokens; a row that matches few answers sums them alone
+    instead of multiplying by the whole support. Rows no answer matches take dense_marginals.
+
+    onehot [S, la * U], support [S, la] local ids, postings [la * (U + 1) + 1, W] int64 (row j * (U + 1) + u:
+    the packed set of answers holding u at position j; the last row: every answer), probs [S], local_ids [g, la] in 0..U,
+    visible [g, la] bool -> [g, la, U] float32.
+    """
+    g, la = local_ids.shape
+    n_answers = len(support)
+    n_local = onehot.shape[1] // la
+    everything = len(postings) - 1  # the last row of postings holds every answer: a masked position's set
+    keys = torch.where(visible, torch.arange(la) * (n_local + 1) + local_ids, everything)  # [g, la]
+    matching = postings[keys[:, 0]]  # [g, W]
+    for position in range(1, la):
+        if visible[:, position].any():
+            matching &= postings[keys[:, position]]
+    words = (matching != 0).sum(1)  # [g]: words holding a matching answer
+    out = torch.empty(g, la, n_local)  # [g, la, U]
+    mismatched = (words == 0).nonzero().flatten()
+    if len(mismatched):
+        out[mismatched] = dense_marginals(onehot, probs, local_ids[mismatched], visible[mismatched])
+    many = (words * 4 > matching.shape[1]).nonzero().flatten()  # answers spread over the support: one matmul
+    if len(many):
+        weights = probs.float() * unpack_answer_sets(matching[many], n_answers)  # [m, S]
+        out[many] = ((weights / weights.sum(1, keepdim=True)) @ onehot).reshape(len(many), la, n_local)
+    few = ((words > 0) & (words * 4 <= matching.shape[1])).nonzero().flatten()  # few answers: sum them alone
+    if len(few):
+        row, word = (matching[few] != 0).nonzero(as_tuple=True)  # [w], [w]
+        hit, bit = ((matching[few][row, word, None] >> _BITS) & 1).nonzero(as_tuple=True)  # [n], [n]
+        row, answer = row[hit], word[hit] * _WORD + bit  # [n], [n]
+        weights = probs[answer].double()  # [n]
+        weights = weights / torch.zeros(len(few), dtype=torch.float64).index_add_(0, row, weights)[row]
+        slots = (row[:, None] * la + torch.arange(la)) * n_local + support[answer]  # [n, la]
+        summed = torch.zeros(len(few) * la * n_local, dtype=torch.float64)
+        summed.index_add_(0, slots.flatten(), weights[:, None].expand(-1, la).flatten())
+        out[few] = summed.reshape(len(few), la, n_local).float()
+    return out
 
 
 def dense_marginals(onehot: torch.Tensor, probs: torch.Tensor, local_ids: torch.Tensor,

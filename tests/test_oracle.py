@@ -194,3 +194,31 @@ def test_errors_name_the_row():
         OracleDenoiser(load_toyset("cities"), load_toyset("cities"))
     with pytest.raises(ValueError, match="at least one toy set"):
         OracleDenoiser()
+
+
+@pytest.mark.parametrize("corrupt", [0.0, 0.3])
+def test_fast_large_support_path_equals_the_dense_fewest_mismatch_rule(corrupt):
+    # latin_square_4 (576 answers) takes the packed answer-set path: remembered contexts (<= 2 visible tokens),
+    # few matching answers summed alone, many by matmul, and no match (corrupted) by dense_marginals.
+    # Fails if any of these differs from dense_marginals, the fewest-mismatch rule by one-hot matmul.
+    from jointobj.oracle import dense_marginals
+
+    toyset = load_toyset("latin_square_4")
+    oracle = OracleDenoiser(toyset)
+    generator = torch.Generator().manual_seed(7)
+    prompts, answers = toyset.sample(200, generator)  # [200, lp], [200, la]
+    la = toyset.answer_length
+    shown = torch.arange(200) % (la + 1)  # every count of visible tokens, 0..la
+    order = torch.rand(answers.shape, generator=generator).argsort(1)
+    visible = order < shown[:, None]  # [200, la]
+    pool = toyset.flat_answers.unique()
+    noise = pool[torch.randint(len(pool), answers.shape, generator=generator)]
+    answers = torch.where(torch.rand(answers.shape, generator=generator) < corrupt, noise, answers)
+    rows = torch.cat([prompts, torch.where(visible, answers, MASK)], dim=1)
+    for _ in range(2):  # the second pass reads remembered contexts
+        fast = oracle(rows).softmax(-1)[:, toyset.prompt_length:]  # [200, la, V]
+        tokens, to_local = oracle._answer_vocab(toyset)
+        onehot = oracle._support_onehot(toyset, 0, to_local, len(tokens))
+        reference = dense_marginals(onehot, toyset.answer_probs[0], to_local[answers], visible)  # [200, la, U]
+        masked = ~visible
+        torch.testing.assert_close(fast[..., tokens][masked], reference[masked], atol=1e-6, rtol=0)
