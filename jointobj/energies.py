@@ -63,7 +63,7 @@ class Energy:
     name: ClassVar[str]
     accepts_masks: ClassVar[bool] = False  # scores partial candidates ([MASK] positions inside the context)
     residual: bool = False  # True: p ∝ q_sampler exp(-E), relative to the sampler it was trained against
-    trained_against: dict | None = None  # a residual energy's sampler: {decoder, tokens_per_step}
+    trained_against: dict | None = None  # a residual energy's sampler: {decoder, tokens_per_step, repr}
 
     def __call__(self, ids: torch.Tensor, context: torch.Tensor,
                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -57,7 +57,7 @@ class EnergyHead(AddOn):
         if hidden_size < 1 or width < 1:
             raise ValueError(f"hidden_size and width must be >= 1, got {hidden_size} and {width}")
         self.hidden_size, self.width, self.parameterisation = int(hidden_size), width, parameterisation
-        self.trained_against = trained_against  # the negatives' sampler {decoder, tokens_per_step}, once trained
+        self.trained_against = trained_against  # the negatives' sampler {decoder, tokens_per_step, repr}, once trained
         self.net = nn.Sequential(nn.Linear(hidden_size, width), nn.GELU(), nn.Linear(width, 1))
         nn.init.zeros_(self.net[2].weight)
         nn.init.zeros_(self.net[2].bias)

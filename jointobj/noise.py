@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from jointobj.randomness import draw_device, uniform
 from jointobj.registry import Registry
 
 SCHEDULES: Registry[type] = Registry("masking schedule")
@@ -55,12 +56,12 @@ def sample_timesteps(
     (MDLM's low-discrepancy sampler), which lowers the variance of the ELBO across the batch."""
     if not 0.0 <= eps < 1.0:
         raise ValueError(f"eps must lie in [0, 1), got {eps}")
-    source = generator.device if generator is not None else "cpu"
+    source = draw_device(generator, "cpu")
     if stratified:
-        offset = torch.rand(1, generator=generator, device=source)
+        offset = uniform(1, generator, source, torch.float32)  # [1]
         u = (offset + torch.arange(batch_size, device=source) / batch_size) % 1.0  # [b]
     else:
-        u = torch.rand(batch_size, generator=generator, device=source)
+        u = uniform(batch_size, generator, source, torch.float32)  # [b]
     return (eps + (1.0 - eps) * u).to(device)
 
 
@@ -76,8 +77,7 @@ def corrupt(
     input_ids [b, l], scorable [b, l] bool, mask_prob [b]. Returns (noisy_ids [b, l], masked [b, l] bool).
     Prompt and padding positions (not scorable) are never touched.
     """
-    source = generator.device if generator is not None else input_ids.device
-    draws = torch.rand(input_ids.shape, generator=generator, device=source).to(input_ids.device)  # [b, l]
+    draws = uniform(input_ids.shape, generator, input_ids.device, torch.float32)  # [b, l]
     masked = (draws < mask_prob.to(input_ids.device)[:, None]) & scorable
     noisy = torch.where(masked, torch.full_like(input_ids, mask_token_id), input_ids)
     return noisy, masked

@@ -30,6 +30,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
+from jointobj.randomness import multinomial, uniform
 from jointobj.registry import Registry
 
 OrderSampler = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
@@ -57,8 +58,7 @@ def right_to_left(scorable: torch.Tensor, generator: torch.Generator | None = No
 @ORDERS.register("random")
 def uniform_random(scorable: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """scorable [b, l] bool -> rank [b, l]: a uniformly random permutation of each row's scorable positions."""
-    source = generator.device if generator is not None else scorable.device
-    keys = torch.rand(scorable.shape, generator=generator, device=source).to(scorable.device)  # [b, l]
+    keys = uniform(scorable.shape, generator, scorable.device, torch.float32)  # [b, l]
     keys = keys.masked_fill(~scorable, math.inf)  # non-scorable positions sort last
     rank = keys.argsort(dim=-1).argsort(dim=-1)  # [b, l]
     return torch.where(scorable, rank, -1)
@@ -194,13 +194,14 @@ class OrderProposal:
             self.num_orders = len(self.slots)
         self.prior = self.proposal if prior is None else _distribution(prior, "prior")
         if set(self.prior) != set(self.proposal):
-            raise ValueError(f"the prior gives mass to {sorted(self.prior)} but the proposal draws {sorted(self.proposal)}; "
-                             "they must match (a family the proposal never draws cannot be estimated, and one the "
-                             "prior ignores would only waste forwards)")
+            raise ValueError(f"the prior gives mass to {sorted(self.prior)} but the proposal draws "
+                             f"{sorted(self.proposal)}; they must match (a family the proposal never draws cannot be "
+                             "estimated, and one the prior ignores would only waste forwards)")
         self.names = tuple(self.proposal)
 
     def __repr__(self) -> str:
-        what = f"orders={self.slots}" if self.slots is not None else f"mixture={self.proposal}, num_orders={self.num_orders}"
+        mixture = f"mixture={self.proposal}, num_orders={self.num_orders}"
+        what = f"orders={self.slots}" if self.slots is not None else mixture
         return f"OrderProposal({what}, prior={self.prior})"
 
     def sample(self, scorable: torch.Tensor, generator: torch.Generator | None = None) -> Orders:
@@ -209,14 +210,13 @@ class OrderProposal:
         if self.slots is not None:
             family = torch.tensor([self.names.index(s) for s in self.slots], device=device).expand(batch, -1)  # [b, M]
         else:
-            source = generator.device if generator is not None else device
-            q = torch.tensor([self.proposal[n] for n in self.names], device=source)  # [F]
-            family = torch.multinomial(q.expand(batch, -1), self.num_orders, replacement=True,
-                                       generator=generator).to(device)  # [b, M]
+            q = torch.tensor([self.proposal[n] for n in self.names], device=device)  # [F]
+            family = multinomial(q.expand(batch, -1), self.num_orders, generator, replacement=True)  # [b, M]
         rank = torch.full((batch, self.num_orders, scorable.shape[1]), -1, dtype=torch.long, device=device)
         for f, name in enumerate(self.names):
             for m in (family == f).any(dim=0).nonzero().flatten().tolist():  # slots where some row uses f
-                rank[:, m] = torch.where((family[:, m] == f)[:, None], ORDERS.get(name)(scorable, generator), rank[:, m])
+                drawn = ORDERS.get(name)(scorable, generator)  # [b, l]
+                rank[:, m] = torch.where((family[:, m] == f)[:, None], drawn, rank[:, m])
         log_q = torch.tensor([math.log(self.proposal[n]) for n in self.names], device=device)  # [F]
         log_pi = torch.tensor([math.log(self.prior[n]) for n in self.names], device=device)  # [F]
         return Orders(rank, family, self.names, log_pi[family], log_q[family])

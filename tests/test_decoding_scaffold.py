@@ -15,9 +15,8 @@ from hypothesis import strategies as st
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM
 
-from jointobj import Denoiser
+from jointobj import Denoiser, randomness
 from jointobj.decoding import build_decoder, steps_for
-from jointobj.decoding import sampler as sampler_module
 from jointobj.decoding.sampler import (
     block_budget,
     check_request,
@@ -234,7 +233,7 @@ def test_gumbel_noise_stays_finite_at_the_ends_of_the_uniform(monkeypatch):
     # u = 0 is clamped (else -log(-log 0) = -inf); u just below 1 reaches ~36.7 in float64 (float32
     # uniforms stop at ~16.6, the truncated tail). Fails without the clamp or with float32 noise.
     u = torch.tensor([0.0, 1 - 2.0**-53, 0.5], dtype=torch.float64)
-    monkeypatch.setattr(sampler_module, "uniform", lambda shape, generator, device, dtype=torch.float64: u.clone())
+    monkeypatch.setattr(randomness, "uniform", lambda shape, generator, device, dtype=torch.float64: u.clone())
     noise = gumbel_noise((3,), None, "cpu")
     assert torch.isfinite(noise).all()
     assert noise[1] > 36 and noise[0] == -math.log(-math.log(torch.finfo(torch.float64).tiny))

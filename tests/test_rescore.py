@@ -253,7 +253,8 @@ def test_joint_validity_rescore_flag_adds_a_row_per_spec_and_counts_candidates(t
 
 class Residual(NoMasks):
     residual = True
-    trained_against: ClassVar[dict] = {"decoder": "random", "tokens_per_step": None}
+    trained_against: ClassVar[dict] = {"decoder": "random", "tokens_per_step": None,
+                                       "repr": repr(build_decoder("random", None))}  # as EnergyNCELoss records it
 
 
 def test_sir_with_a_residual_energy_only_for_the_sampler_it_was_trained_against():

@@ -25,7 +25,7 @@ from typing import ClassVar
 
 import torch
 
-from jointobj.decoding.sampler import uniform
+from jointobj.randomness import uniform
 from jointobj.registry import Registry
 
 __all__ = [

@@ -37,6 +37,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from jointobj.decoding.policies import POLICIES
+from jointobj.decoding.rescore import with_rescoring
 from jointobj.decoding.sampler import SampleOutput, UnmaskingSampler
 from jointobj.registry import Registry
 
@@ -60,11 +61,7 @@ def build_decoder(name: str, tokens_per_step: int | None = 1, *, rescore: Any = 
     `rescore` (a spec such as "sir:exact,16,step", or a RescoreSpec) wraps it in energy
     rescoring, after or inside its loop (see jointobj.decoding.rescore)."""
     decoder = DECODERS.get(name)(tokens_per_step=tokens_per_step, **options)
-    if rescore is None:
-        return decoder
-    from jointobj.decoding.rescore import with_rescoring
-
-    return with_rescoring(decoder, rescore)
+    return decoder if rescore is None else with_rescoring(decoder, rescore)
 
 
 def decoder_option_names(name: str) -> set[str]:

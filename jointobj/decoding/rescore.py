@@ -60,7 +60,6 @@ from typing import Any, Callable
 import torch
 
 from jointobj.decoding.layout import AnswerLayout
-from jointobj.decoding.registry import build_decoder
 from jointobj.decoding.sampler import (
     _EXCLUDED_LOGIT,
     SampleOutput,
@@ -195,24 +194,15 @@ def check_residual(energy: "str | Energy", mode: str, decoder: Any, in_loop: boo
     advice = ("Use best-of-N, that sampler after the loop, or a head trained with "
               "energy_parameterisation=absolute")
     trained = energy.trained_against
-    if not trained:
+    expected = (trained or {}).get("repr")  # the sampler's repr, recorded when the energy was trained
+    if not expected:
         raise ValueError(f"the {energy.spec!r} energy is residual, relative to the sampler it was trained against, "
                          f"and that sampler is not recorded (trained_against is {trained!r}); SIR would target an "
                          f"unknown distribution. {advice}")
-    expected = trained.get("repr") or _default_sampler_repr(trained)
     if in_loop or repr(decoder) != expected:
         where = "inside the loop" if in_loop else f"with {decoder!r}"
         raise ValueError(f"the {energy.spec!r} energy is residual, relative to the sampler it was trained against "
                          f"({expected}); SIR {where} would target another distribution. {advice}")
-
-
-def _default_sampler_repr(trained: dict) -> str:
-    """The repr of the sampler an energy records only by name and K: the registered decoder with its
-    default options (what EnergyNCELoss builds)."""
-    try:
-        return repr(build_decoder(trained.get("decoder"), trained.get("tokens_per_step")))
-    except (ValueError, TypeError):
-        return repr(trained)
 
 
 # ---------------------------------------------------------------- after the loop
@@ -376,9 +366,9 @@ class InLoopRescoring:
                 1, owner, token_log_q.view(n, -1))  # [N, a]
             owners = live.repeat_interleave(n)  # [a*N] batch row of each candidate, a row's candidates adjacent
             flat = candidates.transpose(0, 1).reshape(-1, length)  # [a*N, L]
-            given = torch.zeros_like(owners[:, None].expand(-1, layout.width), dtype=torch.bool)  # [a*N, P+L]
-            given.scatter_(1, layout.answer_positions(owners), ~draw.repeat_interleave(n, 0))
-            context = given | (layout.attention_mask(owners) & ~layout.answer_mask(owners))  # prompt and committed
+            given = torch.zeros(len(owners), layout.width, dtype=torch.bool, device=device)  # [a*N, P+L]
+            given.scatter_(1, layout.answer_positions(owners), ~draw.repeat_interleave(n, 0))  # committed tokens
+            context = given | (layout.attention_mask(owners) & ~layout.answer_mask(owners))  # and the prompt
             scores, cost = score_candidates(energy, layout, layout.compose(flat, owners), context, owners)
             index, fell = SELECTIONS.get(self.spec.mode)(scores.view(len(live), n), log_q.T, energy.residual,
                                                          generator)  # [a], [a]

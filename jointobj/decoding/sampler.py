@@ -55,7 +55,8 @@ Every decoder's contract (what a new decoder follows):
 - EOS: `eos_token_id` None means the denoiser's own (`denoiser.eos_token_id`, None when it
   has none). Decoding does not change with it: every position is generated, and
   `out.answer_ids` gives the answers trimmed at the first EOS (every position after it set to
-  EOS, the form an EOS-padded data set stores), `out.answer_lengths` the tokens before it.
+  EOS, the form an EOS-padded data set stores), `out.answer_lengths` the tokens before it,
+  `out.texts(tokenizer)` the text before it.
   Text and validity are read from the trimmed answers. Cost: `tokens_per_step` counts every
   generated position, the EOS tail included (the decoder spent its steps on them);
   `answer_tokens_per_step` counts only the answer and its first EOS.
@@ -69,14 +70,13 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import torch
 
 from jointobj.decoding.layout import AnswerLayout, normalise_prompts
-
-if TYPE_CHECKING:  # policies.py imports this module's noise helpers
-    from jointobj.decoding.policies import UnmaskingPolicy
+from jointobj.decoding.policies import UnmaskingPolicy
+from jointobj.randomness import gumbel_max, gumbel_noise, uniform  # noqa: F401 (re-exported: decoders' noise)
 
 __all__ = ["SampleOutput", "UnmaskingSampler", "block_budget", "check_request", "check_steps", "eval_mode",
            "finish_sample", "gumbel_max", "gumbel_noise", "layout_request", "resolve_eos", "start_answer", "steps_for",
@@ -153,6 +153,11 @@ class SampleOutput:
             return torch.full((self.ids.shape[0],), self.gen_length, dtype=torch.long, device=self.ids.device)
         return (self.answer_ids != self.eos_token_id).sum(1)
 
+    def texts(self, tokenizer: Any, **decode_options: Any) -> list[str]:
+        """Each answer's text, cut at the first EOS (neither it nor what follows is decoded)."""
+        lengths = self.answer_lengths.tolist()
+        return [tokenizer.decode(row[:n].tolist(), **decode_options) for row, n in zip(self.gen_ids.cpu(), lengths)]
+
     @property
     def nfe(self) -> int:
         return self.steps
@@ -172,40 +177,6 @@ class SampleOutput:
         """Answer tokens (up to and including the first EOS) / sequential steps, averaged as above."""
         tokens = (self.answer_lengths + (self.answer_lengths < self.gen_length).long()).double().mean()
         return float(tokens) / self.steps_per_sample
-
-
-# ---------------------------------------------------------------- noise, shared by every decoder
-
-
-def uniform(shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None, device: torch.device | str,
-            dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """U[0, 1) draws of `shape` from `generator`, made on the generator's own device (a CUDA
-    generator draws on the GPU, a CPU one on the CPU, so a seed gives the same stream wherever
-    the model runs), then moved to `device`."""
-    source = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, dtype=dtype, device=source).to(device)
-
-
-def gumbel_noise(shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None,
-                 device: torch.device | str) -> torch.Tensor:
-    """Standard Gumbel draws -log(-log u), float64. In float32 u cannot come closer to 1 than
-    2^-24, which caps the noise at ~16.6 (float64: ~36.7) and truncates the tail a rare token
-    needs to win (a known LLaDA sampler bug). u = 0 is clamped to the smallest positive number."""
-    u = uniform(shape, generator, device).clamp_(min=torch.finfo(torch.float64).tiny)
-    return -(-u.log()).log()
-
-
-def gumbel_max(logits: torch.Tensor, temperature: float,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """[n, V] logits -> (tokens [n] long, log q(token) [n] float64) for q = softmax(logits / T),
-    drawn as argmax(log q + Gumbel noise) with float64 noise (`gumbel_noise`).
-    T = 0 is argmax, with log q = 0 (the choice is deterministic).
-    """
-    if temperature == 0:
-        return logits.argmax(-1), torch.zeros(logits.shape[0], dtype=torch.float64, device=logits.device)
-    log_q = (logits.double() / temperature).log_softmax(-1)  # [n, V]
-    tokens = (log_q + gumbel_noise(logits.shape, generator, logits.device)).argmax(-1)  # [n]
-    return tokens, log_q.gather(1, tokens[:, None]).squeeze(1)
 
 
 # ---------------------------------------------------------------- the generation loop's scaffolding

@@ -143,7 +143,8 @@ class EnergyNCELoss(nn.Module):
         elif head.parameterisation != self.parameterisation:
             raise ValueError(f"the denoiser's energy head is {head.parameterisation!r} but the objective trains it as "
                              f"{self.parameterisation!r}; set energy_parameterisation to match")
-        head.trained_against = {"decoder": self.decoder, "tokens_per_step": self.tokens_per_step}  # saved with it
+        head.trained_against = {"decoder": self.decoder, "tokens_per_step": self.tokens_per_step,  # saved with it
+                                "repr": repr(self.sampler)}  # what SIR with a residual head compares its sampler to
 
     def _sampler_log_prob(self, denoiser, batch: Batch, rows: torch.Tensor, answer_length: int) -> torch.Tensor:
         """log q(x) [r] of the sampler producing rows' answers: the K-block l2r likelihood, no grad."""

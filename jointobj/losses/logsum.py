@@ -32,6 +32,7 @@ from jointobj.likelihood import score_orders
 from jointobj.losses.base import LOSSES, LossOutput, check_finite
 from jointobj.losses.self_condition import SelfConditioning
 from jointobj.orders import OrderProposal, Orders, check_orders, num_blocks
+from jointobj.randomness import multinomial
 
 MODES = ("exact", "sampled")
 
@@ -133,9 +134,7 @@ class LogSumOrdersLoss(nn.Module):
                 loglik = self._loglik(model, batch, scorable, orders)  # [b, M]
             nll = logsum_nll(orders.log_weights, loglik)  # [b]
             posterior = torch.softmax(orders.log_weights + loglik, dim=-1)  # [b, M]
-            source = generator.device if generator is not None else posterior.device
-            pick = torch.multinomial(posterior.to(source), 1, generator=generator)  # [b, 1]
-            pick = pick.squeeze(-1).to(posterior.device)  # [b]
+            pick = multinomial(posterior, 1, generator).squeeze(-1)  # [b]
             drawn = self._loglik(model, batch, scorable, orders.select(pick))  # [b, 1], with grad
             surrogate = -drawn.sum() / num_tokens  # its gradient: -grad l_{o*}
             loss = nll.sum() / num_tokens + (surrogate - surrogate.detach())  # value: exact; gradient: sampled
