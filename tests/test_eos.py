@@ -11,6 +11,7 @@ from jointobj.decoding import build_decoder
 from jointobj.decoding.sampler import SampleOutput, resolve_eos, trim_at_eos
 from jointobj.evaluate import evaluate
 from jointobj.oracle import OracleDenoiser
+from jointobj.toysets import toy_tokenizer
 
 VOCAB, MASK, EOS = 8, 1, 7
 
@@ -55,6 +56,15 @@ def test_sample_output_trims_answers_and_counts_the_eos_tail_in_tokens_per_step_
     assert out.answer_tokens_per_step == pytest.approx((3 + 5) / 2 / 2)
     plain = output(torch.tensor([[2, 3, 7, 4, 7]]), None, [1])
     assert torch.equal(plain.answer_ids, plain.gen_ids) and plain.answer_lengths.tolist() == [5]
+
+
+def test_texts_stop_before_the_first_eos():
+    tokenizer = toy_tokenizer()
+    words = tokenizer.convert_tokens_to_ids(["he", "likes", "apple"])
+    gen = torch.tensor([[words[0], words[1], EOS, words[2]], words[:2] + [words[2], words[2]]])
+    texts = output(gen, EOS, [1, 1]).texts(tokenizer)
+    assert texts[0] == tokenizer.decode(words[:2]) and "apple" not in texts[0]
+    assert texts[1] == tokenizer.decode(gen[1].tolist())
 
 
 @pytest.mark.parametrize("name, options", [("confidence", {}), ("threshold", {}), ("l2r", {"steps": 2}),
