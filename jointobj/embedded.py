@@ -28,10 +28,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from accelerate import PartialState
+
 from jointobj.denoiser import CONFIG_NAME
+from jointobj.ranks import configure_cpu_ranks
 
 BASE_SIZE = "small"  # jointobj.tiny.TINY_SIZES preset of the base (hidden size, layers)
 RECORD_NAME = "embedded.json"  # in the base directory: the toy sets (and settings) it was pretrained on
@@ -92,40 +94,31 @@ def check_base_dir(base_dir: str | Path, dataset: str) -> bool:
     return False
 
 
-def _global_rank() -> int:
-    import torch
-
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
-
-
 def ensure_base(base_dir: str | Path, dataset: str, *, steps: int, learning_rate: float, samples_per_toyset: int,
-                seed: int, timeout_s: float = 3600.0, size: str = BASE_SIZE) -> Path:
+                seed: int) -> Path:
     """Reuse the base in `base_dir` if it was pretrained on `dataset`'s toy sets, or pretrain it
-    there (global rank 0) while the other ranks wait."""
+    there (global rank 0) while the other ranks wait (accelerate's main_process_first: a barrier
+    under the launcher's process group, nothing without one)."""
     base_dir = Path(base_dir)
     toy_suite_length(dataset)  # refuse non-toy data here, not inside the subprocess
-    if check_base_dir(base_dir, dataset):
-        return base_dir
-    if _global_rank() == 0:
+    state = PartialState()
+    with state.main_process_first():  # global rank 0 first; the others then find its base
+        if check_base_dir(base_dir, dataset):
+            return base_dir
+        if not state.is_main_process:
+            raise FileNotFoundError(
+                f"global rank 0 built the base in {base_dir}, but this rank does not see it: on several nodes "
+                "base_dir must be on a shared filesystem, or build it once with `python -m jointobj.embedded` and "
+                "copy it to each node."
+            )
         environment = {k: v for k, v in os.environ.items()
                        if k not in _LAUNCHER_VARIABLES and not k.startswith("ACCELERATE_")}
         command = [sys.executable, "-m", "jointobj.embedded", "--base_dir", str(base_dir), "--dataset", dataset,
                    "--steps", str(steps), "--learning_rate", str(learning_rate),
-                   "--samples_per_toyset", str(samples_per_toyset), "--seed", str(seed), "--size", size]
+                   "--samples_per_toyset", str(samples_per_toyset), "--seed", str(seed)]
         print(f"pretraining the embedded base dLLM into {base_dir} (reused on later runs)", flush=True)
         subprocess.run(command, env=environment, check=True)
-    deadline = time.monotonic() + timeout_s
-    while not base_is_ready(base_dir):
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"no base appeared in {base_dir} within {timeout_s:.0f} s; global rank 0 builds it (see its log). "
-                "On several nodes base_dir must be on a shared filesystem, or build it once with "
-                "`python -m jointobj.embedded` and copy it to each node."
-            )
-        time.sleep(1.0)
-    check_base_dir(base_dir, dataset)  # a base another job built meanwhile must fit this run's sets too
+        check_base_dir(base_dir, dataset)  # a base another job built meanwhile must fit this run's sets too
     return base_dir
 
 
@@ -154,7 +147,6 @@ def _train_into(staging: Path, dataset: str, steps: int, learning_rate: float, s
                 seed: int, size: str) -> None:
     from jointobj.data import load_training_data
     from jointobj.denoiser import Denoiser
-    from jointobj.recipe import configure_cpu_ranks
     from jointobj.tiny import tiny_masked_lm
     from jointobj.toysets import load_toyset, shared_tokenizer
     from jointobj.trainer import JointObjConfig, JointObjTrainer

@@ -14,7 +14,6 @@ fine-tuned models compared by the joint-validity evaluator.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,9 @@ from transformers import HfArgumentParser, enable_full_determinism, set_seed
 from jointobj.data import load_training_data
 from jointobj.denoiser import Denoiser
 from jointobj.embedded import ensure_base
+from jointobj.ranks import configure_cpu_ranks
 from jointobj.run_dir import check_previous_run, clear_previous_run, finished_step, mark_finished, previous_run
-from jointobj.trainer import JointObjConfig, JointObjTrainer, accelerator_available
+from jointobj.trainer import JointObjConfig, JointObjTrainer
 
 MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -151,18 +151,6 @@ def parse_recipe_args(argv: list[str] | None, default_config: str | Path | None)
                 from_yaml += [f"--{key}", _yaml_flag_value(value)]
     parser = HfArgumentParser((ModelArguments, DataArguments, JointObjConfig))
     return parser.parse_args_into_dataclasses(args=from_yaml + argv, look_for_args_file=False)
-
-
-def configure_cpu_ranks() -> None:
-    """Without an accelerator, share the cores among this machine's ranks and leave one free.
-
-    OpenMP threads that outnumber free cores spin against each other: on a busy 2-core machine a
-    tiny model's step took 1365 ms with 2 threads and 35 ms with 1. OMP_NUM_THREADS, if set, wins.
-    """
-    if accelerator_available() or "OMP_NUM_THREADS" in os.environ:
-        return
-    ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or os.environ.get("WORLD_SIZE") or 1)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks - 1))
 
 
 def join_process_group(config: JointObjConfig) -> None:

@@ -35,6 +35,7 @@ from jointobj.checkpoints import (
 )
 from jointobj.denoiser import Denoiser
 from jointobj.losses import LOSSES
+from jointobj.ranks import accelerator_available
 
 LATEST = LATEST_NAME  # file in output_dir naming the newest recorded checkpoint (a hint; manifests decide)
 
@@ -123,17 +124,6 @@ class JointObjConfig(TrainingArguments):
         """energy_tokens_per_step as the negatives' sampler takes it: tokens per step, or None for
         the whole answer in one step."""
         return None if self.energy_tokens_per_step == "all" else int(self.energy_tokens_per_step)
-
-
-def accelerator_available() -> bool:
-    """Whether torch sees any accelerator (CUDA, ROCm, MPS, XPU, ...), not just CUDA."""
-    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
-    if accelerator is not None and hasattr(accelerator, "is_available"):
-        return bool(accelerator.is_available())
-    mps = getattr(torch.backends, "mps", None)
-    xpu = getattr(torch, "xpu", None)
-    return (torch.cuda.is_available() or bool(mps is not None and mps.is_available())
-            or bool(xpu is not None and xpu.is_available()))
 
 
 def check_deepspeed_config(path: str) -> None:

@@ -62,7 +62,7 @@ def test_ensure_base_refuses_a_base_for_other_sets_without_building(base):
     # Fails if ensure_base reuses any ready base (the old behaviour) or starts a build over it.
     before = snapshot(base)
     with pytest.raises(ValueError, match="not on copy_4"):
-        ensure_base(base, "copy_4", steps=1, learning_rate=1e-3, samples_per_toyset=4, seed=0, timeout_s=5)
+        ensure_base(base, "copy_4", steps=1, learning_rate=1e-3, samples_per_toyset=4, seed=0)
     assert snapshot(base) == before
 
 
