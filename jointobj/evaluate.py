@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from typing import Any, Mapping, Sequence
 
 import torch
+from tqdm import tqdm
 
 from jointobj.decoding.registry import build_decoder
 from jointobj.decoding.rescore import RescoreSpec
@@ -67,11 +69,16 @@ def _sample_all(decoder, denoiser, prompts: torch.Tensor, gen_length: int, gener
     `SampleOutput.answer_ids` trims them for validity and TV; per-sample Cost)."""
     answers, steps, rows = [], 0.0, 0.0
     start = time.perf_counter()
-    for chunk in prompts.split(batch_size):
-        out = decoder.sample(denoiser, chunk, gen_length, generator)
-        answers.append(out.answer_ids.cpu())
-        steps += float(out.row_steps.double().sum())
-        rows += out.rows_per_sample * len(chunk)
+    # Samples done and their rate, on stderr: off when it is not a terminal, or with TQDM_DISABLE=1 (--no-progress).
+    off = True if os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true") else None
+    with tqdm(total=len(prompts), desc=getattr(decoder, "name", type(decoder).__name__), unit="sample",
+              disable=off, leave=False) as progress:
+        for chunk in prompts.split(batch_size):
+            out = decoder.sample(denoiser, chunk, gen_length, generator)
+            answers.append(out.answer_ids.cpu())
+            steps += float(out.row_steps.double().sum())
+            rows += out.rows_per_sample * len(chunk)
+            progress.update(len(chunk))
     n = len(prompts)
     return torch.cat(answers), Cost(gen_length, steps / n, rows / n, time.perf_counter() - start)
 
