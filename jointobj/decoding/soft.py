@@ -44,13 +44,11 @@ again). A symmetry breaker is needed:
   mixing = 0 and K = 1 this is exactly the hard `threshold` decoder);
 - `none`: no breaker (see above; for measuring what the breakers buy).
 
-What to expect (eval/soft_vs_hard.py, tiny models on the toy suite). A model trained only on
-hard masks reads mixtures of embeddings out of distribution: at a = 1 its validity falls to
-about 0. Train it with self-conditioning (`self_condition_prob`, jointobj.losses.self_condition)
-first. Even then, at equal forwards, soft states beat plain masks under the same commit rule
-but not the hard top-k / threshold decoders: the states read at a step were computed before
-the previous step's commits and can contradict them, which self-conditioning (fresh states,
-consistent with what is visible) never shows the model.
+A model trained only on hard masks reads mixtures of embeddings out of distribution: train it
+with self-conditioning (`self_condition_prob`, jointobj.losses.self_condition) first. The states
+read at a step were computed before the previous step's commits and can contradict them, which
+self-conditioning (fresh states, consistent with what is visible) never shows the model.
+eval/soft_vs_hard.py compares it with the hard decoders at equal forwards.
 
 log_prob. The sum over committed tokens of log softmax(logits / T) at the step that
 committed them, as in the hard sampler. Given the state noise, the commit sets are a

@@ -18,6 +18,11 @@ does best gets most of it.
 model's own detached predictions for its masked positions as soft states (an extra forward
 without grad per block row; see `jointobj.losses.self_condition`). The states depend only on
 the visible tokens, so l_o stays a normalised likelihood.
+
+Naive reference: `naive_logsum_loss` in tests/test_logsum.py (per-order log-likelihoods by
+`order_log_likelihood`, then a plain logsumexp) holds the loss and its gradient; the l_o it
+reads has its own in tests/test_likelihood.py (`naive_l2r_chain_rule`, normalisation by
+enumeration). Reading order: this file, then jointobj/likelihood.py.
 """
 
 from __future__ import annotations
