@@ -123,9 +123,9 @@ def test_absolute_energy_needs_a_sampler_whose_probability_is_known():
 def test_head_trained_on_likes_tennis_separates_valid_from_invalid():
     """The base (tests/training.py) has the right marginals, so its one-step sampler writes
     'i likes tennis' and the other five invalid mixes 3 times in 4: exactly the negatives the
-    head must learn to reject. 150 AdamW steps with LoRA, 2 negatives per row (about 17 s on one
-    thread): 'i likes tennis' ends at least 3 nats above 'he likes apple' (seen: 9), and every
-    invalid answer at least 1 nat above every valid one (seen: 1.7 to 7; the slowest to rise is
+    head must learn to reject. 150 AdamW steps with LoRA, 2 negatives per row: 'i likes tennis'
+    ends at least 3 nats above 'he likes apple' (seen: 9), and every invalid answer at least 1 nat
+    above every valid one (seen: 1.7 to 7; the slowest to rise is
     'he play apple', one word off a valid answer). A fresh head gives 0 everywhere."""
     torch.manual_seed(0)  # head and LoRA initialisation
     denoiser = copy.deepcopy(train_token_ce("likes_tennis"))

@@ -2,9 +2,9 @@
 so every test of a session shares one training run).
 
 A plain loop on purpose (the Trainer path has its own tests): AdamW, warm-up then linear decay to
-zero, batches indexed from a table `DiffusionCollator` built once. On likes_tennis 600 steps take
-10-25 s on two shared CPU cores and leave the all-masked marginals within a few hundredths of the
-truth and the conditionals wrong about once in 1000.
+zero, batches indexed from a table `DiffusionCollator` built once. On likes_tennis 600 steps leave
+the all-masked marginals within a few hundredths of the truth and the conditionals wrong about once
+in 1000 (the tests that use it say how close they need them).
 """
 
 import functools
