@@ -113,3 +113,18 @@ def test_trained_model_escapes_the_trap_at_one_token_per_step(likes_tennis_model
     # than that error predicts (binomial tolerance), and below 1% (the model learned the rule).
     assert predicted < 0.01
     assert invalid <= predicted + binomial_tolerance(max(predicted, 1 / N), N)
+
+
+def test_speculative_decoding_keeps_the_one_token_per_step_validity_at_more_tokens_per_step(likes_tennis_model):
+    # The cure on a trained model: the speculative decoder samples the model's own l2r law exactly, so its
+    # validity is the chain-rule prediction (not the trap's ~0.25), yet it commits more than one token per
+    # step (the oracle reaches about 1.2 here). Fails for a verifier that accepts drafts without the ratio
+    # test (validity falls towards the one-step rate) or for one that never accepts (1 token per step).
+    likes = load_toyset("likes_tennis")
+    prompts = likes.prompts[[0] * N]
+    out = build_decoder("speculative", order="l2r").sample(likes_tennis_model, prompts, 3,
+                                                           torch.Generator().manual_seed(0))
+    validity = float(likes.is_valid(prompts, out.gen_ids).double().mean())
+    predicted = model_validity(likes_tennis_model, one_step=False)
+    assert abs(validity - predicted) <= binomial_tolerance(min(predicted, 1 - 1 / N), N)
+    assert out.tokens_per_step > 1.1
