@@ -1,14 +1,15 @@
 """The conventions in which real dLLMs differ, decided once for a model (jointobj.denoiser reads them).
 
     resolve_logit_shift(None, model.config)    # (1, "model_type 'dream'") for Dream
-    probe_mask_blind(model, vocab_size)        # True when padding moves real positions' logits
+    probe_mask_blind(model, vocab_size, pad_token_id=0, limit=512)   # True when padding moves real logits
     measure_logit_shift(denoiser, input_ids)   # behaviour: which reading predicts masked tokens better
 
 - **Logit shift.** Dream keeps the autoregressive shift: the logits at i - 1 predict token i
   (position 0 reads its own logits, as Dream's sampler does). Rule, in order: the user's
   setting; `config.logit_shift` when a config declares it; 1 for the model types in
   `SHIFTED_MODEL_TYPES`; else 0. `measure_logit_shift` checks a setting by behaviour on real
-  data (a trained model predicts masked tokens far better under its own reading).
+  data (a trained model predicts masked tokens far better under its own reading); a Denoiser
+  runs it at construction on `PROBE_TEXT` when its tokenizer can encode that text.
 - **Attention masks.** None when nothing is padded; bool `[b, l]` otherwise (SDPA takes bool
   or float, never long). 4-D masks are handed on untouched.
 - **Mask-blind models** (original LLaDA attends everywhere) are found by behaviour: pad a row
