@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         default=[0.1, 0.3, 0.5], help="part 'revisable': its commit thresholds (and the threshold "
                                                        "decoder's, at equal forwards)")
     parser.add_argument("--wall-sets", type=_names, default=_names("agreement,shuffle_4"))
-    parser.add_argument("--thresholds", type=lambda s: [float(t) for t in _names(s)], default=[0.5, 0.7, 0.9, 0.99])
+    parser.add_argument("--thresholds", type=lambda s: [float(t) for t in _names(s)], default=[0.2, 0.3, 0.5, 0.9])
     parser.add_argument("--batches", type=lambda s: [int(t) for t in _names(s)], default=[1, 64])
     parser.add_argument("--wall-samples", type=int, default=64, help="samples timed per setting and batch size")
     parser.add_argument("--repeats", type=int, default=3)
