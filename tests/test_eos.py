@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from jointobj.decoding import build_decoder
-from jointobj.decoding.sampler import SampleOutput, resolve_eos, trim_at_eos
+from jointobj.decoding.sampler import SampleOutput, fill_settled_answers, resolve_eos, trim_at_eos
 from jointobj.evaluate import evaluate
 from jointobj.oracle import OracleDenoiser
 from jointobj.toysets import toy_tokenizer
@@ -22,10 +22,10 @@ class EndsEarly(nn.Module):
 
     mask_token_id, max_positions, vocab_size = MASK, 16, VOCAB
 
-    def __init__(self, eos_token_id=EOS):
+    def __init__(self, eos_token_id=EOS, scale: float = 5.0):
         super().__init__()
         self.eos_token_id = eos_token_id
-        self.scale = nn.Parameter(torch.tensor(5.0))
+        self.scale = nn.Parameter(torch.tensor(scale))
 
     def forward(self, input_ids, attention_mask=None):
         b, length = input_ids.shape
@@ -110,3 +110,41 @@ def test_validity_is_read_from_trimmed_answers():
     oracle.eos_token_id = min(first_tokens)
     trimmed = evaluate(oracle, ["likes_tennis"], ["l2r"], [1], samples=200)[0]
     assert 0.0 < trimmed["validity"] < 1.0  # the answers that start with the EOS id are no longer valid
+
+
+# ---------------------------------------------------------------- stopping at EOS
+
+
+def test_only_settled_answers_are_filled_with_eos():
+    m = MASK
+    gen = torch.tensor([[2, EOS, m, m], [m, EOS, m, 3], [2, 3, m, m], [2, EOS, 3, m], [EOS, m, EOS, m]])
+    assert fill_settled_answers(gen, MASK, EOS).tolist() == [
+        [2, EOS, EOS, EOS], [m, EOS, m, 3], [2, 3, m, m], [2, EOS, 3, EOS], [EOS, EOS, EOS, EOS]]
+
+
+def test_stop_at_eos_keeps_the_greedy_answer_and_spends_fewer_forwards():
+    prompt = torch.full((3, 2), 4)
+    plain = build_decoder("l2r", 1, temperature=0).sample(EndsEarly(), prompt, 4)
+    stops = build_decoder("l2r", 1, temperature=0, stop_at_eos=True).sample(EndsEarly(), prompt, 4, return_trace=True)
+    assert torch.equal(stops.answer_ids, plain.answer_ids) and plain.gen_ids.tolist() == [[2, 3, EOS, EOS]] * 3
+    assert plain.steps == 4 and stops.steps == 3 and (stops.row_steps == 3).all()
+    assert stops.commit_step[:, 3].tolist() == [-1] * 3  # filled, not drawn
+    assert stops.answer_tokens_per_step == 1.0 and "stop_at_eos=True" in repr(build_decoder("l2r", stop_at_eos=True))
+
+
+@pytest.mark.slow
+def test_stop_at_eos_leaves_the_law_of_the_trimmed_answers_unchanged():
+    # Random order at T = 1: the EOS is often committed before positions left of it; stopping then
+    # (or filling those with EOS) would shorten answers. Frequencies of trimmed answers with and
+    # without stopping agree within 4.5 standard errors of their difference (n samples each).
+    n, prompt = 20_000, torch.full((20_000, 2), 4)
+    model = EndsEarly(scale=1.0)
+    runs = [build_decoder("random", 1, stop_at_eos=stop).sample(model, prompt, 4, torch.Generator().manual_seed(seed))
+            for stop, seed in ((False, 0), (True, 1))]
+    assert runs[1].rows_per_sample < runs[0].rows_per_sample  # settled rows left the forwards
+    both = torch.cat([run.answer_ids for run in runs])  # [2n, L]
+    answers, inverse = torch.unique(both, dim=0, return_inverse=True)
+    counts = torch.stack([torch.bincount(part, minlength=len(answers)) for part in inverse.split(n)]).double() / n
+    p = counts.mean(0)  # [A] pooled frequency
+    tolerance = 4.5 * (2 * p * (1 - p) / n).sqrt() + 1e-12
+    assert ((counts[0] - counts[1]).abs() <= tolerance).all()

@@ -21,6 +21,7 @@ answer, or block, in one step). For the built-in policies:
 
 Options: `temperature` (default 1.0), `block_length` (default None), `steps` (S sequential
 steps per block instead of K, 1 <= S <= block length; quotas spread as LLaDA spreads them),
+`stop_at_eos` (rows stop once their answer ends in a committed EOS; see UnmaskingSampler),
 and the policy's own (`threshold=0.9` for `threshold`, `bound=0.1` nats for `entropy_bounded`).
 
 Energy rescoring wraps any of them: `build_decoder(name, K, rescore="best:self:l2r:4,8")`.
@@ -78,17 +79,17 @@ def _policy_decoder(policy_name: str) -> Callable[..., Decoder]:
     policy_options = [p for p in policy_options if p not in ("args", "kwargs")]
 
     def factory(tokens_per_step: int | None = 1, *, temperature: float = 1.0, block_length: int | None = None,
-                steps: int | None = None, **options: Any) -> UnmaskingSampler:
+                steps: int | None = None, stop_at_eos: bool = False, **options: Any) -> UnmaskingSampler:
         unknown = set(options) - set(policy_options)
         if unknown:
-            accepted = ", ".join(["temperature", "block_length", "steps", *policy_options])
+            accepted = ", ".join(["temperature", "block_length", "steps", "stop_at_eos", *policy_options])
             raise ValueError(f"decoder {policy_name!r} takes no option {', '.join(sorted(unknown))}; "
                              f"it accepts {accepted}")
         policy = policy_class(**options)
         return UnmaskingSampler(policy, tokens_per_step, temperature=temperature, block_length=block_length,
-                                name=policy_name, steps=steps)
+                                name=policy_name, steps=steps, stop_at_eos=stop_at_eos)
 
-    factory.option_names = {"temperature", "block_length", "steps", *policy_options}
+    factory.option_names = {"temperature", "block_length", "steps", "stop_at_eos", *policy_options}
     factory.__doc__ = f"UnmaskingSampler over {policy_class.__name__}: {policy_class.__doc__}"
     return factory
 

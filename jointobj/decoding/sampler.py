@@ -53,13 +53,15 @@ Every decoder's contract (what a new decoder follows):
   returns the SampleOutput; `out.gen_ids` is each row's answer, `out.prompt_lengths` the
   prompts' lengths (None when all are `prompt_length` long), `out.attention_mask` the real tokens.
 - EOS: `eos_token_id` None means the denoiser's own (`denoiser.eos_token_id`, None when it
-  has none). Decoding does not change with it: every position is generated, and
+  has none). By default decoding does not change with it: every position is generated
+  (`UnmaskingSampler(stop_at_eos=True)` stops a row once its answer is settled), and
   `out.answer_ids` gives the answers trimmed at the first EOS (every position after it set to
   EOS, the form an EOS-padded data set stores), `out.answer_lengths` the tokens before it,
   `out.texts(tokenizer)` the text before it.
   Text and validity are read from the trimmed answers. Cost: `tokens_per_step` counts every
-  generated position, the EOS tail included (the decoder spent its steps on them);
-  `answer_tokens_per_step` counts only the answer and its first EOS.
+  generated position, the EOS tail included (the decoder spent its steps on them; with
+  `stop_at_eos` a filled tail cost nothing, so read the next one); `answer_tokens_per_step`
+  counts only the answer and its first EOS.
 - `steps` / `tokens_per_step` / `block_length`: `block_budget` gives each block's steps and
   `check_steps` refuses a step count outside 1..block length; quota ceil(n / s) as above.
 - Noise from `gumbel_max` / `uniform` (float64, on the generator's device); the loop inside
@@ -348,6 +350,15 @@ def finish_sample(layout: AnswerLayout, gen: torch.Tensor, ledger: CommitLedger,
                         prompt_lengths=None if layout.uniform else layout.prompt_lengths, eos_token_id=eos_token_id)
 
 
+def fill_settled_answers(gen: torch.Tensor, mask_token_id: int, eos_token_id: int) -> torch.Tensor:
+    """answers [b, L] -> [b, L]: in rows whose answer is settled (an EOS committed, every position
+    before it committed), the positions still masked set to EOS."""
+    masked = gen == mask_token_id  # [b, L]
+    seen_eos = (gen == eos_token_id).long().cumsum(1) > 0  # [b, L] at or after the first EOS
+    settled = seen_eos.any(1) & ~(masked & ~seen_eos).any(1)  # [b] no mask before the first EOS
+    return gen.masked_fill(masked & settled[:, None], eos_token_id)
+
+
 class UnmaskingSampler:
     """Hard-commit parallel decoder: a policy, a step budget, a temperature, blocks.
 
@@ -358,10 +369,17 @@ class UnmaskingSampler:
                     until block j is complete (None: one block)
     name            what tables call it (default: the policy's registry name)
     steps           S sequential steps per block instead of K (1 <= S <= block length)
+    stop_at_eos     a row stops once its answer is settled: an EOS committed and every position
+                    before it committed; its open positions are filled with EOS, undrawn (commit_step
+                    -1, nothing added to log_prob). The trimmed answers (`answer_ids`) have the same
+                    law as without stopping (the stop is a stopping time and no later commit can change
+                    a settled answer); `log_prob` is then the drawn tokens' log q, which is log
+                    q(trimmed answer) only for l2r at one token per step.
     """
 
     def __init__(self, policy: UnmaskingPolicy, tokens_per_step: int | None = 1, temperature: float = 1.0,
-                 block_length: int | None = None, name: str | None = None, steps: int | None = None):
+                 block_length: int | None = None, name: str | None = None, steps: int | None = None,
+                 stop_at_eos: bool = False):
         check_budget_options(tokens_per_step, steps)
         if not temperature >= 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
@@ -374,11 +392,13 @@ class UnmaskingSampler:
         self.temperature = float(temperature)
         self.block_length = None if block_length is None else int(block_length)
         self.name = name or policy.name
+        self.stop_at_eos = bool(stop_at_eos)
 
     def __repr__(self) -> str:
         budget = f"steps={self.steps}" if self.steps is not None else f"tokens_per_step={self.tokens_per_step}"
+        stop = ", stop_at_eos=True" if self.stop_at_eos else ""
         return (f"UnmaskingSampler({self.policy!r}, {budget}, "
-                f"temperature={self.temperature}, block_length={self.block_length}, name={self.name!r})")
+                f"temperature={self.temperature}, block_length={self.block_length}, name={self.name!r}{stop})")
 
     @torch.no_grad()  # not inference_mode: samples feed later training (NCE negatives), which must be able to save them
     def sample(self, denoiser, prompt_ids: torch.Tensor, gen_length: int, generator: torch.Generator | None = None,
@@ -401,6 +421,8 @@ class UnmaskingSampler:
 
         with eval_mode(denoiser):
             while True:
+                if self.stop_at_eos and eos is not None:
+                    gen = fill_settled_answers(gen, mask_id, eos)  # [b, L]
                 masked = gen == mask_id  # [b, L]
                 active = masked.any(1)  # [b]
                 n_active = int(active.sum())
