@@ -53,3 +53,34 @@ def test_killed_mid_save_then_resumed_equals_uninterrupted(kill, uninterrupted, 
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout
     assert (output_dir / "adapter_model.safetensors").read_bytes() == uninterrupted
+
+
+@pytest.mark.slow  # two deepspeed launches of two CPU ranks each, a few minutes
+def test_two_ranks_under_zero2_killed_before_latest_resume_from_the_newest_complete_checkpoint(tiny_model_dir, tmp_path):
+    # Rank 0 dies after checkpoint-2's manifest, before `latest` names it (rank 1 then fails at the next
+    # barrier). Fails if resume trusts `latest` (checkpoint-1), if DeepSpeed's per-rank files make the
+    # manifest disagree with the disk, or if the resumed job cannot finish.
+    from helpers import free_port
+
+    def launch(*extra: str, kill: str | None = None) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
+                   str(free_port()), str(ROOT / "tests" / "killed_recipe.py"), "--model_name_or_path", str(tiny_model_dir),
+                   "--dataset", "likes_tennis,cities", "--output_dir", str(tmp_path / "run"),
+                   "--deepspeed", str(ROOT / "ds_configs" / "zero2.json"), "--objective", "token_ce",
+                   "--max_steps", "3", "--per_device_train_batch_size", "4", "--samples_per_toyset", "16",
+                   "--save_strategy", "steps", "--save_steps", "1", "--save_total_limit", "1",
+                   "--lr_scheduler_type", "constant", "--logging_steps", "1", "--disable_tqdm", "true",
+                   "--report_to", "none", *extra]
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        environment.pop("JOINTOBJ_TEST_KILL", None)
+        if kill is not None:
+            environment["JOINTOBJ_TEST_KILL"] = kill
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=environment)
+
+    killed = launch(kill="before_latest:2")
+    assert killed.returncode != 0 and (tmp_path / "run" / "checkpoint-2" / "manifest.json").exists(), killed.stderr[-3000:]
+    assert (tmp_path / "run" / "latest").read_text().strip() == "checkpoint-1"
+    resumed = launch("--resume_from_checkpoint", "latest")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resuming from {tmp_path / 'run' / 'checkpoint-2'}" in resumed.stdout
+    assert newest_complete_checkpoint(tmp_path / "run")[0] == tmp_path / "run" / "checkpoint-3"
