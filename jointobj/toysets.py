@@ -282,8 +282,8 @@ class ToySet:
         bad = ((sums - 1).abs() > 1e-9).nonzero()
         if len(bad):
             p = int(bad[0])
-            raise ValueError(f"toy set {self.name!r}: answer probabilities of prompt {self.describe(self.prompts[p])!r} "
-                             f"sum to {float(sums[p])!r}, not 1; normalise them")
+            raise ValueError(f"toy set {self.name!r}: answer probabilities of prompt "
+                             f"{self.describe(self.prompts[p])!r} sum to {float(sums[p])!r}, not 1; normalise them")
         owner = self._owner  # [T]
         valid = self.is_valid(self.prompts[owner], self.flat_answers)  # [T]
         if not valid.all():

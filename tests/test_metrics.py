@@ -65,7 +65,8 @@ def test_fidelity_is_undefined_for_conditional_sets():
 def test_tv_of_exact_samples_sits_on_the_noise_floor(name, n):
     toyset = load_toyset(name)
     floor = tv_noise_floor(toyset, n, repetitions=20, seed=0)
-    tvs = torch.tensor([total_variation(toyset, toyset.sample(n, torch.Generator().manual_seed(s))[1]) for s in range(5)])
+    tvs = torch.tensor([total_variation(toyset, toyset.sample(n, torch.Generator().manual_seed(s))[1])
+                        for s in range(5)])
     # the mean of 5 draws lies within 4.5 standard errors of the floor (std from the simulation)
     assert abs(float(tvs.mean()) - floor.mean) <= 4.5 * floor.std / math.sqrt(5) + 1e-3
 
@@ -80,7 +81,8 @@ def test_noise_floor_shrinks_like_one_over_root_n():
 def test_expected_coverage_matches_exact_samples():
     agreement, n = load_toyset("agreement"), 400  # 432 equally likely answers: about 60% coverage
     expected = expected_coverage(agreement, n)
-    seen = torch.tensor([coverage(agreement, agreement.sample(n, torch.Generator().manual_seed(s))[1]) for s in range(10)])
+    seen = torch.tensor([coverage(agreement, agreement.sample(n, torch.Generator().manual_seed(s))[1])
+                         for s in range(10)])
     # coverage = (#distinct seen) / 432; its variance is below the binomial bound p(1-p)/432 per draw
     assert abs(float(seen.mean()) - expected) <= 4.5 * math.sqrt(expected * (1 - expected) / 432 / 10)
     assert expected == pytest.approx(1 - (1 - 1 / 432) ** n)
@@ -149,7 +151,8 @@ def test_write_json_turns_non_finite_numbers_into_null(tmp_path):
 
     from jointobj.report import write_json
 
-    path = write_json(tmp_path / "rows.json", [{"tv": float("nan"), "gap": float("inf"), "low": -float("inf"), "ok": 0.5}])
+    path = write_json(tmp_path / "rows.json",
+                      [{"tv": float("nan"), "gap": float("inf"), "low": -float("inf"), "ok": 0.5}])
     assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard {c}")) == [
         {"tv": None, "gap": None, "low": None, "ok": 0.5}]
 

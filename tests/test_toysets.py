@@ -159,7 +159,8 @@ def test_sample_frequencies_match_probabilities(name):
 
 
 def test_sample_follows_non_uniform_probabilities():
-    rows = [(["<cities>"], ["new", "york"])] * 7 + [(["<cities>"], ["mexico", "city"])] * 2 + [(["<cities>"], ["panama", "city"])]
+    rows = ([(["<cities>"], ["new", "york"])] * 7 + [(["<cities>"], ["mexico", "city"])] * 2
+            + [(["<cities>"], ["panama", "city"])])
     toyset = toyset_from_dataset("weighted", user_dataset(rows), load_toyset("cities").validator)
     n = 50_000
     _, answers = toyset.sample(n, torch.Generator().manual_seed(1))
@@ -268,10 +269,12 @@ def test_user_dataset_errors():
     with pytest.raises(ValueError, match="empty"):
         toyset_from_dataset("none", datasets.Dataset.from_dict({"input_ids": [], "prompt_mask": []}), validator)
     with pytest.raises(ValueError, match="needs rows with 'input_ids'.*'prompt_mask'"):
-        toyset_from_dataset("bare", datasets.Dataset.from_dict({"input_ids": [ids("<cities>", "new", "york")]}), validator)
+        bare = datasets.Dataset.from_dict({"input_ids": [ids("<cities>", "new", "york")]})
+        toyset_from_dataset("bare", bare, validator)
     ragged = user_dataset([(["<cities>"], ["new", "york"]), (["<cities>"], ["new"])])
     with pytest.raises(ValueError, match="share both lengths"):
         toyset_from_dataset("ragged", ragged, validator)
-    holes = datasets.Dataset.from_dict({"input_ids": [ids("<cities>", "new", "york")], "prompt_mask": [[True, False, True]]})
+    holes = datasets.Dataset.from_dict({"input_ids": [ids("<cities>", "new", "york")],
+                                        "prompt_mask": [[True, False, True]]})
     with pytest.raises(ValueError, match="True on a prefix"):
         toyset_from_dataset("holes", holes, validator)

@@ -7,8 +7,8 @@ import datasets
 import pytest
 import torch
 
-from jointobj.oracle import OracleDenoiser
 from jointobj.evaluate import evaluate
+from jointobj.oracle import OracleDenoiser
 from jointobj.toysets import load_toyset, resolve_toyset_reference, toy_tokenizer
 from jointobj.user_sets import extended_tokenizer, make_toyset
 
@@ -185,8 +185,9 @@ def test_unresolvable_references_name_the_module_and_attribute(user_module, refe
 def test_a_user_set_goes_from_a_file_to_a_trained_model_and_its_report(tmp_path, monkeypatch):
     import json
 
-    from helpers import load_script
     from jointobj.cli import main as jointobj_main
+
+    from helpers import load_script
 
     (tmp_path / "mysets_e2e.py").write_text(
         "from jointobj.user_sets import make_toyset\n"

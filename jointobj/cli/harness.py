@@ -14,8 +14,9 @@ import sys
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        import jointobj.lm_eval_model  # noqa: F401  (registers the model)
         from lm_eval.__main__ import cli_evaluate
+
+        import jointobj.lm_eval_model  # noqa: F401  (registers the model)
     except ImportError as error:
         raise ValueError(f"jointobj lm-eval needs lm-evaluation-harness: pip install 'jointobj[lm_eval]' "
                          f"({error})") from error
