@@ -346,3 +346,17 @@ def test_benchmark_script_writes_rates_and_wall_times(tmp_path, capsys):
     saved = json.loads(out.read_text())
     assert len(saved["rows"]) == len(rows) and "environment" in saved
     assert "threshold_over_speculative" in capsys.readouterr().out
+
+
+def test_random_order_samples_the_mixture_over_uniform_orders():
+    import itertools as it
+
+    denoiser = CoupledLogits(seed=7)
+    out = run(SpeculativeDecoder(order="random", drafts=2, temperature=1.0), denoiser, 4, 6000, seed=4)
+    laws = [enumerate_order_law(denoiser, torch.tensor([0]), 4, list(o), 1.0) for o in it.permutations(range(4))]
+    answers = laws[0][0]
+    mixture = torch.stack([log_p.exp() for _, log_p in laws]).mean(0)  # each order has probability 1/24
+    tv, tolerance = empirical_tv(answers, mixture.log(), out.gen_ids)
+    assert tv <= tolerance, (tv, tolerance)
+    tv_l2r, _ = empirical_tv(answers, laws[0][1], out.gen_ids)
+    assert tv_l2r > tolerance  # the mixture differs from l2r's law here: the test can tell them apart
