@@ -94,7 +94,8 @@ def check_rows(dataset: datasets.Dataset, source: str, max_length: int | None = 
     offset = 0
     for chunk in dataset.select_columns(["input_ids", "prompt_mask"]).iter(batch_size=1024):
         for row, (ids, prompt) in enumerate(zip(chunk["input_ids"], chunk["prompt_mask"]), start=offset):
-            for kind, bad, detail in _row_checks(ids, prompt, max_length, vocab_size, mask_token_id, min_response_tokens):
+            checks = _row_checks(ids, prompt, max_length, vocab_size, mask_token_id, min_response_tokens)
+            for kind, bad, detail in checks:
                 if bad:
                     problems.setdefault(kind, []).append(f"{name(row)}{detail}")
         offset += len(chunk["input_ids"])
@@ -104,7 +105,8 @@ def check_rows(dataset: datasets.Dataset, source: str, max_length: int | None = 
         rows = problems.get(kind)
         if rows:
             listed = ", ".join(rows[:shown]) + (" ..." if len(rows) > shown else "")
-            raise ValueError(f"{source}: {len(rows)} row(s) {what.format(**limits)}: {listed}; {advice.format(**limits)}")
+            raise ValueError(f"{source}: {len(rows)} row(s) {what.format(**limits)}: {listed}; "
+                             f"{advice.format(**limits)}")
 
 
 _ROW_ERRORS = {  # kind: (what is wrong, what to do)
@@ -237,7 +239,8 @@ def normalise_rows(dataset: datasets.Dataset, tokenizer: Any, source: str, max_l
         if "prompt_mask" in columns:
             rows = dataset.select_columns(["input_ids", "prompt_mask"])
         else:
-            rows = dataset.select_columns(["input_ids"]).map(lambda row: {"prompt_mask": [False] * len(row["input_ids"])})
+            rows = dataset.select_columns(["input_ids"]).map(
+                lambda row: {"prompt_mask": [False] * len(row["input_ids"])})
     elif tokenizer is None:
         raise ValueError(f"{source} holds text, but the model directory has no tokenizer; save one beside the model")
     else:

@@ -254,7 +254,8 @@ def support_marginals(onehot: torch.Tensor, support: torch.Tensor, postings: tor
     instead of multiplying by the whole support. Rows no answer matches take dense_marginals.
 
     onehot [S, la * U], support [S, la] local ids, postings [la * (U + 1) + 1, W] int64 (row j * (U + 1) + u:
-    the packed set of answers holding u at position j; the last row: every answer), probs [S], local_ids [g, la] in 0..U,
+    the packed set of answers holding u at position j; the last row: every answer), probs [S],
+    local_ids [g, la] in 0..U,
     visible [g, la] bool -> [g, la, U] float32.
     """
     g, la = local_ids.shape

@@ -30,8 +30,14 @@ from transformers import Trainer, TrainingArguments
 
 from jointobj.batch import DiffusionCollator
 from jointobj.checkpoints import (
-    LATEST_NAME, MANIFEST_NAME, discard_checkpoint, newest_complete_checkpoint, resume_checkpoint,
-    rotate_checkpoints, write_latest, write_manifest,
+    LATEST_NAME,
+    MANIFEST_NAME,
+    discard_checkpoint,
+    newest_complete_checkpoint,
+    resume_checkpoint,
+    rotate_checkpoints,
+    write_latest,
+    write_manifest,
 )
 from jointobj.denoiser import Denoiser
 from jointobj.losses import LOSSES

@@ -9,6 +9,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from jointobj import Denoiser
+
 from helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,7 +169,8 @@ def test_unknown_model_dtype_is_refused(tmp_path):
 )
 def test_model_dtype_default_follows_deepspeed_lora_and_precision(model_dtype, lora_r, deepspeed, bf16, expected, tmp_path):
     # Fails if a row's rule changes, e.g. full fine-tuning loaded in bfloat16 without DeepSpeed.
-    from jointobj.recipe import ModelArguments, model_dtype as dtype_for
+    from jointobj.recipe import ModelArguments
+    from jointobj.recipe import model_dtype as dtype_for
     from jointobj.trainer import JointObjConfig
 
     config = JointObjConfig(output_dir=str(tmp_path), report_to="none", bf16=bf16,

@@ -13,8 +13,14 @@ import torch
 
 from jointobj import Denoiser
 from jointobj.checkpoints import (
-    MANIFEST_NAME, CheckpointError, checkpoint_problem, newest_complete_checkpoint, read_latest, rotate_checkpoints,
-    write_latest, write_manifest,
+    MANIFEST_NAME,
+    CheckpointError,
+    checkpoint_problem,
+    newest_complete_checkpoint,
+    read_latest,
+    rotate_checkpoints,
+    write_latest,
+    write_manifest,
 )
 from jointobj.recipe import run_recipe
 
@@ -43,7 +49,8 @@ def test_output_dir_holding_a_run_is_refused(tiny_model_dir, tmp_path):
     # Fails if a second run into a finished run's output_dir trains and overwrites its adapter (exit 0, no word).
     recipe(tiny_model_dir, tmp_path / "out")
     before = snapshot(tmp_path / "out")
-    with pytest.raises(ValueError, match=r"already holds a run .*--resume_from_checkpoint latest.*--overwrite_output_dir"):
+    refused = r"already holds a run .*--resume_from_checkpoint latest.*--overwrite_output_dir"
+    with pytest.raises(ValueError, match=refused):
         recipe(tiny_model_dir, tmp_path / "out", "--seed", "7")
     assert snapshot(tmp_path / "out") == before
 
@@ -54,7 +61,8 @@ def test_overwrite_output_dir_starts_over_without_the_old_checkpoints(tiny_model
     recipe(tiny_model_dir, tmp_path / "out", *checkpointed("--save_steps", "2"))
     (tmp_path / "out" / "notes.txt").write_text("mine")
     recipe(tiny_model_dir, tmp_path / "out", "--overwrite_output_dir", "true", "--max_steps", "1")
-    assert not (tmp_path / "out" / "checkpoint-2").exists() and (tmp_path / "out" / "adapter_model.safetensors").exists()
+    assert not (tmp_path / "out" / "checkpoint-2").exists()
+    assert (tmp_path / "out" / "adapter_model.safetensors").exists()
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"  # not the run's: left alone
 
 
@@ -157,7 +165,8 @@ def test_rotation_waits_for_a_complete_recorded_successor(tmp_path):
 
 
 @pytest.mark.slow  # runs the recipe
-def test_with_limit_one_the_previous_checkpoint_stays_until_the_next_step_confirms_the_new_one(tiny_model_dir, tmp_path):
+def test_with_limit_one_the_previous_checkpoint_stays_until_the_next_step_confirms_the_new_one(
+        tiny_model_dir, tmp_path):
     # Fails if the Trainer's rotation deletes checkpoint-1 as soon as checkpoint-2 is written (before any
     # forward has shown checkpoint-2's weights give a finite loss), or never rotates at all.
     out = tmp_path / "out"
@@ -195,7 +204,8 @@ def test_a_divergent_run_stops_naming_a_checkpoint_that_reloads_to_a_finite_loss
                "--per_device_train_batch_size", "8", "--samples_per_toyset", "32")
     named = re.search(r"finite loss is (\S+);", str(stop.value))
     assert named is not None, str(stop.value)
-    assert Path(named.group(1)) == out / "checkpoint-1" and torch.isfinite(torch.tensor(token_ce_loss(out / "checkpoint-1")))
+    assert Path(named.group(1)) == out / "checkpoint-1"
+    assert torch.isfinite(torch.tensor(token_ce_loss(out / "checkpoint-1")))
     assert checkpoint_problem(out / "checkpoint-2") is not None
     assert newest_complete_checkpoint(out)[0] == out / "checkpoint-1" and read_latest(out) == "checkpoint-1"
 
