@@ -46,9 +46,12 @@ def checkpoints_in(run_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
     with path.open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
+        for chunk in iter(lambda: file.read(block), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _atomic_write(path: Path, text: str) -> None:
