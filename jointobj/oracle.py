@@ -67,7 +67,8 @@ class OracleDenoiser(nn.Module):
             tag = toyset.tag_id
             if tag is None and len(sets) > 1:
                 raise ValueError(f"toy set {toyset.name!r} has no tag (no prompt, or prompts that do not share a "
-                                 "first token), so the oracle cannot tell its rows apart; give it a tag or use it alone")
+                                 "first token), so the oracle cannot tell its rows apart; give it a tag or use it "
+                                 "alone")
             if tag in self.toysets:
                 raise ValueError(f"toy sets {self.toysets[tag].name!r} and {toyset.name!r} share the tag "
                                  f"{self.tokenizer.convert_ids_to_tokens(tag)!r}; each set needs its own")
@@ -106,12 +107,14 @@ class OracleDenoiser(nn.Module):
             if len(short) or l < toyset.length:
                 row = int(short[0]) if len(short) else int(rows[0])
                 raise ValueError(f"row {row} is a {toyset.name!r} row but has {int(real[row])} real tokens; the set "
-                                 f"needs {toyset.length} (prompt {toyset.prompt_length} + answer {toyset.answer_length})")
+                                 f"needs {toyset.length} (prompt {toyset.prompt_length} + answer "
+                                 f"{toyset.answer_length})")
             logits[rows, : toyset.length] = self._set_logits(toyset, ids[rows, : toyset.length], rows.tolist())
         if not claimed.all():
             row = int((~claimed).nonzero()[0])
             token = self.tokenizer.convert_ids_to_tokens(int(tags[row])) if l else "(empty row)"
-            known = ", ".join(f"{t.name} ({self.tokenizer.convert_ids_to_tokens(tag)})" for tag, t in self.toysets.items())
+            known = ", ".join(f"{t.name} ({self.tokenizer.convert_ids_to_tokens(tag)})"
+                              for tag, t in self.toysets.items())
             raise ValueError(f"row {row} starts with {token!r}, which is no toy set's tag; this oracle knows {known}")
         return logits.to(device)
 

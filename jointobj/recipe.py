@@ -41,7 +41,8 @@ class ModelArguments:
         metadata={"help": "Local model directory (a *ForMaskedLM, or LLaDA / Dream with --trust_remote_code). "
                           "Empty: the embedded tiny base from base_dir, pretrained there first if missing."},
     )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Run modeling code shipped in the model directory."})
+    trust_remote_code: bool = field(default=False,
+                                    metadata={"help": "Run modeling code shipped in the model directory."})
     model_dtype: str | None = field(
         default=None,
         metadata={"help": "dtype the weights are loaded in: float32, bfloat16, float16, or auto (the checkpoint's). "
@@ -50,7 +51,8 @@ class ModelArguments:
                           "except a frozen LoRA base under --bf16 (bfloat16). Weights the optimizer updates directly "
                           "(--lora_r 0 without DeepSpeed) must stay float32: --bf16 then autocasts around them."},
     )
-    mask_token_id: int | None = field(default=None, metadata={"help": "Override the mask id (else tokenizer, then config)."})
+    mask_token_id: int | None = field(default=None,
+                                      metadata={"help": "Override the mask id (else tokenizer, then config)."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank; 0 trains all parameters instead."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA path."})
@@ -58,14 +60,17 @@ class ModelArguments:
         default=None, metadata={"help": "Comma-separated module names, or 'all-linear'; default: per architecture."}
     )
     base_dir: str = field(default="runs/base", metadata={"help": "Embedded default: where the tiny base dLLM lives."})
-    base_steps: int = field(default=1200, metadata={"help": "Embedded default: per-token pretraining steps of the base."})
-    base_learning_rate: float = field(default=3e-3, metadata={"help": "Embedded default: base pretraining learning rate."})
+    base_steps: int = field(default=1200,
+                            metadata={"help": "Embedded default: per-token pretraining steps of the base."})
+    base_learning_rate: float = field(default=3e-3,
+                                      metadata={"help": "Embedded default: base pretraining learning rate."})
 
     def __post_init__(self) -> None:
         if self.lora_r < 0:
             raise ValueError(f"lora_r must be >= 0 (0 = full fine-tuning), got {self.lora_r}")
         if self.model_dtype is not None and self.model_dtype not in MODEL_DTYPES:
-            raise ValueError(f"model_dtype must be one of {', '.join(MODEL_DTYPES)} (or unset), got {self.model_dtype!r}")
+            raise ValueError(f"model_dtype must be one of {', '.join(MODEL_DTYPES)} (or unset), "
+                             f"got {self.model_dtype!r}")
 
 
 @dataclass

@@ -52,41 +52,68 @@ class JointObjConfig(TrainingArguments):
     MPS, XPU, ...) it sets `use_cpu=True` itself, which several CPU ranks under DeepSpeed need to
     agree on the world size."""
 
-    objective: str = field(default="logsum", metadata={"help": f"Training objective, one of: {', '.join(LOSSES.names())}."})
+    objective: str = field(
+        default="logsum",
+        metadata={"help": f"Training objective, one of: {', '.join(LOSSES.names())}."},
+    )
     mask_schedule: str = field(default="linear", metadata={"help": "token_ce masking schedule: linear or cosine."})
     orders: str = field(
         default="l2r,r2l,random,random",
         metadata={"help": "logsum: comma-separated order families, one per sampled order (l2r, r2l, random)."},
     )
     blocks: str = field(
-        default="all", metadata={"help": "logsum: K blocks per order (an int), or 'all' for the exact any-order AR likelihood."}
+        default="all",
+        metadata={"help": "logsum: K blocks per order (an int), or 'all' for the exact any-order AR likelihood."},
     )
     logsum_mode: str = field(
-        default="exact", metadata={"help": "logsum gradient: 'exact' (autograd through logsumexp) or 'sampled' (one order from the posterior)."}
+        default="exact",
+        metadata={"help": "logsum gradient: 'exact' (autograd through logsumexp) or 'sampled' (one order from the "
+                          "posterior)."},
     )
-    max_rows: int | None = field(default=None, metadata={"help": "logsum: rows per forward when scoring orders (bounds memory)."})
-    token_ce_weight: float = field(default=0.5, metadata={"help": "mixture: lambda in lambda * token_ce + (1 - lambda) * logsum."})
+    max_rows: int | None = field(
+        default=None,
+        metadata={"help": "logsum: rows per forward when scoring orders (bounds memory)."},
+    )
+    token_ce_weight: float = field(
+        default=0.5,
+        metadata={"help": "mixture: lambda in lambda * token_ce + (1 - lambda) * logsum."},
+    )
     energy_tokens_per_step: str = field(
-        default="all", metadata={"help": "energy: tokens per step of the sampler that draws the negatives (an int), or 'all' for one step."}
+        default="all",
+        metadata={"help": "energy: tokens per step of the sampler that draws the negatives (an int), or 'all' for one"
+                          " step."},
     )
     energy_negatives: int = field(default=1, metadata={"help": "energy: negatives drawn per training sequence (>= 1)."})
-    energy_decoder: str = field(default="random", metadata={"help": "energy: the negatives' decoder (a registered policy: random, l2r, confidence, ...)."})
-    energy_parameterisation: str = field(
-        default="residual", metadata={"help": "energy: 'residual' (p ∝ q exp(-E), EDLM) or 'absolute' (p ∝ exp(-E); needs l2r or one step)."}
+    energy_decoder: str = field(
+        default="random",
+        metadata={"help": "energy: the negatives' decoder (a registered policy: random, l2r, confidence, ...)."},
     )
-    energy_token_ce_weight: float = field(default=0.0, metadata={"help": "energy: weight of the per-token CE added to the NCE loss (keeps the adapter a denoiser)."})
-    energy_head_width: int = field(default=0, metadata={"help": "energy: hidden width of the energy head (0: the model's hidden size)."})
+    energy_parameterisation: str = field(
+        default="residual",
+        metadata={"help": "energy: 'residual' (p ∝ q exp(-E), EDLM) or 'absolute' (p ∝ exp(-E); needs l2r or one "
+                          "step)."},
+    )
+    energy_token_ce_weight: float = field(
+        default=0.0,
+        metadata={"help": "energy: weight of the per-token CE added to the NCE loss (keeps the adapter a denoiser)."},
+    )
+    energy_head_width: int = field(
+        default=0,
+        metadata={"help": "energy: hidden width of the energy head (0: the model's hidden size)."},
+    )
     self_condition_prob: float = field(
         default=0.0,
-        metadata={"help": "token_ce / logsum / mixture: probability per step that the scored forward reads the model's own "
-                          "detached predictions as soft inputs at masked positions (one extra forward without grad), so "
-                          "soft-state decoding (--decoder soft) works; 0 = off, 0.5 is the usual choice."},
+        metadata={"help": "token_ce / logsum / mixture: probability per step that the scored forward reads the "
+                          "model's own detached predictions as soft inputs at masked positions (one extra forward "
+                          "without grad), so soft-state decoding (--decoder soft) works; 0 = off, 0.5 is the usual "
+                          "choice."},
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep prompt_mask: the objective needs it."})
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start a new run in an output_dir that holds one (its checkpoints and saved model are "
-                          "deleted); without it such an output_dir is refused unless --resume_from_checkpoint is given."},
+                          "deleted); without it such an output_dir is refused unless --resume_from_checkpoint is "
+                          "given."},
     )
 
     def __post_init__(self) -> None:
@@ -98,7 +125,8 @@ class JointObjConfig(TrainingArguments):
             raise ValueError(f"token_ce_weight must lie in [0, 1], got {self.token_ce_weight}")
         k = str(self.energy_tokens_per_step)
         if k != "all" and not (k.isdigit() and int(k) >= 1):
-            raise ValueError(f"energy_tokens_per_step must be a positive integer or 'all', got {self.energy_tokens_per_step!r}")
+            raise ValueError("energy_tokens_per_step must be a positive integer or 'all', "
+                             f"got {self.energy_tokens_per_step!r}")
         from jointobj.decoding.registry import DECODERS
 
         DECODERS.get(self.energy_decoder)  # an unknown decoder fails here, listing the known ones
@@ -108,7 +136,8 @@ class JointObjConfig(TrainingArguments):
             raise ValueError("energy_token_ce_weight and energy_head_width must be >= 0 "
                              f"(got {self.energy_token_ce_weight} and {self.energy_head_width})")
         if not 0.0 <= self.self_condition_prob <= 1.0:
-            raise ValueError(f"self_condition_prob must lie in [0, 1] (0 = off, 0.5 is usual), got {self.self_condition_prob}")
+            raise ValueError("self_condition_prob must lie in [0, 1] (0 = off, 0.5 is usual), "
+                             f"got {self.self_condition_prob}")
         if isinstance(self.deepspeed, str) and self.deepspeed:
             check_deepspeed_config(self.deepspeed)
         elif self.deepspeed == "":
@@ -159,7 +188,8 @@ class JointObjTrainer(Trainer):
     """Trainer over a `Denoiser`; `model` is the denoiser's own module (a PeftModel when it has
     LoRA, so checkpoints hold only the adapter)."""
 
-    def __init__(self, denoiser: Denoiser, args: JointObjConfig, objective: torch.nn.Module | None = None, **kwargs: Any):
+    def __init__(self, denoiser: Denoiser, args: JointObjConfig, objective: torch.nn.Module | None = None,
+                 **kwargs: Any):
         self.denoiser = denoiser
         self.objective = objective if objective is not None else build_objective(args)
         prepare = getattr(self.objective, "prepare", None)
@@ -172,7 +202,8 @@ class JointObjTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         # Per split and metric: the sum over the steps that reported it, and how many did (a metric
         # may be absent on a step, e.g. an order family no order of this batch belongs to).
-        self._metric_sums: dict[str, dict[str, torch.Tensor]] = {"train": defaultdict(float), "eval": defaultdict(float)}
+        self._metric_sums: dict[str, dict[str, torch.Tensor]] = {"train": defaultdict(float),
+                                                                  "eval": defaultdict(float)}
         self._metric_counts: dict[str, dict[str, int]] = {"train": defaultdict(int), "eval": defaultdict(int)}
         # The checkpoint saved last, whose older siblings are rotated away once a forward from its
         # weights gives a finite loss: until then it may hold diverged weights and is not the only one kept.

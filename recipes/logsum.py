@@ -1,4 +1,6 @@
-"""Fine-tune a masked diffusion LM with the log-sum over generation orders (mixed with the per-token CE), LoRA + DeepSpeed ZeRO.
+"""Fine-tune a masked diffusion LM with the log-sum over generation orders (mixed with the per-token CE).
+
+LoRA + DeepSpeed ZeRO.
 
 Embedded default (nothing downloaded: tiny base pretrained on the toy suite, fine-tuned, evaluated):
 
