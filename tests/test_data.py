@@ -35,14 +35,17 @@ def test_text_rows_are_all_scored(tmp_path):
 
 
 def test_token_id_rows_from_a_datasets_directory(tmp_path):
-    datasets.Dataset.from_dict({"input_ids": [[5, 6, 7]], "prompt_mask": [[True, False, False]]}).save_to_disk(tmp_path / "d")
+    rows = {"input_ids": [[5, 6, 7]], "prompt_mask": [[True, False, False]]}
+    datasets.Dataset.from_dict(rows).save_to_disk(tmp_path / "d")
     row = load_training_data(str(tmp_path / "d"), TOKENIZER)[0]
     assert row == {"input_ids": [5, 6, 7], "prompt_mask": [True, False, False]}
 
 
 def test_file_with_no_usable_field_names_the_accepted_ones(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"question": "?", "answer": "!"}])
-    with pytest.raises(ValueError, match=r"bad.jsonl line 1: fields \['answer', 'question'\]: no usable field; rows need 'input_ids'"):
+    expected = (r"bad.jsonl line 1: fields \['answer', 'question'\]: no usable field; rows need"
+                r" 'input_ids'")
+    with pytest.raises(ValueError, match=expected):
         load_training_data(str(path), TOKENIZER)
 
 
@@ -62,7 +65,9 @@ def test_unknown_name_that_is_not_a_path():
 def test_row_longer_than_the_model_names_the_row_and_the_limit(tmp_path):
     # Fails if load_training_data ignores max_length: the row would then fail mid-training, at the position embedding.
     path = write_jsonl(tmp_path / "text.jsonl", [{"text": "he likes"}, {"text": "he likes apple"}])
-    with pytest.raises(ValueError, match=r"text.jsonl: 1 row\(s\) are longer than the model's 2 positions: row 1 at line 2 \(3 tokens\)"):
+    expected = (r"text.jsonl: 1 row\(s\) are longer than the model's 2 positions: row 1 at line 2"
+                r" \(3 tokens\)")
+    with pytest.raises(ValueError, match=expected):
         load_training_data(str(path), TOKENIZER, max_length=2)
     assert len(load_training_data(str(path), TOKENIZER, max_length=3)) == 2
 
@@ -77,14 +82,18 @@ def test_row_with_nothing_to_score_is_refused(tmp_path):
     # Fails if an all-prompt row is accepted (it gives the objective no token to score).
     path = write_jsonl(tmp_path / "ids.jsonl", [{"input_ids": [5, 6], "prompt_mask": [True, False]},
                                                 {"input_ids": [5, 6], "prompt_mask": [True, True]}])
-    with pytest.raises(ValueError, match=r"ids.jsonl: 1 row\(s\) have fewer response .* tokens than the 1 .*: row 1 at line 2 \(0\)"):
+    expected = (r"ids.jsonl: 1 row\(s\) have fewer response .* tokens than the 1 .*: row 1 at"
+                r" line 2 \(0\)")
+    with pytest.raises(ValueError, match=expected):
         load_training_data(str(path), TOKENIZER)
 
 
 def test_prompt_mask_of_the_wrong_length_is_refused(tmp_path):
     # Fails if a prompt_mask shorter than its input_ids passes (the collator would misalign or crash later).
     path = write_jsonl(tmp_path / "ids.jsonl", [{"input_ids": [5, 6, 7], "prompt_mask": [True, False]}])
-    with pytest.raises(ValueError, match=r"prompt_mask whose length differs .*: row 0 at line 1 \(3 tokens, 2 mask entries\)"):
+    expected = (r"prompt_mask whose length differs .*: row 0 at line 1 \(3 tokens, 2 mask"
+                r" entries\)")
+    with pytest.raises(ValueError, match=expected):
         load_training_data(str(path), TOKENIZER)
 
 
@@ -123,13 +132,17 @@ def test_directory_that_is_not_a_saved_dataset_is_refused(tmp_path):
 
 def test_token_ids_outside_the_vocabulary_are_refused(tmp_path):
     path = write_jsonl(tmp_path / "ids.jsonl", [{"input_ids": [5, 6]}, {"input_ids": [5, 99999]}])
-    with pytest.raises(ValueError, match=r"outside the model's vocabulary of 70 \(ids 0..69\): row 1 at line 2 \(id 99999\)"):
+    expected = (r"outside the model's vocabulary of 70 \(ids 0..69\): row 1 at line 2 \(id"
+                r" 99999\)")
+    with pytest.raises(ValueError, match=expected):
         load_training_data(str(path), TOKENIZER, vocab_size=70)
 
 
 def test_mask_id_in_the_data_is_refused_unless_allowed(tmp_path):
     path = write_jsonl(tmp_path / "ids.jsonl", [{"input_ids": [5, 6, 3]}])
-    with pytest.raises(ValueError, match=r"\[MASK\] id 3, .*: row 0 at line 1 \(position 2\); .*--allow_mask_token_in_data"):
+    expected = (r"\[MASK\] id 3, .*: row 0 at line 1 \(position 2\);"
+                r" .*--allow_mask_token_in_data")
+    with pytest.raises(ValueError, match=expected):
         load_training_data(str(path), TOKENIZER, mask_token_id=3)
     assert len(load_training_data(str(path), TOKENIZER, mask_token_id=None)) == 1
 
