@@ -66,7 +66,7 @@ def train(init: Path, toyset: str, name: str, flags: list[str], args: argparse.N
               str(args.learning_rate), "--lr_scheduler_type", "linear", "--warmup_steps", str(max(1, args.steps // 20)),
               "--deepspeed", "", "--output_dir", str(Path(args.out) / toyset / name), "--save_strategy", "no",
               "--report_samples", "0", "--logging_steps", str(max(1, args.steps // 4)), "--disable_tqdm", "true",
-              "--seed", str(args.seed), "--report_to", "none"]
+              "--seed", str(args.seed), "--report_to", "none", "--overwrite_output_dir", "true"]
     return run_recipe(common + flags).denoiser.eval()
 
 
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for row in evaluate(denoiser, [toyset], ["l2r"], [1], args.samples, seed=args.seed,
                                 decoder_options=fixed, grid=grid):
                 decode_rows.append({"objective": objective, **row})
+            write_measurements(args.json, nll_rows + decode_rows, config=vars(args))  # a killed run keeps what it has
 
     print(format_table(nll_rows, ["toyset", "objective", "order", "nll_nats", "se", "entropy_nats", "gap_nats"]))
     print()
