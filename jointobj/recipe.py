@@ -240,7 +240,8 @@ def report(base_dir: Path, tuned_dir: Path, data_args: DataArguments, config: Jo
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for label in models:
         for head in headline([r for r in rows if r["model"] == label]):
-            cell = best.setdefault((head["toyset"], head["decoder"]), {"toyset": head["toyset"], "decoder": head["decoder"]})
+            key = (head["toyset"], head["decoder"])
+            cell = best.setdefault(key, {"toyset": head["toyset"], "decoder": head["decoder"]})
             cell[label] = head["tokens_per_step"]
             if label == "fine-tuned":
                 cell["fine-tuned setting"] = head["knobs"] or None
