@@ -115,6 +115,7 @@ def test_trained_model_escapes_the_trap_at_one_token_per_step(likes_tennis_model
     assert invalid <= predicted + binomial_tolerance(max(predicted, 1 / N), N)
 
 
+@pytest.mark.slow  # 600 training steps
 def test_speculative_decoding_keeps_the_one_token_per_step_validity_at_more_tokens_per_step(likes_tennis_model):
     # The cure on a trained model: the speculative decoder samples the model's own l2r law exactly, so its
     # validity is the chain-rule prediction (not the trap's ~0.25), yet it commits more than one token per
