@@ -15,6 +15,7 @@ from jointobj.losses import LOSSES, LogSumOrdersLoss, MixtureLoss
 from jointobj.losses.logsum import logsum_nll
 from jointobj.orders import ORDERS, OrderProposal, Orders
 from jointobj.tiny import tiny_masked_lm
+
 from helpers import padded_batch
 from tiny_models import MixingLM
 
@@ -81,7 +82,8 @@ def naive_logsum_loss(denoiser, batch, orders, blocks):
 def test_exact_gradient_matches_a_naive_logsumexp(blocks, lengths, prompts):
     denoiser = modernbert()
     batch = make_batch(lengths, prompts, pad_to=max(lengths) + 1, seed=1)
-    proposal = OrderProposal(mixture={"l2r": 1, "r2l": 1, "random": 2}, num_orders=3, prior={"l2r": 2, "r2l": 1, "random": 1})
+    proposal = OrderProposal(mixture={"l2r": 1, "r2l": 1, "random": 2}, num_orders=3,
+                             prior={"l2r": 2, "r2l": 1, "random": 1})
     orders = proposal.sample(scorable_of(batch), torch.Generator().manual_seed(0))
     loss_fn = LogSumOrdersLoss(blocks=blocks, mode="exact", max_rows=5)
     assert loss_fn.checkpoint
@@ -96,7 +98,8 @@ def test_sampled_value_equals_the_exact_value():
     batch = make_batch([7, 5], [2, 1], pad_to=8, seed=2)
     orders = OrderProposal().sample(scorable_of(batch), torch.Generator().manual_seed(0))
     exact = LogSumOrdersLoss(blocks=3, mode="exact")(denoiser, batch, orders=orders).loss
-    sampled = LogSumOrdersLoss(blocks=3, mode="sampled")(denoiser, batch, torch.Generator().manual_seed(1), orders=orders).loss
+    sampled_loss = LogSumOrdersLoss(blocks=3, mode="sampled")
+    sampled = sampled_loss(denoiser, batch, torch.Generator().manual_seed(1), orders=orders).loss
     torch.testing.assert_close(sampled, exact, atol=1e-6, rtol=1e-6)
 
 
@@ -105,7 +108,8 @@ def test_sampled_gradient_is_unbiased():
     draws = 500  # a uniform (wrong) draw of o* fails this by ~13 standard errors
     model = MixingLM(scale=1.0, seed=2)
     batch = make_batch([8, 6], [1, 2], pad_to=8, seed=3)
-    orders = OrderProposal(["l2r", "r2l", "random", "random"]).sample(scorable_of(batch), torch.Generator().manual_seed(0))
+    proposal = OrderProposal(["l2r", "r2l", "random", "random"])
+    orders = proposal.sample(scorable_of(batch), torch.Generator().manual_seed(0))
     with torch.no_grad():
         posterior = torch.softmax(orders.log_weights + order_log_likelihood(model, batch, orders, 2), dim=-1)  # [b, M]
     # every order is drawn often (else the empirical se misses it) and r is far from flat (so a wrong sampler shows)
@@ -161,7 +165,8 @@ def test_equal_orders_give_minus_l_minus_log_sum_w(num_orders, seed):
     g = torch.Generator().manual_seed(seed)
     rank = ORDERS.get("random")(scorable_of(batch), g)[:, None].expand(-1, num_orders, -1)  # [b, M, l], all equal
     log_prior = torch.randn(2, num_orders, generator=g)
-    orders = Orders(rank, torch.zeros(2, num_orders, dtype=torch.long), ("random",), log_prior, torch.zeros(2, num_orders))
+    family = torch.zeros(2, num_orders, dtype=torch.long)  # [b, M]
+    orders = Orders(rank, family, ("random",), log_prior, torch.zeros(2, num_orders))
     with torch.no_grad():
         loss = LogSumOrdersLoss(blocks=2)(model, batch, orders=orders).loss
         loglik = order_log_likelihood(model, batch, orders.select(torch.zeros(2, dtype=torch.long)), 2)[:, 0]  # [b]

@@ -15,6 +15,7 @@ from jointobj.decoding import POLICIES, build_decoder
 from jointobj.evaluate import evaluate
 from jointobj.oracle import OracleDenoiser
 from jointobj.toysets import load_toyset
+
 from training import train_token_ce
 
 N = 2000
