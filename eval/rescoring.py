@@ -20,9 +20,9 @@ sets of >= 8 generated tokens):
 - heads and causal LMs score complete sequences only: `loop` scope, MODE x --in-loop-candidates.
 
 Prints a table, writes a JSON list of rows (jointobj.evaluate keys, plus model and seed), and
-ends with the target of issue 6 per set of >= 8 generated tokens: validity >= 99% with TV within
+ends with the rescoring target per set of >= 8 generated tokens: validity >= 99% with TV within
 0.02 of the exact sampler's floor at >= 4 tokens per sequential step, met or missed, with the
-best row at >= 4 tokens per step and the compute beside it. Costs follow design.md: an energy
+best row at >= 4 tokens per step and the compute beside it. Costs follow jointobj.metrics.Cost: an energy
 forward is a sequential step (in the loop: two per denoising step, not fused); `exact` is free
 (oracle knowledge, the ceiling of what any energy can buy).
 """
@@ -125,7 +125,8 @@ def target(rows: list[dict]) -> list[str]:
     once with any energy, once without the exact energy (oracle knowledge no model has)."""
     lines = []
     for name in dict.fromkeys(r["toyset"] for r in rows):
-        for label, keep in (("", lambda r: True), (" (no exact energy)", lambda r: "exact" not in (r["rescore"] or ""))):
+        without_exact = (" (no exact energy)", lambda r: "exact" not in (r["rescore"] or ""))
+        for label, keep in (("", lambda r: True), without_exact):
             group = [r for r in rows if r["toyset"] == name and keep(r)]
             if group and group[0]["gen_length"] >= LONG:
                 lines.append(_target_line(name + label, group))
@@ -179,7 +180,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             from jointobj.oracle import OracleDenoiser
 
             denoiser = OracleDenoiser(toyset)
-        rows += [{"model": args.model or "oracle", "seed": args.seed, **row} for row in sweep_set(denoiser, toyset, args)]
+        rows += [{"model": args.model or "oracle", "seed": args.seed, **row}
+                 for row in sweep_set(denoiser, toyset, args)]
         print(f"{toyset.name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
         write_json(args.json, rows)  # after each set, so a long sweep leaves its partial results
     print(format_table(rows, COLUMNS))

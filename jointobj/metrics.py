@@ -1,4 +1,4 @@
-"""Joint validity, distribution fidelity and cost, counted as design.md counts them.
+"""Joint validity, distribution fidelity and cost (`Cost`: sequential steps and forward rows per sample).
 
     validity = joint_validity(toyset, prompt_ids, answer_ids)        # fraction the validator accepts
     tv = total_variation(toyset, answer_ids)                         # None for conditional sets
@@ -176,7 +176,7 @@ def kl_divergence(p: torch.Tensor, q: torch.Tensor, floor: float = 1e-12) -> tor
 
 @dataclass(frozen=True)
 class Cost:
-    """Per-sample cost of a decoder run (design.md, "Metrics and cost, honestly counted").
+    """Per-sample cost of a decoder run, honestly counted.
 
     steps_per_sample  sequential denoiser forwards one sample waits for (latency); N candidates
                       drawn together are one step; a K-block likelihood is one step

@@ -1,5 +1,5 @@
 """Energy rescoring: SIR recovers the data distribution, best-of-N keeps one of its own draws and
-never loses validity, the cost is counted as design.md counts it, bad input is refused.
+never loses validity, the cost is counted as jointobj.metrics.Cost counts it, bad input is refused.
 
 Tolerances are 4.5 standard deviations of the sample size (a false alarm about once in
 150,000 runs), with fixed seeds.
@@ -49,7 +49,8 @@ def floor_of(toyset, prompt: torch.Tensor, n: int) -> tuple[float, float]:
     """Mean and spread of the TV of n exact draws for one prompt (20 simulated repetitions)."""
     _, probs = toyset.conditional(prompt)
     draws = torch.multinomial(probs.expand(20, -1), n, replacement=True, generator=torch.Generator().manual_seed(0))
-    counts = torch.zeros(20, len(probs), dtype=torch.float64).scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
+    ones = torch.ones_like(draws, dtype=torch.float64)
+    counts = torch.zeros(20, len(probs), dtype=torch.float64).scatter_add_(1, draws, ones)
     tv = 0.5 * (counts / n - probs).abs().sum(1)
     return float(tv.mean()), float(tv.std())
 
@@ -78,7 +79,8 @@ def test_sir_with_the_exact_energy_recovers_the_data_distribution(name, valid_ma
     tolerance = 4.5 * spread + miss + 4.5 * math.sqrt(max(miss, 1 / SAMPLES) / SAMPLES)
     assert tvs[1] > tvs[4] > tvs[16], tvs
     assert tvs[16] <= floor + tolerance, (tvs, floor, tolerance)
-    assert tvs[1] >= (1 - valid_mass) - 4.5 * math.sqrt(valid_mass * (1 - valid_mass) / SAMPLES)  # N = 1 is the proposal
+    # N = 1 is the proposal
+    assert tvs[1] >= (1 - valid_mass) - 4.5 * math.sqrt(valid_mass * (1 - valid_mass) / SAMPLES)
 
 
 # ---------------------------------------------------------------- best-of-N

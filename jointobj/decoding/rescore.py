@@ -22,14 +22,14 @@ b*N rows, by any decoder; each is scored by an energy (energies.py) and one is k
 A prompt whose N candidates all have infinite energy (e.g. none valid under the exact energy)
 keeps a uniformly drawn one (`best`: the first) and is counted in `fallback`.
 
-**Inside the loop** (`loop`, `step`, `fused`; design.md "Energy rescoring"): at every denoising
+**Inside the loop** (`loop`, `step`, `fused`): at every denoising
 step the policy picks this step's positions from the current marginals, N candidates are drawn
 from those marginals, scored, one kept or resampled, and only this step's positions are
 committed from it. `loop` draws *complete* candidates (every masked position; any energy);
 `step` and `fused` draw only this step's positions and score the partial sequence, the rest
 left masked (energies that marginalise masks: self, exact). Committed tokens are context.
 
-Cost, counted as design.md counts it (`steps`, `row_steps`, `rows_per_sample`):
+Cost, counted as jointobj.metrics.Cost counts it (`steps`, `row_steps`, `rows_per_sample`):
 - after the loop: the decoder's steps (a sample waits for its slowest candidate) + the energy's
   step; rows = N x the decoder's rows + N x the energy's rows per candidate;
 - inside the loop (`loop`, `step`): each denoising step is the marginals forward (1 step, 1 row)
