@@ -32,7 +32,6 @@ from jointobj import Denoiser, TokenCELoss
 from jointobj.benchmark import time_interleaved, write_measurements
 from jointobj.tiny import tiny_masked_lm
 
-
 BIG_VOCAB_DEFAULTS = {"vocab": 126_464, "batch": 8, "length": 256, "hidden": 64, "layers": 1, "repeats": 2}
 
 

@@ -20,6 +20,7 @@ from jointobj.benchmark import write_measurements
 from jointobj.order_eval import order_nll
 from jointobj.toysets import load_toyset
 
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a directory saved by Denoiser.save_pretrained")

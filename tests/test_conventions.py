@@ -11,14 +11,15 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from jointobj import Denoiser, DiffusionCollator, TokenCELoss
+from jointobj.batch import scorable_mask
 from jointobj.conventions import LogitShiftMeasurement
 from jointobj.evaluate import evaluate
 from jointobj.likelihood import order_log_likelihood
 from jointobj.oracle import OracleDenoiser
-from jointobj.batch import scorable_mask
 from jointobj.orders import OrderProposal
 from jointobj.tiny import tiny_masked_lm
 from jointobj.toysets import load_toyset
+
 from remote_models import save_remote_model
 from tiny_models import BidirectionalLM
 

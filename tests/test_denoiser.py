@@ -8,6 +8,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from jointobj import Denoiser, lora_target_modules
 from jointobj.tiny import TINY_ARCHITECTURES, tiny_masked_lm
+
 from tiny_models import BidirectionalLM
 
 VOCAB = 40

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from jointobj.report import format_table
+
 from helpers import load_script
 
 EVAL = Path(__file__).resolve().parents[1] / "eval"

@@ -9,6 +9,7 @@ from transformers import AutoModelForMaskedLM, GPT2Config, GPT2LMHeadModel
 
 from jointobj import Denoiser
 from jointobj.tiny import tiny_masked_lm
+
 from tiny_models import write_custom_code_model
 
 VOCAB = 40

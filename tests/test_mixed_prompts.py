@@ -6,7 +6,6 @@ import warnings
 
 import pytest
 import torch
-from remote_models import save_remote_model
 from torch import nn
 
 from jointobj import Denoiser
@@ -15,6 +14,8 @@ from jointobj.decoding.layout import AnswerLayout, normalise_prompts
 from jointobj.oracle import OracleDenoiser
 from jointobj.tiny import tiny_masked_lm
 from jointobj.toysets import load_toyset
+
+from remote_models import save_remote_model
 
 VOCAB, MASK, PAD = 12, 1, 0
 LENGTHS = [1, 4, 2, 4]  # prompt lengths of one batch

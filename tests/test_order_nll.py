@@ -7,7 +7,9 @@ import torch
 
 from jointobj.oracle import OracleDenoiser
 from jointobj.toysets import load_toyset
+
 from helpers import load_script
+
 
 @pytest.fixture(scope="module")
 def script():

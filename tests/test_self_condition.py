@@ -18,6 +18,7 @@ from jointobj.orders import ORDERS, Orders
 from jointobj.soft_inputs import soft_input_embeddings, soft_state
 from jointobj.tiny import tiny_masked_lm
 from jointobj.trainer import JointObjConfig, build_objective
+
 from helpers import padded_batch
 
 VOCAB, MASK, PAD = 100, 1, 0

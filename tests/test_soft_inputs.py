@@ -11,6 +11,7 @@ from jointobj import Denoiser
 from jointobj.oracle import OracleDenoiser
 from jointobj.soft_inputs import embedding_table, require_input_embeddings, soft_input_embeddings, soft_state
 from jointobj.tiny import tiny_masked_lm
+
 from tiny_models import BidirectionalLM
 
 VOCAB, MASK = 40, 1

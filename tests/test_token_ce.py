@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from jointobj import Denoiser, TokenCELoss
 from jointobj.tiny import tiny_masked_lm
+
 from helpers import padded_batch
 
 VOCAB, MASK, PAD = 100, 1, 0

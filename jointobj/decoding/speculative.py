@@ -61,8 +61,8 @@ from typing import Sequence
 
 import torch
 
-from jointobj.decoding.registry import DECODERS
 from jointobj.decoding.layout import AnswerLayout
+from jointobj.decoding.registry import DECODERS
 from jointobj.decoding.sampler import (
     _EXCLUDED_LOGIT,
     CommitLedger,
