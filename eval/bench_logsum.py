@@ -31,7 +31,8 @@ from jointobj.tiny import tiny_masked_lm
 
 
 class LiveStorageLedger(TorchDispatchMode):
-    """Peak bytes of tensor storages created inside the block and alive together (CPU stand-in for max_memory_allocated)."""
+    """Peak bytes of tensor storages created inside the block and alive together (CPU stand-in for
+    max_memory_allocated)."""
 
     def __init__(self):
         super().__init__()
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--max-rows", type=int, default=32, help="rows per forward chunk")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads; 1 keeps ratios stable on a shared machine (spinning threads under load distort them)")
+                        help="CPU threads; 1 keeps ratios stable on a shared machine (spinning threads under load "
+                             "distort them)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default="runs/bench_logsum.json")
     args = parser.parse_args(argv)
@@ -120,7 +122,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             with torch.no_grad():
                 for r in chunks(b * num_orders * k):
                     denoiser(input_ids=noisy[:r], attention_mask=ones[:r])
-            total = sum(F.cross_entropy(denoiser(input_ids=noisy[:r], attention_mask=ones[:r]).flatten(0, 1), noisy[:r].flatten())
+            total = sum(F.cross_entropy(denoiser(input_ids=noisy[:r], attention_mask=ones[:r]).flatten(0, 1),
+                                        noisy[:r].flatten())
                         for r in chunks(b * k))
             total.backward()
         return run
@@ -155,7 +158,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for blocks in args.blocks:
         by_m = {r["M"]: r for r in rows if r["K"] == blocks}
         low, high = min(by_m), max(by_m)
-        summary[f"exact_peak_M{high}_over_M{low}_K{blocks}"] = by_m[high]["exact_peak_bytes"] / by_m[low]["exact_peak_bytes"]
+        ratio = by_m[high]["exact_peak_bytes"] / by_m[low]["exact_peak_bytes"]
+        summary[f"exact_peak_M{high}_over_M{low}_K{blocks}"] = ratio
     summary["worst_sampled_over_reference"] = max(r["sampled_over_reference"] for r in rows)
     for name, value in summary.items():
         print(f"{name}: {value:.3f}")

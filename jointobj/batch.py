@@ -43,7 +43,8 @@ def check_batch(batch: Batch) -> torch.Tensor:
         rows = empty.nonzero().flatten().tolist()
         raise ValueError(
             f"rows {rows} of the batch have no scorable position: prompt_mask (or padding) covers every token. "
-            "Each example needs at least one response token outside the prompt; drop those rows or shorten their prompt."
+            "Each example needs at least one response token outside the prompt; drop those rows or shorten their "
+            "prompt."
         )
     return scorable
 

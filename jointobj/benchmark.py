@@ -20,7 +20,8 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def time_interleaved(candidates: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 3) -> dict[str, float]:
+def time_interleaved(candidates: dict[str, Callable[[], object]], repeats: int = 20,
+                     warmup: int = 3) -> dict[str, float]:
     """Median wall seconds of each candidate, run in turns `repeats` times after `warmup` turns."""
     times: dict[str, list[float]] = {name: [] for name in candidates}
     for turn in range(warmup + repeats):

@@ -81,7 +81,8 @@ def _extract_logits(output: Any) -> torch.Tensor:
         return output.logits
     if isinstance(output, (tuple, list)):
         return output[0]
-    raise TypeError(f"the model returned {type(output).__name__}; a Denoiser needs logits (a tensor or an object with .logits)")
+    raise TypeError(f"the model returned {type(output).__name__}; a Denoiser needs logits (a tensor or an object "
+                    "with .logits)")
 
 
 class Denoiser(nn.Module):
@@ -295,7 +296,8 @@ class Denoiser(nn.Module):
         from peft import LoraConfig, get_peft_model
 
         if config is None:
-            settings = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": lora_target_modules(self.model)}
+            settings = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+                        "target_modules": lora_target_modules(self.model)}
             settings.update(overrides)
             config = LoraConfig(**settings)
         elif overrides:
@@ -476,7 +478,8 @@ def lora_target_modules(model: nn.Module) -> list[str] | str:
         }
     )
     if not targets:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear layer LoRA can wrap; pass a LoraConfig with target_modules")
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer LoRA can wrap; pass a LoraConfig with "
+                         "target_modules")
     return targets
 
 

@@ -80,7 +80,8 @@ def _check_directory(directory: Path) -> None:
         )
 
 
-def load_model(directory: Path, *, trust_remote_code: bool = False, dtype: torch.dtype | str | None = None) -> nn.Module:
+def load_model(directory: Path, *, trust_remote_code: bool = False,
+               dtype: torch.dtype | str | None = None) -> nn.Module:
     """The masked-LM model in `directory` (a `*ForMaskedLM`, or an `AutoModel` with an LM head via remote code).
 
     `dtype`: a torch dtype, or "auto" for the checkpoint's own; None leaves it to transformers

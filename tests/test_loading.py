@@ -35,7 +35,8 @@ def test_adapter_saves_only_the_adapter_and_reloads(saved_base, tmp_path):
     _, base_dir = saved_base
     from peft import LoraConfig
 
-    denoiser = Denoiser.from_pretrained(base_dir, lora=LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    lora = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    denoiser = Denoiser.from_pretrained(base_dir, lora=lora)
     denoiser.eval()
     adapter_dir = tmp_path / "adapter"
     denoiser.save_pretrained(adapter_dir)
@@ -54,7 +55,8 @@ def test_adapter_onto_an_explicit_base_module(saved_base, tmp_path):
     _, base_dir = saved_base
     from peft import LoraConfig
 
-    denoiser = Denoiser.from_pretrained(base_dir, lora=LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    lora = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    denoiser = Denoiser.from_pretrained(base_dir, lora=lora)
     denoiser.eval().save_pretrained(tmp_path / "adapter")
     base = AutoModelForMaskedLM.from_pretrained(base_dir)
     reloaded = Denoiser.from_pretrained(tmp_path / "adapter", base=base).eval()

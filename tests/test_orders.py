@@ -146,7 +146,8 @@ def test_weights_are_prior_over_m_times_proposal():
 
 
 def test_fixed_set_with_a_prior_reweights_its_strata():
-    orders = OrderProposal(["l2r", "random", "random"], prior={"l2r": 0.5, "random": 0.5}).sample(torch.ones(1, 4, dtype=torch.bool))
+    proposal = OrderProposal(["l2r", "random", "random"], prior={"l2r": 0.5, "random": 0.5})
+    orders = proposal.sample(torch.ones(1, 4, dtype=torch.bool))
     torch.testing.assert_close(orders.log_weights.exp(), torch.tensor([[0.5, 0.25, 0.25]]))
 
 
@@ -164,7 +165,8 @@ def test_unknown_order_lists_the_known_ones():
         OrderProposal(mixture={"zigzag": 1.0}, num_orders=2)
 
 
-@pytest.mark.parametrize("kwargs", [{"orders": []}, {"orders": "l2r"}, {"mixture": {"l2r": 1}}, {"mixture": {"l2r": 1}, "num_orders": 0}])
+@pytest.mark.parametrize("kwargs", [{"orders": []}, {"orders": "l2r"}, {"mixture": {"l2r": 1}},
+                                    {"mixture": {"l2r": 1}, "num_orders": 0}])
 def test_fewer_than_one_order_is_refused(kwargs):
     with pytest.raises(ValueError, match=r"M >= 1"):
         OrderProposal(**kwargs)

@@ -79,8 +79,10 @@ def test_padding_length_does_not_change_the_loss(rows, extra_padding, seed):
         noised.t, noised.weight, noised.num_scorable,
     )
     with torch.no_grad():
-        short_loss = loss_fn.score(model(input_ids=noised.input_ids, attention_mask=short["attention_mask"]), short, noised)
-        long_loss = loss_fn.score(model(input_ids=padded.input_ids, attention_mask=long["attention_mask"]), long, padded)
+        short_logits = model(input_ids=noised.input_ids, attention_mask=short["attention_mask"])
+        short_loss = loss_fn.score(short_logits, short, noised)
+        long_logits = model(input_ids=padded.input_ids, attention_mask=long["attention_mask"])
+        long_loss = loss_fn.score(long_logits, long, padded)
     torch.testing.assert_close(short_loss.loss, long_loss.loss, atol=1e-5, rtol=1e-5)
 
 
