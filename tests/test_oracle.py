@@ -112,7 +112,8 @@ def test_visible_positions_are_one_hot_and_distributions_sum_to_one():
 
 
 def test_fully_masked_likes_tennis_is_half_half_per_position():
-    probs = OracleDenoiser(load_toyset("likes_tennis"))(torch.tensor([ids("<likes_tennis>", *["[MASK]"] * 3)])).softmax(-1)
+    oracle = OracleDenoiser(load_toyset("likes_tennis"))
+    probs = oracle(torch.tensor([ids("<likes_tennis>", *["[MASK]"] * 3)])).softmax(-1)
     for position, words in enumerate([("he", "i"), ("likes", "play"), ("apple", "tennis")], start=1):
         assert probs[0, position, ids(*words)].tolist() == pytest.approx([0.5, 0.5])
 
@@ -147,7 +148,8 @@ def test_inconsistent_context_follows_the_fewest_mismatch_rule():
     assert probs.sum() == pytest.approx(1.0)
     assert probs[ids("apple", "tennis")].tolist() == pytest.approx([0.5, 0.5])
     # "he likes _" is consistent: only "he likes apple" has 0 mismatches, so conditioning is exact.
-    probs = OracleDenoiser(load_toyset("likes_tennis"))(torch.tensor([ids("<likes_tennis>", "he", "likes", "[MASK]")])).softmax(-1)
+    oracle = OracleDenoiser(load_toyset("likes_tennis"))
+    probs = oracle(torch.tensor([ids("<likes_tennis>", "he", "likes", "[MASK]")])).softmax(-1)
     assert probs[0, 3, ids("apple")].item() == pytest.approx(1.0)
 
 
@@ -185,11 +187,13 @@ def test_interface_attributes():
 def test_errors_name_the_row():
     oracle = OracleDenoiser(load_toyset("likes_tennis"), load_toyset("shuffle_2"))
     with pytest.raises(ValueError, match=r"row 1 starts with '<cities>'.*likes_tennis"):
-        oracle(torch.tensor([ids("<likes_tennis>", "[MASK]", "[MASK]", "[MASK]"), ids("<cities>", "new", "york", "[PAD]")]))
+        oracle(torch.tensor([ids("<likes_tennis>", "[MASK]", "[MASK]", "[MASK]"),
+                             ids("<cities>", "new", "york", "[PAD]")]))
     with pytest.raises(ValueError, match="row 0: prompt .* is not a prompt of toy set 'shuffle_2'"):
         oracle(torch.tensor([ids("<shuffle_2>", "B", "A", "[SEP]", "[MASK]", "[MASK]")]))
     with pytest.raises(ValueError, match="row 0 is a 'likes_tennis' row but has 3 real tokens"):
-        oracle(torch.tensor([ids("<likes_tennis>", "he", "[MASK]", "[MASK]")]), attention_mask=torch.tensor([[1, 1, 1, 0]]))
+        oracle(torch.tensor([ids("<likes_tennis>", "he", "[MASK]", "[MASK]")]),
+               attention_mask=torch.tensor([[1, 1, 1, 0]]))
     with pytest.raises(ValueError, match="share the tag"):
         OracleDenoiser(load_toyset("cities"), load_toyset("cities"))
     with pytest.raises(ValueError, match="at least one toy set"):

@@ -26,8 +26,9 @@ def base_dir(tiny_model_dir) -> Path:
 
 
 def tiny_overrides(output_dir: Path) -> list[str]:
-    return ["--output_dir", str(output_dir), "--deepspeed", "", "--max_steps", "2", "--per_device_train_batch_size", "4",
-            "--samples_per_toyset", "16", "--logging_steps", "1", "--save_strategy", "no", "--disable_tqdm", "true"]
+    return ["--output_dir", str(output_dir), "--deepspeed", "", "--max_steps", "2", "--per_device_train_batch_size",
+            "4", "--samples_per_toyset", "16", "--logging_steps", "1", "--save_strategy", "no",
+            "--disable_tqdm", "true"]
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -39,7 +40,8 @@ def test_recipe_main_runs_in_process(recipe, base_dir, tmp_path):
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
     reloaded = Denoiser.from_pretrained(tmp_path / "out").eval()
-    ids = torch.tensor([[reloaded.tokenizer.convert_tokens_to_ids("<cities>"), reloaded.mask_token_id, reloaded.mask_token_id]])
+    mask = reloaded.mask_token_id
+    ids = torch.tensor([[reloaded.tokenizer.convert_tokens_to_ids("<cities>"), mask, mask]])
     result.denoiser.eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=ids), result.denoiser(input_ids=ids))
@@ -87,7 +89,8 @@ def snapshot(directory: Path) -> dict:
 
 
 def test_output_dir_equal_to_or_inside_the_model_dir_is_refused(tmp_path):
-    # Fails if check_output_dir lets either through, or (sibling) if it compares paths as strings: "model-run" starts with "model".
+    # Fails if check_output_dir lets either through, or (sibling) if it compares paths as strings: "model-run"
+    # starts with "model".
     from jointobj.recipe import check_output_dir
 
     (tmp_path / "model").mkdir()
@@ -104,7 +107,8 @@ def test_recipe_refuses_an_output_dir_inside_the_model_before_training(tiny_mode
     shutil.copytree(tiny_model_dir, model_dir)
     before = snapshot(model_dir)
     with pytest.raises(ValueError, match="--output_dir"):
-        load_recipe("logsum").main(["--model_name_or_path", str(model_dir), "--lora_r", "0"] + tiny_overrides(model_dir / "sub"))
+        load_recipe("logsum").main(["--model_name_or_path", str(model_dir), "--lora_r", "0"]
+                                   + tiny_overrides(model_dir / "sub"))
     assert snapshot(model_dir) == before and not (model_dir / "sub").exists()
 
 
@@ -129,7 +133,8 @@ def test_yaml_null_keeps_the_default(tmp_path):
     path = write_yaml(tmp_path / "c.yaml", f"output_dir: {tmp_path}\nmask_token_id: null\nlora_target_modules: null\n"
                                            "model_dtype: null\nreport_to: none\n")
     model_args, _, _ = parse_recipe_args(["--config", str(path)], None)
-    assert model_args.mask_token_id is None and model_args.lora_target_modules is None and model_args.model_dtype is None
+    assert model_args.mask_token_id is None and model_args.lora_target_modules is None
+    assert model_args.model_dtype is None
 
 
 def test_yaml_mapping_reaches_the_training_arguments_as_a_dict(tmp_path):
@@ -141,8 +146,10 @@ def test_yaml_mapping_reaches_the_training_arguments_as_a_dict(tmp_path):
     from jointobj.recipe import parse_recipe_args
 
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    key = "activation_checkpointing_kwargs" if "activation_checkpointing_kwargs" in names else "gradient_checkpointing_kwargs"
-    path = write_yaml(tmp_path / "c.yaml", f"output_dir: {tmp_path}\n{key}: {{use_reentrant: false}}\nreport_to: none\n")
+    new = "activation_checkpointing_kwargs"
+    key = new if new in names else "gradient_checkpointing_kwargs"
+    path = write_yaml(tmp_path / "c.yaml",
+                      f"output_dir: {tmp_path}\n{key}: {{use_reentrant: false}}\nreport_to: none\n")
     _, _, config = parse_recipe_args(["--config", str(path)], None)
     assert getattr(config, key) == {"use_reentrant": False}
 
@@ -167,7 +174,8 @@ def test_unknown_model_dtype_is_refused(tmp_path):
         (None, 8, False, False, torch.float32),
     ],
 )
-def test_model_dtype_default_follows_deepspeed_lora_and_precision(model_dtype, lora_r, deepspeed, bf16, expected, tmp_path):
+def test_model_dtype_default_follows_deepspeed_lora_and_precision(model_dtype, lora_r, deepspeed, bf16, expected,
+                                                                  tmp_path):
     # Fails if a row's rule changes, e.g. full fine-tuning loaded in bfloat16 without DeepSpeed.
     from jointobj.recipe import ModelArguments
     from jointobj.recipe import model_dtype as dtype_for

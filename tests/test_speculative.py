@@ -337,7 +337,8 @@ def test_benchmark_script_writes_rates_and_wall_times(tmp_path, capsys):
 
     out = tmp_path / "bench_speculative.json"
     rows = load_script("eval/bench_speculative.py").main(
-        ["--sets", "likes_tennis", "--oracle-sets", "cities", "--drafts", "1,2", "--revisable-thresholds", "0.3", "--draft-lengths", "all", "--samples", "16",
+        ["--sets", "likes_tennis", "--oracle-sets", "cities", "--drafts", "1,2", "--revisable-thresholds", "0.3",
+         "--draft-lengths", "all", "--samples", "16",
          "--wall-sets", "likes_tennis", "--thresholds", "0.9", "--batches", "1,4", "--wall-samples", "4",
          "--repeats", "1", "--json", str(out)])
     parts = {row["part"] for row in rows}

@@ -31,9 +31,10 @@ row 0's context, so row 0 is not run again (p_0 = q_0, and the first draft is al
 
 Multi-draft (`drafts` = N): N independent drafts of the window, all drawn from the same q, are
 verified together (N rows per window position, at most 1 + N (w - 1) rows, still one step:
-drafts that agree on the tokens before slot j share that slot's row, which runs once). At each position the drafts whose tokens agree with everything accepted so far
-are candidates, tried in draft order by recursive rejection: accept candidate k with
-probability min(1, r_k(x_k) / q(x_k)), r_1 = p_j; on rejection r_{k+1} = norm(max(0, r_k - q));
+drafts that agree on the tokens before slot j share that slot's row, which runs once). At each
+position the drafts whose tokens agree with everything accepted so far are candidates, tried in
+draft order by recursive rejection: accept candidate k with probability min(1, r_k(x_k) / q(x_k)),
+r_1 = p_j; on rejection r_{k+1} = norm(max(0, r_k - q));
 when every candidate is rejected the token is drawn from the last residual. Candidates are
 i.i.d. draws from q given the history, so each rejection step is ordinary speculative sampling
 on the residual and the committed token has law p_j exactly (multi-candidate speculative
