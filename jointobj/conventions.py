@@ -28,6 +28,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+CONFIG_NAME = "jointobj.json"  # beside the weights: the mask id, the conventions and the add-ons
+
 # Model types whose published code keeps the autoregressive shift (compared case-insensitively).
 SHIFTED_MODEL_TYPES = ("dream",)
 LOGIT_SHIFT_NAMES = {"none": 0, "shift": 1}  # names a user may give besides 0 / 1

@@ -39,6 +39,7 @@ from transformers.utils import logging
 
 from jointobj.add_ons import add_on_names, attach_add_ons, load_add_ons, save_add_ons
 from jointobj.conventions import (
+    CONFIG_NAME,
     LogitShiftMeasurement,
     check_positions,
     check_shift_on_text,
@@ -53,11 +54,11 @@ from jointobj.conventions import (
     shift_logits,
     source_positions,
 )
+from jointobj.loading import load_masked_lm
 from jointobj.ranks import zero3_sharded
 
 logger = logging.get_logger(__name__)
 
-CONFIG_NAME = "jointobj.json"
 
 _NO_MASK_HELP = (
     "jointobj needs a mask token id. Pass mask_token_id=... explicitly, or give the tokenizer a mask token "
@@ -388,8 +389,6 @@ class Denoiser(nn.Module):
         `logit_shift`, `eos_token_id`: as for Denoiser; else the values saved in jointobj.json
         (with the mask-blindness found when it was saved), else decided from the model.
         """
-        from jointobj.loading import load_masked_lm
-
         saved = Path(path) / CONFIG_NAME
         add_ons = json.loads(saved.read_text()).get("add_ons", {}) if saved.exists() else {}
         denoiser = load_masked_lm(

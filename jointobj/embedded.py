@@ -32,7 +32,7 @@ from pathlib import Path
 
 from accelerate import PartialState
 
-from jointobj.denoiser import CONFIG_NAME
+from jointobj.conventions import CONFIG_NAME
 from jointobj.ranks import configure_cpu_ranks
 
 BASE_SIZE = "small"  # jointobj.tiny.TINY_SIZES preset of the base (hidden size, layers)

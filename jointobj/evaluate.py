@@ -29,7 +29,7 @@ from tqdm import tqdm
 from jointobj.decoding.registry import build_decoder
 from jointobj.decoding.rescore import RescoreSpec
 from jointobj.energies import build_energy
-from jointobj.frontier import SweepPoint, sweep_points
+from jointobj.frontier import ALL, SweepPoint, parse_tokens_per_step, sweep_points
 from jointobj.metrics import (
     Cost,
     answer_unigram,
@@ -46,21 +46,7 @@ from jointobj.toysets import ToySet, load_toyset
 
 __all__ = ["ALL", "evaluate", "headline", "mask_run_profile", "parse_tokens_per_step"]
 
-ALL = "all"  # K meaning "the whole answer in one step"
 VALIDITY_LEVEL = 0.99
-
-
-def parse_tokens_per_step(value: int | str | None) -> int | None:
-    """K as given on a command line or in a list: a whole number >= 1, or 'all' / None (one step)."""
-    if value is None or value == ALL:
-        return None
-    try:
-        k = int(value)
-    except (TypeError, ValueError):
-        k = None
-    if k is None or k != float(value) or k < 1:
-        raise ValueError(f"tokens per step must be a whole number >= 1 or {ALL!r}, got {value!r}")
-    return k
 
 
 def _sample_all(decoder, denoiser, prompts: torch.Tensor, gen_length: int, generator: torch.Generator,

@@ -21,8 +21,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["REPORT_GRID", "SweepPoint", "TARGET", "Target", "parse_grid", "registered_grid", "setting_label",
-           "sweep_points", "target_status"]
+from jointobj.decoding.registry import DECODERS
+
+__all__ = ["ALL", "REPORT_GRID", "SweepPoint", "TARGET", "Target", "parse_grid", "parse_tokens_per_step",
+           "registered_grid", "setting_label", "sweep_points", "target_status"]
 
 # What the recipes' final report sweeps beside its plain decoders: the speculative decoder (its rate is
 # measured, so it runs once per option set) and the confidence threshold (one step budget, K = 1).
@@ -32,10 +34,20 @@ REPORT_GRID: dict[str, dict[str, list[Any]]] = {
 }
 
 
-def _parse_tokens_per_step(value: Any) -> int | None:
-    from jointobj.evaluate import parse_tokens_per_step
+ALL = "all"  # K meaning "the whole answer in one step"
 
-    return parse_tokens_per_step(value)
+
+def parse_tokens_per_step(value: int | str | None) -> int | None:
+    """K as given on a command line or in a list: a whole number >= 1, or 'all' / None (one step)."""
+    if value is None or value == ALL:
+        return None
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        k = None
+    if k is None or k != float(value) or k < 1:
+        raise ValueError(f"tokens per step must be a whole number >= 1 or {ALL!r}, got {value!r}")
+    return k
 
 
 @dataclass(frozen=True)
@@ -77,8 +89,6 @@ def _value(text: str) -> Any:
 def registered_grid(grid: Mapping[str, Mapping[str, Sequence[Any]]]) -> dict[str, dict[str, list[Any]]]:
     """The entries of `grid` whose decoder is registered (a grid written for decoders a given
     install may not have)."""
-    from jointobj.decoding.registry import DECODERS
-
     return {name: {k: list(v) for k, v in axes.items()} for name, axes in grid.items() if name in DECODERS}
 
 
@@ -111,11 +121,11 @@ def sweep_points(decoders: Sequence[str], tokens_per_step: Sequence[int | str | 
     `tokens_per_step` (or its grid's own K list) and every combination of its grid's options,
     on top of its fixed `decoder_options`."""
     decoder_options, grid = decoder_options or {}, grid or {}
-    shared_ks = [_parse_tokens_per_step(k) for k in tokens_per_step]
+    shared_ks = [parse_tokens_per_step(k) for k in tokens_per_step]
     points = []
     for name in dict.fromkeys([*decoders, *grid]):
         axes = dict(grid.get(name, {}))
-        ks = [_parse_tokens_per_step(k) for k in axes.pop("tokens_per_step", [])] or shared_ks
+        ks = [parse_tokens_per_step(k) for k in axes.pop("tokens_per_step", [])] or shared_ks
         if not ks:
             raise ValueError(f"decoder {name!r} has no tokens per step to run: give tokens_per_step or a grid "
                              f"entry tokens_per_step=...")

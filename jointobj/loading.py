@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
+from jointobj.conventions import CONFIG_NAME, resolve_eos_token_id, resolve_logit_shift
+
 if TYPE_CHECKING:
     from jointobj.denoiser import Denoiser
 
@@ -31,8 +33,6 @@ CONVENTIONS = ("logit_shift", "eos_token_id", "mask_blind")  # saved in jointobj
 
 def _saved_settings(directory: Path) -> dict[str, Any]:
     """jointobj.json's settings ({} when the directory has none)."""
-    from jointobj.denoiser import CONFIG_NAME
-
     config = directory / CONFIG_NAME
     return _read_json(config) if config.exists() else {}
 
@@ -213,8 +213,6 @@ def adapter_base(
 
 def apply_conventions(denoiser: "Denoiser", conventions: dict[str, Any]) -> None:
     """Set saved or given conventions on a built Denoiser (checked as the constructor checks them)."""
-    from jointobj.conventions import resolve_eos_token_id, resolve_logit_shift
-
     if conventions.get("logit_shift") is not None:
         denoiser.logit_shift, _ = resolve_logit_shift(conventions["logit_shift"], None)
         denoiser.logit_shift_source = "given or saved with the adapter"

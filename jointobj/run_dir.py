@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from jointobj.checkpoints import LATEST_NAME, checkpoints_in, discard_checkpoint
-from jointobj.denoiser import CONFIG_NAME
+from jointobj.conventions import CONFIG_NAME
 
 FINISHED_NAME = "finished.json"  # written after the final save: the step the run finished at
 RUN_FILES = ("adapter_config.json", "adapter_model.safetensors", "model.safetensors", CONFIG_NAME, LATEST_NAME,
