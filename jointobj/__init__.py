@@ -38,7 +38,7 @@ from jointobj.losses import (
     MixtureLoss,
     TokenCELoss,
 )
-from jointobj.metrics import Cost, joint_validity, total_variation, tv_noise_floor
+from jointobj.metrics import Cost, joint_validity, total_variation, tv_noise_floor, wilson_interval
 from jointobj.noise import (
     SCHEDULES,
     CosineSchedule,
@@ -58,6 +58,7 @@ from jointobj.toysets import (
     toy_tokenizer,
     toyset_from_dataset,
 )
+from jointobj.user_sets import make_toyset
 
 __version__ = "0.1.0"
 
@@ -92,6 +93,7 @@ __all__ = [
     "lora_target_modules",
     "LOSSES",
     "LossOutput",
+    "make_toyset",
     "MixtureLoss",
     "OracleDenoiser",
     "order_log_likelihood",
@@ -122,5 +124,6 @@ __all__ = [
     "toyset_from_dataset",
     "TOYSETS",
     "tv_noise_floor",
+    "wilson_interval",
     "UnmaskingSampler",
 ]

@@ -77,7 +77,8 @@ class ModelArguments:
 class DataArguments:
     dataset: str = field(
         default="likes_tennis,cities,agreement",
-        metadata={"help": "Toy set names (comma-separated), or a local .jsonl / .json file or datasets directory."},
+        metadata={"help": "Toy set names or user sets by import reference module:attribute (comma-separated), "
+                          "or a local .jsonl / .json file or datasets directory."},
     )
     samples_per_toyset: int = field(default=2000, metadata={"help": "Examples drawn from each toy set."})
     report_decoders: str = field(default="confidence,l2r,random", metadata={"help": "Decoders in the final report."})
@@ -133,6 +134,12 @@ def _yaml_flag_value(value: Any) -> str:
     return str(value)
 
 
+CONFIG_USAGE = ("%(prog)s [--config FILE.yaml] [--FLAG VALUE ...]\n\n"
+                "  --config FILE.yaml    a YAML mapping of the flags below (each recipe has a default in "
+                "recipes/configs/;\n                        a null value keeps the default); flags given on the "
+                "command line win")
+
+
 def parse_recipe_args(argv: list[str] | None, default_config: str | Path | None):
     """(ModelArguments, DataArguments, JointObjConfig) from `--config YAML` then flags (flags win).
 
@@ -154,7 +161,7 @@ def parse_recipe_args(argv: list[str] | None, default_config: str | Path | None)
         for key, value in values.items():
             if value is not None:
                 from_yaml += [f"--{key}", _yaml_flag_value(value)]
-    parser = HfArgumentParser((ModelArguments, DataArguments, JointObjConfig))
+    parser = HfArgumentParser((ModelArguments, DataArguments, JointObjConfig), usage=CONFIG_USAGE)
     return parser.parse_args_into_dataclasses(args=from_yaml + argv, look_for_args_file=False)
 
 

@@ -203,3 +203,12 @@ def test_broken_yaml_names_the_file(tmp_path):
     path = write_yaml(tmp_path / "broken.yaml", "lora_r: 3\n  lora_alpha: [7\n")
     with pytest.raises(ValueError, match=r"config .*broken.yaml is not valid YAML"):
         parse_recipe_args(["--config", str(path)], None)
+
+
+def test_help_lists_the_config_flag(capsys):
+    from jointobj.recipe import parse_recipe_args
+
+    with pytest.raises(SystemExit):
+        parse_recipe_args(["--help"], default_config=None)
+    shown = capsys.readouterr().out
+    assert "--config FILE.yaml" in shown and "flags given on the command line win" in shown
