@@ -283,7 +283,9 @@ class JointObjTrainer(Trainer):
     def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, **kwargs) -> None:
         """Stop before logging or saving a step whose gradient norm was not finite (its update may
         have written NaN or inf into the weights)."""
-        if grad_norm is not None and not math.isfinite(float(grad_norm)):
+        # fp16's loss scaler skips a step whose gradients overflowed (the weights are untouched): no divergence.
+        skipped = getattr(self.accelerator, "optimizer_step_was_skipped", False)
+        if grad_norm is not None and not math.isfinite(float(grad_norm)) and not skipped:
             raise self._non_finite_stop(f"the gradient norm of step {self.state.global_step} is {float(grad_norm)}")
         super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
 
@@ -294,9 +296,13 @@ class JointObjTrainer(Trainer):
         step = self.state.global_step
         run_dir = Path(self.args.output_dir)
         suspect = run_dir / f"checkpoint-{step}"
-        if self.args.should_save and suspect.is_dir():
+        # Only a checkpoint no finite loss has confirmed yet is suspect: a confirmed one (a finite forward
+        # from its weights already rotated its older siblings away, e.g. an earlier micro-batch of this
+        # step, or training before an evaluation) may be the only complete checkpoint left.
+        unconfirmed = suspect == self._unconfirmed_checkpoint
+        if self.args.should_save and unconfirmed and suspect.is_dir():
             (suspect / MANIFEST_NAME).unlink(missing_ok=True)
-        good, _ = newest_complete_checkpoint(run_dir, before_step=step)
+        good, _ = newest_complete_checkpoint(run_dir, before_step=step if unconfirmed else step + 1)
         if self.args.should_save and good is not None:
             write_latest(run_dir, good)
         elif self.args.should_save:

@@ -104,6 +104,35 @@ def test_nan_loss_stops_with_the_step_and_batch_and_keeps_the_checkpoint(tmp_pat
     assert latest_checkpoint(settings.output_dir).endswith("checkpoint-2")
 
 
+class NaNAtCall(torch.nn.Module):
+    """Wraps an objective; its `call`-th forward (counting from 1) gives a NaN loss."""
+
+    def __init__(self, objective, call):
+        super().__init__()
+        self.objective, self.call, self.calls = objective, call, 0
+
+    def forward(self, denoiser, batch):
+        self.calls += 1
+        output = self.objective(denoiser, batch)
+        if self.calls == self.call:
+            from jointobj.losses.base import check_finite
+
+            check_finite(output.loss * math.nan, "token_ce loss", batch["input_ids"])
+        return output
+
+
+def test_a_nan_micro_batch_after_a_finite_one_keeps_the_confirmed_checkpoint(tmp_path):
+    # Two micro-batches a step: step 5's first (finite) confirms checkpoint-4 and rotates checkpoint-2 away
+    # (limit 1); its second is NaN. checkpoint-4 is then the only complete one and must stay resumable.
+    settings = config(tmp_path, save_strategy="steps", save_steps=2, save_total_limit=1,
+                      gradient_accumulation_steps=2, per_device_train_batch_size=4)
+    trainer = JointObjTrainer(tiny_denoiser(), settings, train_dataset=DATA)
+    trainer.objective = NaNAtCall(build_objective(settings), call=10)
+    with pytest.raises(FloatingPointError, match="checkpoint-4"):
+        trainer.train()
+    assert latest_checkpoint(settings.output_dir).endswith("checkpoint-4")
+
+
 def test_latest_names_only_complete_checkpoints(tmp_path):
     settings = config(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
     JointObjTrainer(tiny_denoiser(), settings, train_dataset=DATA).train()
