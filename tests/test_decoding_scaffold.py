@@ -249,3 +249,11 @@ def test_gumbel_noise_has_the_standard_gumbel_mean_and_variance():
     assert abs(float(noise.mean()) - EULER_GAMMA) <= 5 * math.sqrt(variance / n)  # 5 standard errors
     variance_se = variance * math.sqrt((2 + 12 / 5) / n)  # sd of the sample variance: sigma^2 sqrt((kurtosis - 1) / n)
     assert abs(float(noise.var()) - variance) <= 5 * variance_se
+
+
+@pytest.mark.parametrize("name", ["random", "threshold", "soft", "speculative", "revisable"])
+@pytest.mark.parametrize("temperature", [-1.0, math.inf, math.nan, "1"])
+def test_every_decoder_refuses_a_temperature_that_is_not_finite_and_non_negative(name, temperature):
+    # An infinite temperature divides the [MASK] exclusion logit away: [MASK] would be drawn, silently.
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+        build_decoder(name, 1, temperature=temperature)

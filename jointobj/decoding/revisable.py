@@ -49,6 +49,7 @@ from jointobj.decoding.sampler import (
     _EXCLUDED_LOGIT,
     CommitLedger,
     SampleOutput,
+    check_temperature,
     check_whole_number,
     eval_mode,
     finish_sample,
@@ -89,8 +90,7 @@ class RevisableDecoder:
             raise ValueError(f"doubt must lie in [0, 1] (0 never remasks), got {doubt}")
         if isinstance(max_revisions, bool) or not isinstance(max_revisions, int) or max_revisions < 0:
             raise ValueError(f"max_revisions must be a whole number >= 0, got {max_revisions!r}")
-        if not temperature >= 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        check_temperature(temperature)
         self.tokens_per_step = None if tokens_per_step is None else int(tokens_per_step)
         self.threshold, self.doubt = float(threshold), float(doubt)
         self.max_revisions = max_revisions

@@ -80,9 +80,9 @@ from jointobj.decoding.layout import AnswerLayout, normalise_prompts
 from jointobj.decoding.policies import UnmaskingPolicy
 from jointobj.randomness import gumbel_max, gumbel_noise, uniform  # noqa: F401 (re-exported: decoders' noise)
 
-__all__ = ["SampleOutput", "UnmaskingSampler", "block_budget", "check_request", "check_steps", "eval_mode",
-           "finish_sample", "gumbel_max", "gumbel_noise", "layout_request", "resolve_eos", "start_answer", "steps_for",
-           "trim_at_eos", "uniform"]
+__all__ = ["SampleOutput", "UnmaskingSampler", "block_budget", "check_request", "check_steps", "check_temperature",
+           "eval_mode", "finish_sample", "gumbel_max", "gumbel_noise", "layout_request", "resolve_eos", "start_answer",
+           "steps_for", "trim_at_eos", "uniform"]
 
 # Logit given to the mask token: finite so entropies stay finite, exp() of it is exactly 0.
 _EXCLUDED_LOGIT = -1e9
@@ -196,6 +196,13 @@ def eval_mode(denoiser: Any) -> Iterator[None]:
     finally:
         if was_training:
             denoiser.train()
+
+
+def check_temperature(temperature: Any) -> None:
+    """A sampling temperature: finite and >= 0 (0 = greedy). An infinite one would divide the [MASK]
+    exclusion logit away and let [MASK] be drawn."""
+    if not (isinstance(temperature, (int, float)) and 0 <= temperature < float("inf")):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
 
 
 def check_whole_number(name: str, value: Any, none_means: str | None = None) -> None:
@@ -381,8 +388,7 @@ class UnmaskingSampler:
                  block_length: int | None = None, name: str | None = None, steps: int | None = None,
                  stop_at_eos: bool = False):
         check_budget_options(tokens_per_step, steps)
-        if not temperature >= 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        check_temperature(temperature)
         check_whole_number("block_length", block_length, "one block")
         if steps is not None and block_length is not None:
             check_steps(steps, block_length, block_length)

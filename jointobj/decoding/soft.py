@@ -75,6 +75,7 @@ from jointobj.decoding.sampler import (
     block_budget,
     check_budget_options,
     check_steps,
+    check_temperature,
     check_whole_number,
     eval_mode,
     finish_sample,
@@ -191,8 +192,7 @@ class SoftStateDecoder:
             raise ValueError(f"threshold must lie in (0, 1], got {threshold}; 0.9 is usual, 1 commits only at the end")
         if not 0.0 <= mixing <= 1.0:
             raise ValueError(f"mixing (a) must lie in [0, 1] (0 = plain masks, 1 = the state alone), got {mixing}")
-        if not temperature >= 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        check_temperature(temperature)
         if not state_temperature > 0:
             raise ValueError(f"state_temperature must be > 0 (below 1 sharpens the states), got {state_temperature}")
         if steps is not None and block_length is not None:

@@ -68,6 +68,7 @@ from jointobj.decoding.sampler import (
     _EXCLUDED_LOGIT,
     CommitLedger,
     SampleOutput,
+    check_temperature,
     check_whole_number,
     eval_mode,
     finish_sample,
@@ -128,8 +129,7 @@ class SpeculativeDecoder:
         check_whole_number("draft_length", draft_length, "the rest of the block")
         check_whole_number("drafts", drafts)
         check_whole_number("block_length", block_length, "one block")
-        if not temperature >= 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        check_temperature(temperature)
         if isinstance(order, str) and order not in _NAMED_ORDERS:
             raise ValueError(f"unknown verification order {order!r}; use one of {', '.join(_NAMED_ORDERS)} "
                              "or an explicit permutation of range(gen_length)")
