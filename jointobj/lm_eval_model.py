@@ -1,4 +1,4 @@
-"""jointobj as an lm-evaluation-harness model (the optional `lm_eval` extra: pip install "jointobj[lm_eval]").
+"""jointobj as an lm-evaluation-harness model (the optional `lm-eval` extra: pip install "jointobj[lm-eval]").
 
     jointobj lm-eval --model jointobj \
         --model_args pretrained=runs/agreement,decoder=threshold,threshold=0.9,tokens_per_step=2 \
@@ -61,7 +61,7 @@ try:
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model
 except ImportError as error:  # pragma: no cover - exercised only without the extra
-    raise ImportError("jointobj.lm_eval_model needs lm-evaluation-harness: pip install 'jointobj[lm_eval]' "
+    raise ImportError("jointobj.lm_eval_model needs lm-evaluation-harness: pip install 'jointobj[lm-eval]' "
                       "(or pip install lm-eval)") from error
 
 from jointobj.generation import generate_texts

@@ -4,7 +4,7 @@
         --tasks my_task --include_path my_tasks/
 
 Every argument is lm_eval's own (`jointobj lm-eval --help`); the model and its model_args are
-documented in jointobj/lm_eval_model.py. Needs the `lm_eval` extra (pip install "jointobj[lm_eval]").
+documented in jointobj/lm_eval_model.py. Needs the `lm-eval` extra (pip install "jointobj[lm-eval]").
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
 
         import jointobj.lm_eval_model  # noqa: F401  (registers the model)
     except ImportError as error:
-        raise ValueError(f"jointobj lm-eval needs lm-evaluation-harness: pip install 'jointobj[lm_eval]' "
+        raise ValueError(f"jointobj lm-eval needs lm-evaluation-harness: pip install 'jointobj[lm-eval]' "
                          f"({error})") from error
     saved = sys.argv
     sys.argv = ["jointobj lm-eval", *(sys.argv[1:] if argv is None else argv)]
