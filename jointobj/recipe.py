@@ -240,7 +240,9 @@ def report(base_dir: Path, tuned_dir: Path, data_args: DataArguments, config: Jo
                      f"{row['model']} tv": row["tv"]})
         if row["model"] == "fine-tuned":
             line["rows/token"] = row["rows_per_token"]
+            line["fine-tuned valid 95%"] = f"{row['validity_low']:.3f}-{row['validity_high']:.3f}"  # Wilson
     per_model = [f"{label} {what}" for label in models for what in ("tok/step", "valid", "tv")]
+    per_model.insert(per_model.index("fine-tuned valid") + 1, "fine-tuned valid 95%")
     print(f"\nvalidity, TV and tokens per step ({data_args.report_samples} samples per cell; rows/token of the "
           "fine-tuned model: forward rows per generated token)")
     print(format_table(list(table.values()), ["toyset", "decoder", "setting", *per_model, "tv floor", "rows/token"]))

@@ -48,7 +48,7 @@ def test_recipe_main_runs_in_process(recipe, base_dir, tmp_path):
 
 
 @pytest.mark.slow  # pretrains a base, trains, reports
-def test_embedded_default_pretrains_a_base_then_reports(tmp_path):
+def test_embedded_default_pretrains_a_base_then_reports(tmp_path, capsys):
     result = load_recipe("logsum").main(
         ["--base_dir", str(tmp_path / "base"), "--base_steps", "5", "--dataset", "likes_tennis",
          "--report_samples", "8", "--report_decoders", "confidence", "--report_tokens_per_step", "1,all"]
@@ -57,6 +57,7 @@ def test_embedded_default_pretrains_a_base_then_reports(tmp_path):
     assert (tmp_path / "base" / "jointobj.json").exists() and not (tmp_path / "base.staging").exists()
     assert {row["model"] for row in result.report} == {"base", "fine-tuned", "oracle"}
     assert (tmp_path / "out" / "report.json").exists() and (tmp_path / "out" / "report.png").exists()
+    assert "fine-tuned valid 95%" in capsys.readouterr().out  # the Wilson interval beside the validity
 
 
 def test_missing_model_directory(tmp_path):
