@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(format_table(nll_rows, ["toyset", "objective", "order", "nll_nats", "se", "entropy_nats", "gap_nats"]))
     print()
     print(format_table(decode_rows, ["toyset", "objective", "decoder", "knobs", "tokens_per_step", "validity",
-                                     "validity_se", "tv", "tv_floor", "rows_per_token"]))
+                                     "validity_low", "validity_high", "tv", "tv_floor", "rows_per_token"]))
     write_measurements(args.json, nll_rows + decode_rows, config=vars(args))
     print(f"wrote {args.json}")
     return nll_rows + decode_rows
