@@ -140,6 +140,15 @@ def resume_checkpoint(run_dir: str | os.PathLike, requested: str) -> Path:
                 f"not resuming from {requested}: {problem}. Resume only from checkpoints a completed save wrote "
                 f"(--resume_from_checkpoint latest picks the newest complete one)."
             )
+        step = checkpoint_step(requested)
+        newer = [path.name for path in checkpoints_in(run_dir)
+                 if step is not None and checkpoint_step(path) > step and checkpoint_problem(path) is None]
+        if newer:  # the abandoned run's: a later "latest" would resume it, and rotation would never remove it
+            raise CheckpointError(
+                f"not resuming from {requested}: {run_dir} holds newer complete checkpoints ({', '.join(newer)}) of "
+                "the run you would abandon; a later --resume_from_checkpoint latest would pick them up. Move them out "
+                "of the output_dir (keep them elsewhere if you may want them), then resume again."
+            )
         return Path(requested)
     chosen, skipped = newest_complete_checkpoint(run_dir)
     if chosen is None:

@@ -18,6 +18,7 @@ from jointobj.checkpoints import (
     checkpoint_problem,
     newest_complete_checkpoint,
     read_latest,
+    resume_checkpoint,
     rotate_checkpoints,
     write_latest,
     write_manifest,
@@ -143,6 +144,20 @@ def test_manifest_catches_a_missing_resized_altered_or_unlisted_file(tmp_path):
     (checkpoint / "sub" / "b.bin").write_bytes(b"xyz")
     (checkpoint / "extra.pt").write_bytes(b"")
     assert "does not list: extra.pt" in checkpoint_problem(checkpoint)
+
+
+def test_resuming_an_older_checkpoint_beside_newer_complete_ones_is_refused(tmp_path):
+    # Fails if resume accepts checkpoint-2 while the abandoned run's complete checkpoint-4 stays in the
+    # output_dir, where a later `--resume_from_checkpoint latest` would silently pick it up.
+    for step in (2, 4, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "w.bin").write_bytes(bytes([step]))
+    write_manifest(tmp_path / "checkpoint-2")
+    write_manifest(tmp_path / "checkpoint-4")  # checkpoint-6 stays incomplete: no obstacle
+    with pytest.raises(CheckpointError, match=r"newer complete checkpoints \(checkpoint-4\)"):
+        resume_checkpoint(tmp_path, str(tmp_path / "checkpoint-2"))
+    assert resume_checkpoint(tmp_path, str(tmp_path / "checkpoint-4")) == tmp_path / "checkpoint-4"
+    assert (tmp_path / "checkpoint-2").is_dir() and (tmp_path / "checkpoint-4").is_dir()  # nothing deleted
 
 
 def test_rotation_waits_for_a_complete_recorded_successor(tmp_path):
