@@ -108,39 +108,40 @@ def _measure(decoder, denoiser, toyset, prompts: torch.Tensor, seed: int) -> dic
             "steps_per_sample": out.steps_per_sample}
 
 
-def rate_rows(models: dict, args: argparse.Namespace) -> list[dict]:
-    rows = []
+def _cells(models: dict, args: argparse.Namespace):
+    """(model name, set name, toy set, its prompts, the denoiser) for every model and set it is measured on:
+    the oracle (a None model) on args.sets and args.oracle_sets, trained models on args.sets."""
     for model_name, denoiser in models.items():
         for name in args.sets + (args.oracle_sets if denoiser is None else []):
             toyset = load_toyset(name)
             prompts, _ = toyset.sample(args.samples, torch.Generator().manual_seed(args.seed))
-            oracle = OracleDenoiser(toyset) if denoiser is None else denoiser
-            for w in args.draft_lengths:
-                for n in args.drafts:
-                    decoder = build_decoder("speculative", draft_length=w, drafts=n, temperature=args.temperature)
-                    rows.append({"part": "rate", "model": model_name, "toyset": name,
-                                 "draft_length": "all" if w is None else w, "drafts": n,
-                                 **_measure(decoder, oracle, toyset, prompts, args.seed)})
+            yield model_name, name, toyset, prompts, OracleDenoiser(toyset) if denoiser is None else denoiser
+
+
+def rate_rows(models: dict, args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for model_name, name, toyset, prompts, model in _cells(models, args):
+        for w in args.draft_lengths:
+            for n in args.drafts:
+                decoder = build_decoder("speculative", draft_length=w, drafts=n, temperature=args.temperature)
+                rows.append({"part": "rate", "model": model_name, "toyset": name,
+                             "draft_length": "all" if w is None else w, "drafts": n,
+                             **_measure(decoder, model, toyset, prompts, args.seed)})
     return rows
 
 
 def revisable_rows(models: dict, args: argparse.Namespace) -> list[dict]:
     """Revisable commits beside the threshold decoder at the same commit threshold: what the check rows buy."""
     rows = []
-    for model_name, denoiser in models.items():
-        for name in args.sets + (args.oracle_sets if denoiser is None else []):
-            toyset = load_toyset(name)
-            prompts, _ = toyset.sample(args.samples, torch.Generator().manual_seed(args.seed))
-            model = OracleDenoiser(toyset) if denoiser is None else denoiser
-            for t in args.revisable_thresholds:
-                settings = [("threshold", None, build_decoder("threshold", 1, threshold=t,
-                                                                temperature=args.temperature))]
-                settings += [("revisable", r, build_decoder("revisable", threshold=t, check_rows=r,
-                                                             temperature=args.temperature)) for r in (1, 2)]
-                for label, check_rows, decoder in settings:
-                    rows.append({"part": "revisable", "model": model_name, "toyset": name, "decoder": label,
-                                 "threshold": t, "check_rows": check_rows,
-                                 **_measure(decoder, model, toyset, prompts, args.seed)})
+    for model_name, name, toyset, prompts, model in _cells(models, args):
+        for t in args.revisable_thresholds:
+            settings = [("threshold", None, build_decoder("threshold", 1, threshold=t, temperature=args.temperature))]
+            settings += [("revisable", r, build_decoder("revisable", threshold=t, check_rows=r,
+                                                         temperature=args.temperature)) for r in (1, 2)]
+            for label, check_rows, decoder in settings:
+                rows.append({"part": "revisable", "model": model_name, "toyset": name, "decoder": label,
+                             "threshold": t, "check_rows": check_rows,
+                             **_measure(decoder, model, toyset, prompts, args.seed)})
     return rows
 
 
