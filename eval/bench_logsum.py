@@ -25,7 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from jointobj import Denoiser, TokenCELoss
-from jointobj.benchmark import time_interleaved, write_measurements
+from jointobj.benchmark import cuda_peak_bytes, time_interleaved, write_measurements
 from jointobj.losses import LogSumOrdersLoss
 from jointobj.tiny import tiny_masked_lm
 
@@ -59,12 +59,7 @@ class LiveStorageLedger(TorchDispatchMode):
 
 def peak_bytes(step, device: torch.device) -> int:
     if device.type == "cuda":
-        torch.cuda.synchronize()
-        start = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - start
+        return cuda_peak_bytes(step)
     with LiveStorageLedger() as ledger:
         step()
     return ledger.peak

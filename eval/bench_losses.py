@@ -29,7 +29,7 @@ import time
 import torch
 
 from jointobj import Denoiser, TokenCELoss
-from jointobj.benchmark import time_interleaved, write_measurements
+from jointobj.benchmark import cuda_peak_bytes, time_interleaved, write_measurements
 from jointobj.tiny import tiny_masked_lm
 
 BIG_VOCAB_DEFAULTS = {"vocab": 126_464, "batch": 8, "length": 256, "hidden": 64, "layers": 1, "repeats": 2}
@@ -99,12 +99,7 @@ def build_steps(args: argparse.Namespace, with_logsum: bool) -> dict:
 def peak_step_bytes(run) -> int:
     """Bytes a step needs above what was held before it (see the module doc)."""
     if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        held = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        run()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - held
+        return cuda_peak_bytes(run)
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so the resident set is what is held
     held = resident_bytes()
     peak, done = [held], threading.Event()

@@ -20,6 +20,16 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def cuda_peak_bytes(run: Callable[[], object]) -> int:
+    """Bytes of CUDA memory `run()` needs above what was allocated before it (its peak, less what was held)."""
+    torch.cuda.synchronize()
+    held = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    run()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - held
+
+
 def time_interleaved(candidates: dict[str, Callable[[], object]], repeats: int = 20,
                      warmup: int = 3) -> dict[str, float]:
     """Median wall seconds of each candidate, run in turns `repeats` times after `warmup` turns."""
