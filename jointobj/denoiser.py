@@ -400,12 +400,21 @@ class Denoiser(nn.Module):
         return denoiser
 
 
+def takes_positions(denoiser: Any) -> bool:
+    """Whether the denoiser's own class computes logits of chosen positions only (`positions=` on its
+    forward, or __call__ for a plain callable: Denoiser, OracleDenoiser). Wrappers that forward calls and
+    attributes (self-conditioning, counters, recorders) are judged by their own class: full logits."""
+    call = getattr(type(denoiser), "forward", None) or getattr(type(denoiser), "__call__", None)
+    try:
+        return call is not None and "positions" in inspect.signature(call).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def logits_at(denoiser: Any, positions: torch.Tensor, **inputs: Any) -> torch.Tensor:
     """[t, V] float32 logits of the `positions [b, l]` (bool) only, in row-major order: the lean path
-    of a denoiser whose forward takes `positions=` (Denoiser, OracleDenoiser), else its full
-    logits `[b, l, V]` indexed (e.g. a self-conditioned wrapper)."""
-    call = denoiser.forward if isinstance(denoiser, nn.Module) else denoiser.__call__
-    if "positions" in inspect.signature(call).parameters:
+    of a denoiser that takes `positions=` (`takes_positions`), else its full logits `[b, l, V]` indexed."""
+    if takes_positions(denoiser):
         return denoiser(**inputs, positions=positions)  # [t, V]
     return denoiser(**inputs)[positions].float()  # [t, V]
 

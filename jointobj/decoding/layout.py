@@ -30,11 +30,12 @@ never made.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from jointobj.denoiser import takes_positions
 
 __all__ = ["AnswerLayout", "normalise_prompts"]
 
@@ -84,16 +85,6 @@ def normalise_prompts(prompt_ids: Any, prompt_attention_mask: torch.Tensor | Non
     packed = prompt_ids.gather(1, source) if lp else prompt_ids
     packed = torch.where(column < lengths[:, None], packed, pad_id)  # [b, lp]
     return packed[:, : int(lengths.max()) if b else 0], lengths
-
-
-def _takes_positions(denoiser: Any) -> bool:
-    """Whether the denoiser's own class has a forward taking `positions=` (logits of chosen positions
-    only). Wrappers that forward calls and attributes (counters, recorders) get full logits."""
-    forward = getattr(type(denoiser), "forward", None)
-    try:
-        return forward is not None and "positions" in inspect.signature(forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 @dataclass
@@ -207,7 +198,7 @@ class AnswerLayout:
         same = bool((lengths == width).all())
         attention = None if same else column < lengths[:, None]  # [a, w] bool
         feed = {"input_ids" if ids else "inputs_embeds": inputs, "attention_mask": attention}
-        if _takes_positions(denoiser):
+        if takes_positions(denoiser):
             positions = (column >= (lengths - length)[:, None]) & (column < lengths[:, None])  # [a, w]
             return denoiser(**feed, positions=positions).view(a, length, -1)  # [a, L, V]
         logits = denoiser(**feed)  # [a, w, V]
