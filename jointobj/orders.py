@@ -30,6 +30,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
+from jointobj.checks import ALL_BLOCKS, check_blocks, check_whole_number
 from jointobj.randomness import multinomial, uniform
 from jointobj.registry import Registry
 
@@ -121,12 +122,11 @@ def check_orders(rank: torch.Tensor, scorable: torch.Tensor) -> None:
 
 def num_blocks(blocks: int | str, lengths: torch.Tensor) -> torch.Tensor:
     """K per row, [b] long: `blocks` itself, or n_b for "all" (exact any-order autoregressive)."""
-    if blocks == "all":
+    blocks = check_blocks(blocks)
+    if blocks == ALL_BLOCKS:
         return lengths.clone()
-    if isinstance(blocks, bool) or not isinstance(blocks, int):
-        raise ValueError(f"blocks must be a positive int or 'all', got {blocks!r}")
     short = (lengths < blocks).nonzero().flatten().tolist()
-    if blocks < 1 or short:
+    if short:
         raise ValueError(f"blocks={blocks} must lie in 1..n for every row, where n is the row's scorable count; "
                          f"rows {short} have only {lengths[short].tolist()} scorable positions. Lower blocks, "
                          "or use blocks='all' for one position per block")
@@ -178,8 +178,7 @@ class OrderProposal:
                  mixture: Mapping[str, float] | None = None, num_orders: int | None = None,
                  prior: Mapping[str, float] | None = None):
         if mixture is not None:
-            if num_orders is None or isinstance(num_orders, bool) or not isinstance(num_orders, int) or num_orders < 1:
-                raise ValueError(f"a mixture proposal needs num_orders M >= 1 orders per sequence, got {num_orders!r}")
+            num_orders = check_whole_number("num_orders M (orders per sequence of a mixture proposal)", num_orders)
             self.slots = None
             self.proposal = _distribution(mixture, "mixture")
             self.num_orders = num_orders

@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
+from jointobj.checks import check_whole_number
+
 __all__ = ["accelerator_available", "chunks_on_every_rank", "collective_device", "configure_cpu_ranks", "run_chunks",
            "world_size", "zero3_sharded"]
 
@@ -82,8 +84,7 @@ def run_chunks(
     some input requires grad, hence `anchor`, a zero scalar that does (None otherwise), which
     `score_rows` takes and need not use.
     """
-    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
-        raise ValueError(f"max_rows must be an int >= 1 (rows per forward), got {max_rows!r}")
+    max_rows = check_whole_number("max_rows (rows per forward)", max_rows)
     grad_checkpoint = checkpoint and torch.is_grad_enabled()
     reentrant = grad_checkpoint and zero3_sharded(model)
     anchor = torch.zeros((), device=device, requires_grad=True) if reentrant else None

@@ -60,5 +60,5 @@ def test_checkpointed_chunks_over_zero3_shards_still_reach_the_weights():
 
 
 def test_max_rows_below_one_is_refused():
-    with pytest.raises(ValueError, match="max_rows must be an int >= 1"):
+    with pytest.raises(ValueError, match=r"max_rows \(rows per forward\) must be a whole number >= 1"):
         run_chunks(lambda rows, anchor: torch.zeros(1), 4, 0, model=None, device=torch.device("cpu"))

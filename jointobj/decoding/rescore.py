@@ -59,6 +59,7 @@ from typing import Any, Callable
 
 import torch
 
+from jointobj.checks import check_whole_number
 from jointobj.decoding.layout import AnswerLayout
 from jointobj.decoding.sampler import (
     _EXCLUDED_LOGIT,
@@ -139,9 +140,7 @@ def select_sir(energy: torch.Tensor, log_q: torch.Tensor, residual: bool = False
 
 
 def _check_candidates(candidates: Any) -> int:
-    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
-        raise ValueError(f"the number of candidates N must be a whole number >= 1, got {candidates!r}")
-    return candidates
+    return check_whole_number("the number of candidates N", candidates)
 
 
 @dataclass(frozen=True)
@@ -192,7 +191,7 @@ def check_residual(energy: "str | Energy", mode: str, decoder: Any, in_loop: boo
     if isinstance(energy, str) or not energy.residual or mode != "sir":
         return
     advice = ("Use best-of-N, that sampler after the loop, or a head trained with "
-              "energy_parameterisation=absolute")
+              "parameterisation absolute (the energy objective's keyword argument)")
     trained = energy.trained_against
     expected = (trained or {}).get("repr")  # the sampler's repr, recorded when the energy was trained
     if not expected:

@@ -42,6 +42,7 @@ import math
 
 import torch
 
+from jointobj.checks import check_whole_number
 from jointobj.decoding.layout import AnswerLayout
 from jointobj.decoding.policies import ConfidenceThreshold
 from jointobj.decoding.registry import DECODERS
@@ -50,7 +51,6 @@ from jointobj.decoding.sampler import (
     CommitLedger,
     SampleOutput,
     check_temperature,
-    check_whole_number,
     eval_mode,
     finish_sample,
     gumbel_max,
@@ -88,8 +88,7 @@ class RevisableDecoder:
             raise ValueError(f"threshold must lie in (0, 1], got {threshold}; a low one (0.3) commits generously")
         if not 0.0 <= doubt <= 1.0:
             raise ValueError(f"doubt must lie in [0, 1] (0 never remasks), got {doubt}")
-        if isinstance(max_revisions, bool) or not isinstance(max_revisions, int) or max_revisions < 0:
-            raise ValueError(f"max_revisions must be a whole number >= 0, got {max_revisions!r}")
+        check_whole_number("max_revisions", max_revisions, minimum=0)
         check_temperature(temperature)
         self.tokens_per_step = None if tokens_per_step is None else int(tokens_per_step)
         self.threshold, self.doubt = float(threshold), float(doubt)

@@ -76,6 +76,7 @@ from typing import Any, Iterator
 
 import torch
 
+from jointobj.checks import check_whole_number
 from jointobj.decoding.layout import AnswerLayout, normalise_prompts
 from jointobj.decoding.policies import UnmaskingPolicy
 from jointobj.randomness import gumbel_max, gumbel_noise, uniform  # noqa: F401 (re-exported: decoders' noise)
@@ -203,19 +204,6 @@ def check_temperature(temperature: Any) -> None:
     exclusion logit away and let [MASK] be drawn."""
     if not (isinstance(temperature, (int, float)) and 0 <= temperature < float("inf")):
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-
-
-def check_whole_number(name: str, value: Any, none_means: str | None = None) -> None:
-    """A count option: a whole number >= 1 (a bool is not one), or None where `none_means` says what None does."""
-    if value is None and none_means is not None:
-        return
-    try:
-        whole = not isinstance(value, bool) and int(value) == value and value >= 1
-    except (TypeError, ValueError):
-        whole = False
-    if not whole:
-        alternative = f" (or None for {none_means})" if none_means else ""
-        raise ValueError(f"{name} must be a whole number >= 1{alternative}, got {value!r}")
 
 
 def check_request(denoiser: Any, prompt_ids: Any, gen_length: int,

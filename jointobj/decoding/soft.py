@@ -65,6 +65,7 @@ from typing import ClassVar
 
 import torch
 
+from jointobj.checks import check_whole_number
 from jointobj.decoding.policies import ConfidenceThreshold, max_probability
 from jointobj.decoding.registry import DECODERS
 from jointobj.decoding.sampler import (
@@ -76,7 +77,6 @@ from jointobj.decoding.sampler import (
     check_budget_options,
     check_steps,
     check_temperature,
-    check_whole_number,
     eval_mode,
     finish_sample,
     gumbel_max,

@@ -62,6 +62,7 @@ from typing import Sequence
 
 import torch
 
+from jointobj.checks import check_whole_number
 from jointobj.decoding.layout import AnswerLayout
 from jointobj.decoding.registry import DECODERS
 from jointobj.decoding.sampler import (
@@ -69,7 +70,6 @@ from jointobj.decoding.sampler import (
     CommitLedger,
     SampleOutput,
     check_temperature,
-    check_whole_number,
     eval_mode,
     finish_sample,
     gumbel_noise,
