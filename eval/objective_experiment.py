@@ -25,6 +25,7 @@ Prints a table (accepted tokens per sequential step, validity, TV) and writes th
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -37,18 +38,22 @@ from jointobj.report import format_table
 from jointobj.tiny import tiny_masked_lm
 from jointobj.toysets import load_toyset, toy_tokenizer
 
-ORDERS = "l2r,r2l,random,random"
+ORDERS = ["l2r", "r2l", "random", "random"]
 
 
 def objectives(blocks: int) -> dict[str, list[str]]:
-    """Name -> recipe flags of each objective compared."""
-    logsum = ["--orders", ORDERS, "--logsum_mode", "sampled", "--max_rows", "1024"]
-    return {
-        "token_ce": ["--objective", "token_ce"],
-        "mixture": ["--objective", "mixture", "--token_ce_weight", "0.5", "--blocks", "all", *logsum],
-        "logsum": ["--objective", "logsum", "--blocks", "all", *logsum],
-        f"logsum_k{blocks}": ["--objective", "logsum", "--blocks", str(blocks), *logsum],
+    """Name -> recipe flags of each objective compared (the objective and its keyword arguments)."""
+    def logsum(k: int | str) -> dict:
+        return {"orders": ORDERS, "blocks": k, "mode": "sampled", "max_rows": 1024}
+
+    kwargs = {
+        "token_ce": ("token_ce", {}),
+        "mixture": ("mixture", {"token_ce_weight": 0.5, "logsum": logsum("all")}),
+        "logsum": ("logsum", logsum("all")),
+        f"logsum_k{blocks}": ("logsum", logsum(blocks)),
     }
+    return {name: ["--objective", objective, "--objective_kwargs", json.dumps(options)]
+            for name, (objective, options) in kwargs.items()}
 
 
 def fresh_model(directory: Path, max_positions: int, seed: int, hidden_size: int, num_layers: int) -> Path:

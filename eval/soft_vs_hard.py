@@ -8,7 +8,8 @@ Train the two models with the recipe, from one embedded tiny base, identical but
         --save_strategy no --report_samples 0 --output_dir runs/soft/plain
     python recipes/token_ce.py --dataset likes_tennis,cities,shuffle_3,agreement --deepspeed "" \\
         --base_dir runs/soft/base --lora_r 0 --max_steps 1200 --learning_rate 0.003 \\
-        --save_strategy no --report_samples 0 --output_dir runs/soft/self_cond --self_condition_prob 0.5
+        --save_strategy no --report_samples 0 --output_dir runs/soft/self_cond \\
+        --objective_kwargs '{"self_condition_prob": 0.5}'
 
 then compare:
 

@@ -112,7 +112,8 @@ def check_rows(dataset: datasets.Dataset, source: str, max_length: int | None = 
 _ROW_ERRORS = {  # kind: (what is wrong, what to do)
     "mismatched": ("have a prompt_mask whose length differs from their input_ids", "give one entry per token"),
     "short": ("have fewer response (non-prompt) tokens than the {min_response_tokens} the objective scores (one, or "
-              "K for the log-sum over --blocks K)", "drop them, give them a longer response, or lower --blocks"),
+              "K for the log-sum over K blocks)", "drop them, give them a longer response, or lower the objective's "
+              "blocks"),
     "vocabulary": ("hold token ids outside the model's vocabulary of {vocab_size} (ids 0..{last_id})",
                    "tokenize with the model's own tokenizer"),
     "mask": ("hold the [MASK] id {mask_token_id}, the token the objective corrupts with",

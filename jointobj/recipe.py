@@ -25,11 +25,24 @@ from accelerate import PartialState
 from transformers import HfArgumentParser, enable_full_determinism, set_seed
 
 from jointobj.data import load_training_data
+from jointobj.decoding.registry import DECODERS
 from jointobj.denoiser import Denoiser
 from jointobj.embedded import ensure_base
+from jointobj.evaluate import evaluate, headline
+from jointobj.frontier import (
+    REPORT_GRID,
+    parse_tokens_per_step,
+    registered_grid,
+    setting_label,
+    sweep_points,
+    target_status,
+)
+from jointobj.losses.logsum import LogSumOrdersLoss
+from jointobj.oracle import OracleDenoiser
 from jointobj.ranks import configure_cpu_ranks
+from jointobj.report import format_table, plot_frontier, write_json
 from jointobj.run_dir import check_previous_run, clear_previous_run, finished_step, mark_finished, previous_run
-from jointobj.trainer import JointObjConfig, JointObjTrainer
+from jointobj.trainer import MOVED_OPTIONS, JointObjConfig, JointObjTrainer, build_objective, moved_option_error
 
 MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -91,9 +104,6 @@ class DataArguments:
 
     def __post_init__(self) -> None:
         """Refuse bad report options now, not after training and saving."""
-        from jointobj.decoding.registry import DECODERS
-        from jointobj.evaluate import parse_tokens_per_step
-
         if self.report_samples < 0:
             raise ValueError(f"report_samples must be >= 0 (0: no report), got {self.report_samples}")
         for name in self.report_decoders.split(","):
@@ -140,6 +150,17 @@ CONFIG_USAGE = ("%(prog)s [--config FILE.yaml] [--FLAG VALUE ...]\n\n"
                 "command line win")
 
 
+def check_moved_flags(argv: list[str]) -> None:
+    """Fail on a flag that moved into --objective_kwargs (e.g. --blocks 4), saying where it goes now."""
+    for at, arg in enumerate(argv):
+        name, _, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        name = name.replace("-", "_")
+        if name in MOVED_OPTIONS:
+            if not value and at + 1 < len(argv) and not argv[at + 1].startswith("--"):
+                value = argv[at + 1]
+            raise moved_option_error(name, value or None)
+
+
 def parse_recipe_args(argv: list[str] | None, default_config: str | Path | None):
     """(ModelArguments, DataArguments, JointObjConfig) from `--config YAML` then flags (flags win).
 
@@ -159,8 +180,11 @@ def parse_recipe_args(argv: list[str] | None, default_config: str | Path | None)
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a mapping of argument names to values")
         for key, value in values.items():
+            if key in MOVED_OPTIONS:
+                raise moved_option_error(key, value)
             if value is not None:
                 from_yaml += [f"--{key}", _yaml_flag_value(value)]
+    check_moved_flags(argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, JointObjConfig), usage=CONFIG_USAGE)
     return parser.parse_args_into_dataclasses(args=from_yaml + argv, look_for_args_file=False)
 
@@ -214,11 +238,6 @@ def report(base_dir: Path, tuned_dir: Path, data_args: DataArguments, config: Jo
     (set, decoder setting) with each model's tokens per step, validity and TV, the headline
     (highest tokens per step with validity >= 0.99) and, for sets of >= 8 answer tokens, the
     target status; writes report.json (every row) and report.png (the frontier)."""
-    from jointobj.evaluate import evaluate, headline
-    from jointobj.frontier import REPORT_GRID, registered_grid, setting_label, sweep_points, target_status
-    from jointobj.oracle import OracleDenoiser
-    from jointobj.report import format_table, plot_frontier, write_json
-
     names = [name.strip() for name in data_args.dataset.split(",")]
     models = {
         "base": Denoiser.from_pretrained(base_dir).eval(),  # the saved artifacts, as a user reloads them
@@ -332,11 +351,12 @@ def run_recipe(argv: list[str] | None = None, default_config: str | Path | None 
                            samples_per_toyset=data_args.samples_per_toyset, seed=config.seed)
     seed_everything(config)
     denoiser = load_denoiser(model_args, base, config)
+    objective = build_objective(config)
     data = load_training_data(data_args.dataset, denoiser.tokenizer, data_args.samples_per_toyset, seed=config.seed,
                               max_length=denoiser.max_positions, vocab_size=denoiser.vocab_size,
                               mask_token_id=None if data_args.allow_mask_token_in_data else denoiser.mask_token_id,
-                              min_response_tokens=min_response_tokens(config))  # bad rows fail here, not mid-training
-    trainer = JointObjTrainer(denoiser, config, train_dataset=data, processing_class=denoiser.tokenizer)
+                              min_response_tokens=min_response_tokens(objective))  # bad rows fail now, not mid-run
+    trainer = JointObjTrainer(denoiser, config, objective, train_dataset=data, processing_class=denoiser.tokenizer)
     settle_gradient_checkpointing(trainer, denoiser)
     trainer.train(resume_from_checkpoint=resume_target(config))
     trainer.save_model(config.output_dir)  # the adapter only (PEFT format) when LoRA is on, and jointobj.json
@@ -358,8 +378,6 @@ def settle_gradient_checkpointing(trainer: JointObjTrainer, denoiser: Denoiser) 
         return False
     if denoiser.supports_gradient_checkpointing:
         return True
-    from jointobj.losses.logsum import LogSumOrdersLoss
-
     for name in names:
         setattr(trainer.args, name, False)
     chunks = [m for m in trainer.objective.modules() if isinstance(m, LogSumOrdersLoss)]
@@ -373,7 +391,6 @@ def settle_gradient_checkpointing(trainer: JointObjTrainer, denoiser: Denoiser) 
     return False
 
 
-def min_response_tokens(config: JointObjConfig) -> int:
-    """The response tokens every row needs: K for the log-sum over K blocks (each block holds one or more)."""
-    uses_blocks = config.objective in ("logsum", "mixture") and config.blocks != "all"
-    return int(config.blocks) if uses_blocks else 1
+def min_response_tokens(objective: torch.nn.Module) -> int:
+    """The response tokens every row needs: K for a log-sum over K blocks (each block holds one or more)."""
+    return max((getattr(part, "min_scorable_tokens", 1) for part in objective.modules()), default=1)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+import inspect
+from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
 T = TypeVar("T")
 
@@ -34,6 +35,23 @@ class Registry(Generic[T]):
             raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
         return self._entries[name]
 
+    def build(self, name: str, kwargs: Mapping[str, Any] | None = None, **defaults: Any) -> Any:
+        """`get(name)(**defaults, **kwargs)`: the registered class or factory called with its keyword
+        arguments (torchtune's `_component_` plus kwargs). `defaults` fill only names the callable
+        takes and `kwargs` does not set; a name it does not take fails here, listing those it does.
+        Values are checked by the callable itself."""
+        factory = self.get(name)
+        kwargs = dict(kwargs or {})
+        if any(not isinstance(key, str) for key in kwargs):
+            raise ValueError(f"the keyword arguments of {self.kind} {name!r} must be named by strings, got {kwargs!r}")
+        accepted = keyword_names(factory)
+        unknown = sorted(set(kwargs) - accepted) if accepted is not None else []
+        if unknown:
+            raise ValueError(f"{self.kind} {name!r} takes no argument {', '.join(map(repr, unknown))}; "
+                             f"it takes: {', '.join(sorted(accepted))}")
+        taken = {key: value for key, value in defaults.items() if accepted is None or key in accepted}
+        return factory(**{**taken, **kwargs})
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 
@@ -42,3 +60,11 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def keyword_names(factory: Callable[..., Any]) -> set[str] | None:
+    """The argument names `factory` can take by keyword (None: any, it has **kwargs)."""
+    parameters = inspect.signature(factory).parameters.values()
+    if any(p.kind == p.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}

@@ -1,6 +1,6 @@
 """JointObjTrainer: a `transformers.Trainer` whose loss is a jointobj objective.
 
-    config = JointObjConfig(output_dir="runs/x", objective="logsum", blocks="all", max_steps=100)
+    config = JointObjConfig(output_dir="runs/x", objective="logsum", objective_kwargs={"blocks": 4}, max_steps=100)
     trainer = JointObjTrainer(denoiser, config, train_dataset=dataset)   # dataset: input_ids, prompt_mask
     trainer.train(resume_from_checkpoint="latest")   # the newest complete, verified checkpoint
 
@@ -11,8 +11,8 @@ metrics, e.g. the posterior mass per order family), and `train` / `_save_checkpo
 checkpoints carry manifests, are verified before a resume loads them, and are rotated only once a
 newer one is complete (jointobj.checkpoints); a non-finite loss or gradient norm stops the run
 before anything from that step is saved. Everything else — loop, DeepSpeed, checkpoints, LR
-schedule, logging — is the Trainer's. Objectives come from the `LOSSES` registry by name; each
-builds itself from the config's fields with `from_config`.
+schedule, logging — is the Trainer's. The objective is `LOSSES.build(objective, objective_kwargs)`:
+the class registered under that name, called with those keyword arguments (its constructor checks them).
 """
 
 from __future__ import annotations
@@ -48,65 +48,20 @@ LATEST = LATEST_NAME  # file in output_dir naming the newest recorded checkpoint
 
 @dataclass
 class JointObjConfig(TrainingArguments):
-    """TrainingArguments plus the objective's fields. On a machine with no accelerator (no CUDA,
-    MPS, XPU, ...) it sets `use_cpu=True` itself, which several CPU ranks under DeepSpeed need to
-    agree on the world size."""
+    """TrainingArguments plus the objective: its registered name and keyword arguments. On a
+    machine with no accelerator (no CUDA, MPS, XPU, ...) it sets `use_cpu=True` itself, which
+    several CPU ranks under DeepSpeed need to agree on the world size."""
 
     objective: str = field(
         default="logsum",
         metadata={"help": f"Training objective, one of: {', '.join(LOSSES.names())}."},
     )
-    mask_schedule: str = field(default="linear", metadata={"help": "token_ce masking schedule: linear or cosine."})
-    orders: str = field(
-        default="l2r,r2l,random,random",
-        metadata={"help": "logsum: comma-separated order families, one per sampled order (l2r, r2l, random)."},
-    )
-    blocks: str = field(
-        default="all",
-        metadata={"help": "logsum: K blocks per order (an int), or 'all' for the exact any-order AR likelihood."},
-    )
-    logsum_mode: str = field(
-        default="exact",
-        metadata={"help": "logsum gradient: 'exact' (autograd through logsumexp) or 'sampled' (one order from the "
-                          "posterior)."},
-    )
-    max_rows: int | None = field(
+    objective_kwargs: dict | str | None = field(
         default=None,
-        metadata={"help": "logsum: rows per forward when scoring orders (bounds memory)."},
-    )
-    token_ce_weight: float = field(
-        default=0.5,
-        metadata={"help": "mixture: lambda in lambda * token_ce + (1 - lambda) * logsum."},
-    )
-    energy_tokens_per_step: str = field(
-        default="all",
-        metadata={"help": "energy: tokens per step of the sampler that draws the negatives (an int), or 'all' for one"
-                          " step."},
-    )
-    energy_negatives: int = field(default=1, metadata={"help": "energy: negatives drawn per training sequence (>= 1)."})
-    energy_decoder: str = field(
-        default="random",
-        metadata={"help": "energy: the negatives' decoder (a registered policy: random, l2r, confidence, ...)."},
-    )
-    energy_parameterisation: str = field(
-        default="residual",
-        metadata={"help": "energy: 'residual' (p ∝ q exp(-E), EDLM) or 'absolute' (p ∝ exp(-E); needs l2r or one "
-                          "step)."},
-    )
-    energy_token_ce_weight: float = field(
-        default=0.0,
-        metadata={"help": "energy: weight of the per-token CE added to the NCE loss (keeps the adapter a denoiser)."},
-    )
-    energy_head_width: int = field(
-        default=0,
-        metadata={"help": "energy: hidden width of the energy head (0: the model's hidden size)."},
-    )
-    self_condition_prob: float = field(
-        default=0.0,
-        metadata={"help": "token_ce / logsum / mixture: probability per step that the scored forward reads the "
-                          "model's own detached predictions as soft inputs at masked positions (one extra forward "
-                          "without grad), so soft-state decoding (--decoder soft) works; 0 = off, 0.5 is the usual "
-                          "choice."},
+        metadata={"help": "The objective's keyword arguments: a mapping in YAML, JSON on the command line, e.g. "
+                          "--objective logsum --objective_kwargs '{\"blocks\": 4, \"mode\": \"sampled\"}'. Each "
+                          "objective's class (jointobj.losses: TokenCELoss, LogSumOrdersLoss, MixtureLoss, "
+                          "EnergyNCELoss) documents its own; its `seed` defaults to --seed."},
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep prompt_mask: the objective needs it."})
     overwrite_output_dir: bool = field(
@@ -117,27 +72,8 @@ class JointObjConfig(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        if self.objective not in LOSSES:
-            raise ValueError(f"unknown objective {self.objective!r}; registered: {', '.join(LOSSES.names())}")
-        if self.blocks != "all" and not str(self.blocks).isdigit():
-            raise ValueError(f"blocks must be a positive integer or 'all', got {self.blocks!r}")
-        if not 0.0 <= self.token_ce_weight <= 1.0:
-            raise ValueError(f"token_ce_weight must lie in [0, 1], got {self.token_ce_weight}")
-        k = str(self.energy_tokens_per_step)
-        if k != "all" and not (k.isdigit() and int(k) >= 1):
-            raise ValueError("energy_tokens_per_step must be a positive integer or 'all', "
-                             f"got {self.energy_tokens_per_step!r}")
-        from jointobj.decoding.registry import DECODERS
-
-        DECODERS.get(self.energy_decoder)  # an unknown decoder fails here, listing the known ones
-        if self.energy_negatives < 1:
-            raise ValueError(f"energy_negatives must be >= 1 (negatives per sequence), got {self.energy_negatives}")
-        if self.energy_token_ce_weight < 0 or self.energy_head_width < 0:
-            raise ValueError("energy_token_ce_weight and energy_head_width must be >= 0 "
-                             f"(got {self.energy_token_ce_weight} and {self.energy_head_width})")
-        if not 0.0 <= self.self_condition_prob <= 1.0:
-            raise ValueError("self_condition_prob must lie in [0, 1] (0 = off, 0.5 is usual), "
-                             f"got {self.self_condition_prob}")
+        self.objective_kwargs = parse_objective_kwargs(self.objective_kwargs)
+        build_objective(self)  # the objective's constructor checks its name and every value, now, not at step 1
         if isinstance(self.deepspeed, str) and self.deepspeed:
             check_deepspeed_config(self.deepspeed)
         elif self.deepspeed == "":
@@ -146,19 +82,76 @@ class JointObjConfig(TrainingArguments):
             self.use_cpu = True
         super().__post_init__()
 
-    @property
-    def order_list(self) -> list[str]:
-        return [name.strip() for name in self.orders.split(",") if name.strip()]
 
-    @property
-    def block_count(self) -> int | str:
-        return "all" if self.blocks == "all" else int(self.blocks)
+def parse_objective_kwargs(value: dict | str | None) -> dict:
+    """objective_kwargs as a dict: a mapping as given, JSON text parsed (the command line), None as {}."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"objective_kwargs must be a JSON object, e.g. '{{\"blocks\": 4}}'; could not parse "
+                             f"{value!r}: {error}") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"objective_kwargs must be a mapping of argument names to values, got {value!r}")
+    return value
 
-    @property
-    def energy_sampler_tokens_per_step(self) -> int | None:
-        """energy_tokens_per_step as the negatives' sampler takes it: tokens per step, or None for
-        the whole answer in one step."""
-        return None if self.energy_tokens_per_step == "all" else int(self.energy_tokens_per_step)
+
+def build_objective(config: JointObjConfig) -> torch.nn.Module:
+    """The objective registered as `config.objective`, built from `config.objective_kwargs` (its
+    constructor validates them); `seed` defaults to the run's --seed."""
+    kwargs = parse_objective_kwargs(config.objective_kwargs)
+    LOSSES.get(config.objective)  # an unknown name fails alone, listing the known ones
+    try:
+        return LOSSES.build(config.objective, kwargs, seed=config.seed)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"objective {config.objective!r} with objective_kwargs {kwargs}: {error}") from error
+
+
+# Objective options that were flags of their own, and where each now goes (objective: key in objective_kwargs).
+MOVED_OPTIONS: dict[str, list[tuple[str, str]]] = {
+    "mask_schedule": [("token_ce", "schedule"), ("mixture", "token_ce.schedule"), ("energy", "token_ce.schedule")],
+    "orders": [("logsum", "orders"), ("mixture", "logsum.orders")],
+    "blocks": [("logsum", "blocks"), ("mixture", "logsum.blocks")],
+    "logsum_mode": [("logsum", "mode"), ("mixture", "logsum.mode")],
+    "max_rows": [("logsum", "max_rows"), ("mixture", "logsum.max_rows")],
+    "token_ce_weight": [("mixture", "token_ce_weight")],
+    "energy_tokens_per_step": [("energy", "tokens_per_step")],
+    "energy_negatives": [("energy", "negatives")],
+    "energy_decoder": [("energy", "decoder")],
+    "energy_parameterisation": [("energy", "parameterisation")],
+    "energy_token_ce_weight": [("energy", "added_token_ce_weight")],
+    "energy_head_width": [("energy", "head_width")],
+    "self_condition_prob": [("token_ce", "self_condition_prob"), ("logsum", "self_condition_prob"),
+                            ("mixture", "token_ce.self_condition_prob"), ("mixture", "logsum.self_condition_prob")],
+}
+
+
+def moved_option_error(name: str, value: object = None) -> ValueError:
+    """The error for an option that moved into objective_kwargs, naming where it goes for each objective."""
+    shown = "..." if value is None else json.dumps(_json_value(value))
+    places = []
+    for objective, key in MOVED_OPTIONS[name]:
+        example = shown
+        for part in reversed(key.split(".")):
+            example = f'{{"{part}": {example}}}'
+        places.append(f"--objective {objective} --objective_kwargs '{example}'")
+    return ValueError(f"--{name} is no longer an option of its own: each objective takes its options from "
+                      "objective_kwargs (in a YAML config, a mapping under objective_kwargs:). Write "
+                      + "; or ".join(places))
+
+
+def _json_value(value: object) -> object:
+    """A command-line string as the JSON value it stands for: '4' -> 4, '0.5' -> 0.5, 'l2r,r2l' -> a list."""
+    if not isinstance(value, str):
+        return value
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value.split(",") if "," in value else value
 
 
 def check_deepspeed_config(path: str) -> None:
@@ -170,11 +163,6 @@ def check_deepspeed_config(path: str) -> None:
         json.loads(file.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"DeepSpeed config {path} is not valid JSON: {error}") from error
-
-
-def build_objective(config: JointObjConfig) -> torch.nn.Module:
-    """The registered objective named by `config.objective`, configured from the config's fields."""
-    return LOSSES.get(config.objective).from_config(config)
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> str | None:

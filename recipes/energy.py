@@ -10,14 +10,14 @@ Embedded default (nothing downloaded: tiny base pretrained on the toy suite, fin
 
 Your model and data, LLaDA-8B on 8 GPUs: start from the real-model settings of
 recipes/configs/logsum_llada.yaml (batch 1 x 16 accumulation per GPU, lr 1e-4, bf16, gradient
-checkpointing), set the objective and the energy fields of recipes/configs/energy.yaml (which is
-otherwise sized for the embedded tiny model), and use ZeRO-2 (offload if memory is short): the
+checkpointing), set the objective and its keyword arguments as recipes/configs/energy.yaml does (that
+file is otherwise sized for the embedded tiny model), and use ZeRO-2 (offload if memory is short): the
 negatives' sampler runs as many forwards as each rank's answers need, which ZeRO-3's collective
 weight gathers cannot allow, so the energy objective refuses ZeRO-3 on several ranks.
 
     deepspeed --num_gpus 8 recipes/energy.py --config recipes/configs/logsum_llada.yaml --objective energy \\
         --deepspeed ds_configs/zero2_offload.json \\
-        --energy_negatives 2 --energy_token_ce_weight 1.0 --energy_head_width 64 \\
+        --objective_kwargs '{"negatives": 2, "added_token_ce_weight": 1.0, "head_width": 64}' \\
         --model_name_or_path /models/LLaDA-8B-Instruct --dataset data/sft.jsonl --output_dir runs/llada-energy
 
 Then rescore with the head it saved (SIR with 8 candidates, after the loop or inside it):
@@ -25,8 +25,9 @@ Then rescore with the head it saved (SIR with 8 candidates, after the loop or in
     python eval/joint_validity.py --model runs/energy --toyset likes_tennis,cities,shuffle_3,agreement \\
         --decoder random --tokens-per-step 1,all --rescore "sir:head,8" --json runs/energy/rescore.json
 
-Every field of ModelArguments, DataArguments (jointobj.recipe) and JointObjConfig (jointobj.trainer,
-the energy_* fields in particular) is a flag; `python recipes/energy.py --help` lists them.
+Every field of ModelArguments, DataArguments (jointobj.recipe) and JointObjConfig (jointobj.trainer)
+is a flag; `python recipes/energy.py --help` lists them. The objective's own options (EnergyNCELoss's
+keyword arguments) go in --objective_kwargs, JSON on the command line.
 """
 
 from pathlib import Path

@@ -6,9 +6,11 @@ Embedded default (nothing downloaded: tiny base pretrained on the toy suite, fin
 
 Your model and data, LLaDA-8B on 8 GPUs under ZeRO-3: start from the real-model settings of
 recipes/configs/logsum_llada.yaml (batch 1 x 16 accumulation per GPU, lr 1e-4, bf16, gradient
-checkpointing) and set the objective; recipes/configs/token_ce.yaml is sized for the embedded tiny model:
+checkpointing) and set the objective (with its own keyword arguments: none, the defaults, here);
+recipes/configs/token_ce.yaml is sized for the embedded tiny model:
 
-    deepspeed --num_gpus 8 recipes/token_ce.py --config recipes/configs/logsum_llada.yaml --objective token_ce \\
+    deepspeed --num_gpus 8 recipes/token_ce.py --config recipes/configs/logsum_llada.yaml \\
+        --objective token_ce --objective_kwargs '{}' \\
         --model_name_or_path /models/LLaDA-8B-Instruct --dataset data/sft.jsonl --output_dir runs/llada-token-ce
 
 Every field of ModelArguments, DataArguments (jointobj.recipe) and JointObjConfig (jointobj.trainer)

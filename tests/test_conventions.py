@@ -502,7 +502,8 @@ def test_recipe_runs_two_steps_on_the_remote_models(kind, tmp_path, capsys):
     directory = save_remote_model(kind, tmp_path / kind)
     result = run_recipe(["--model_name_or_path", str(directory), "--trust_remote_code", "--output_dir",
                          str(tmp_path / "out"), "--dataset", "likes_tennis,cities", "--samples_per_toyset", "16",
-                         "--objective", "mixture", "--blocks", "2", "--max_steps", "2", "--report_samples", "0",
+                         "--objective", "mixture", "--objective_kwargs", '{"logsum": {"blocks": 2}}',
+                         "--max_steps", "2", "--report_samples", "0",
                          "--per_device_train_batch_size", "4", "--gradient_checkpointing", "--deepspeed", "",
                          "--save_strategy", "no", "--logging_steps", "1", "--report_to", "none",
                          "--disable_tqdm", "true"])

@@ -149,5 +149,6 @@ def test_mask_id_in_the_data_is_refused_unless_allowed(tmp_path):
 
 def test_row_too_short_for_the_blocks_is_refused(tmp_path):
     path = write_jsonl(tmp_path / "ids.jsonl", [{"input_ids": [5, 6, 7, 8]}, {"input_ids": [5, 6, 7]}])
-    with pytest.raises(ValueError, match=r"fewer response .* than the 4 .*: row 1 at line 2 \(3\); .*lower --blocks"):
+    with pytest.raises(ValueError, match=r"fewer response .* than the 4 .*: row 1 at line 2 \(3\); .*lower the "
+                                         "objective's blocks"):
         load_training_data(str(path), TOKENIZER, min_response_tokens=4)

@@ -38,11 +38,14 @@ def base_dir(tiny_model_dir) -> Path:
                          [("zero2", "mixture", "sampled", "0"), ("zero3", "logsum", "exact", "0.5")])
 def test_two_cpu_ranks_train_and_save_a_reloadable_adapter(zero, objective, mode, self_condition, base_dir, tmp_path):
     output_dir = tmp_path / "run"
+    logsum = {"mode": mode, "max_rows": 8, "self_condition_prob": float(self_condition)}
+    kwargs = {"logsum": logsum, "token_ce": {"self_condition_prob": float(self_condition)}} if objective == "mixture" \
+        else logsum
     command = [
         sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
         str(ROOT / "tests" / "launched_recipe.py"), "--config", str(ROOT / "recipes" / "configs" / f"{RECIPE}.yaml"),
         "--model_name_or_path", str(base_dir), "--dataset", "cities,agreement", "--samples_per_toyset", "64",
-        "--objective", objective, "--logsum_mode", mode, "--max_rows", "8", "--self_condition_prob", self_condition,
+        "--objective", objective, "--objective_kwargs", json.dumps(kwargs),
         "--deepspeed", str(ROOT / "ds_configs" / f"{zero}.json"), "--output_dir", str(output_dir),
         "--max_steps", "3", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--save_steps", "3",
         "--disable_tqdm", "true", "--report_samples", "0",

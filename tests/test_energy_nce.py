@@ -83,26 +83,32 @@ def test_the_sampler_log_probability_is_the_k_block_left_to_right_likelihood(k):
 # ---------------------------------------------------------------- configuration
 
 
-def test_energy_objective_builds_from_a_config(tmp_path):
-    config = JointObjConfig(output_dir=str(tmp_path), objective="energy", energy_tokens_per_step="2",
-                            energy_negatives=4, energy_decoder="l2r", energy_parameterisation="absolute",
-                            energy_token_ce_weight=0.5, energy_head_width=16)
+def test_energy_objective_builds_from_a_name_and_kwargs(tmp_path):
+    config = JointObjConfig(output_dir=str(tmp_path), objective="energy", objective_kwargs={
+        "tokens_per_step": 2, "negatives": 4, "decoder": "l2r", "parameterisation": "absolute",
+        "added_token_ce_weight": 0.5, "head_width": 16, "token_ce": {"schedule": "cosine"}})
     objective = build_objective(config)
     assert isinstance(objective, EnergyNCELoss) and "energy" in LOSSES
     assert (objective.tokens_per_step, objective.negatives, objective.decoder) == (2, 4, "l2r")
     assert (objective.parameterisation, objective.added_token_ce_weight, objective.head_width) == ("absolute", 0.5, 16)
+    assert type(objective.token_ce.schedule).__name__ == "CosineSchedule"
     assert build_objective(JointObjConfig(output_dir=str(tmp_path), objective="energy")).tokens_per_step is None
+    everything = JointObjConfig(output_dir=str(tmp_path), objective="energy",
+                                objective_kwargs='{"tokens_per_step": "all"}')
+    assert build_objective(everything).tokens_per_step is None
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("energy_negatives", 0, "energy_negatives must be >= 1"),
-    ("energy_tokens_per_step", "0", "positive integer or 'all'"),
-    ("energy_decoder", "greedy", "unknown decoder 'greedy'"),
-    ("energy_head_width", -1, "must be >= 0"),
+@pytest.mark.parametrize("kwargs,message", [
+    ({"negatives": 0}, r"negatives \(samples per row\) must be a whole number >= 1"),
+    ({"tokens_per_step": 0}, "tokens_per_step must be a whole number >= 1"),
+    ({"decoder": "greedy"}, "unknown decoder 'greedy'"),
+    ({"head_width": -1}, "head_width must be a whole number >= 1"),
+    ({"added_token_ce_weight": -1}, "added_token_ce_weight must be a number >= 0"),
+    ({"token_ce_weight": 0.5}, "takes no argument 'token_ce_weight'; it takes: added_token_ce_weight"),
 ])
-def test_bad_energy_fields_are_refused(tmp_path, field, value, message):
+def test_bad_energy_kwargs_are_refused_when_the_config_is_built(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        JointObjConfig(output_dir=str(tmp_path), objective="energy", **{field: value})
+        JointObjConfig(output_dir=str(tmp_path), objective="energy", objective_kwargs=kwargs)
 
 
 def test_absolute_energy_needs_a_sampler_whose_probability_is_known():
@@ -158,8 +164,9 @@ def test_trainer_optimises_the_head_and_saves_it_with_the_adapter(tmp_path):
     Denoiser(tiny_masked_lm("modernbert", vocab_size=len(tokenizer), max_positions=16, seed=0),
              tokenizer=tokenizer).save_pretrained(tmp_path / "base")
     denoiser = Denoiser.from_pretrained(tmp_path / "base").add_lora()
-    config = JointObjConfig(output_dir=str(tmp_path / "run"), objective="energy", energy_head_width=8,
-                            energy_negatives=2, max_steps=3, per_device_train_batch_size=8, learning_rate=1e-2,
+    config = JointObjConfig(output_dir=str(tmp_path / "run"), objective="energy",
+                            objective_kwargs={"head_width": 8, "negatives": 2}, max_steps=3,
+                            per_device_train_batch_size=8, learning_rate=1e-2,
                             save_strategy="no", report_to="none", logging_steps=1)
     trainer = JointObjTrainer(denoiser, config, train_dataset=load_toyset("cities").dataset(64))
     head = find_energy_head(denoiser.model)

@@ -249,13 +249,13 @@ def test_an_objective_is_found_by_name_and_an_unknown_one_lists_the_known():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"orders": []}, r"M >= 1"),
-        ({"mixture": {"l2r": 1}, "num_orders": 0}, r"M >= 1"),
+        ({"orders": []}, r"M >= 1|num_orders M .*whole number >= 1"),
+        ({"mixture": {"l2r": 1}, "num_orders": 0}, r"M >= 1|num_orders M .*whole number >= 1"),
         ({"orders": ["l2r", "spiral"]}, "known: l2r, r2l, random"),
-        ({"blocks": 0}, "blocks must be an int K >= 1 or 'all'"),
-        ({"blocks": "most"}, "blocks must be an int K >= 1 or 'all'"),
+        ({"blocks": 0}, "blocks must be a whole number K >= 1 or 'all'"),
+        ({"blocks": "most"}, "blocks must be a whole number K >= 1 or 'all'"),
         ({"mode": "approximate"}, "mode must be one of exact, sampled"),
-        ({"max_rows": 0}, "max_rows must be an int >= 1"),
+        ({"max_rows": 0}, r"max_rows \(rows per forward\) must be a whole number >= 1"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs, message):

@@ -1,6 +1,7 @@
 """The recipes' main() in-process with tiny overrides, and the bad input a recipe must refuse clearly."""
 
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def test_causal_model_directory(tmp_path):
 
 
 def test_unregistered_objective(base_dir, tmp_path):
-    with pytest.raises(ValueError, match="unknown objective 'dpo'; registered:"):
+    with pytest.raises(ValueError, match="unknown objective 'dpo'; known: energy, logsum, mixture, token_ce"):
         load_recipe("logsum").main(["--model_name_or_path", str(base_dir), "--objective", "dpo"]
                                    + tiny_overrides(tmp_path / "o"))
 
@@ -153,6 +154,41 @@ def test_yaml_mapping_reaches_the_training_arguments_as_a_dict(tmp_path):
                       f"output_dir: {tmp_path}\n{key}: {{use_reentrant: false}}\nreport_to: none\n")
     _, _, config = parse_recipe_args(["--config", str(path)], None)
     assert getattr(config, key) == {"use_reentrant": False}
+
+
+def test_yaml_objective_kwargs_and_a_json_flag_reach_the_objective(tmp_path):
+    from jointobj.recipe import parse_recipe_args
+    from jointobj.trainer import build_objective
+
+    path = write_yaml(tmp_path / "c.yaml", f"output_dir: {tmp_path}\nreport_to: none\nobjective: mixture\n"
+                                           "objective_kwargs:\n  token_ce_weight: 0.25\n"
+                                           "  logsum: {orders: [l2r, r2l], blocks: 2, mode: sampled}\n")
+    _, _, config = parse_recipe_args(["--config", str(path)], None)
+    objective = build_objective(config)
+    assert (objective.token_ce_weight, objective.logsum.blocks, objective.logsum.mode) == (0.25, 2, "sampled")
+    assert objective.logsum.proposal.slots == ["l2r", "r2l"]
+    _, _, config = parse_recipe_args(["--config", str(path), "--objective", "logsum", "--objective_kwargs",
+                                      '{"blocks": 3}'], None)  # the flag replaces the YAML's kwargs whole
+    assert build_objective(config).blocks == 3
+
+
+@pytest.mark.parametrize("old,value,new", [
+    ("blocks", "4", """--objective logsum --objective_kwargs '{"blocks": 4}'; or --objective mixture """
+                    """--objective_kwargs '{"logsum": {"blocks": 4}}'"""),
+    ("token_ce_weight", "0.3", """--objective mixture --objective_kwargs '{"token_ce_weight": 0.3}'"""),
+    ("energy_token_ce_weight", "1", """--objective energy --objective_kwargs '{"added_token_ce_weight": 1}'"""),
+    ("orders", "l2r,r2l", """'{"orders": ["l2r", "r2l"]}'"""),
+])
+def test_an_option_that_moved_into_objective_kwargs_names_its_new_place(old, value, new, tmp_path):
+    from jointobj.recipe import parse_recipe_args
+
+    with pytest.raises(ValueError, match=re.escape(new)):
+        parse_recipe_args([f"--{old}", value, "--output_dir", str(tmp_path)], None)
+    with pytest.raises(ValueError, match=re.escape(new)):
+        parse_recipe_args([f"--{old.replace('_', '-')}={value}", "--output_dir", str(tmp_path)], None)
+    path = write_yaml(tmp_path / "c.yaml", f"output_dir: {tmp_path}\n{old}: {value}\n")
+    with pytest.raises(ValueError, match=re.escape(new)):
+        parse_recipe_args(["--config", str(path)], None)
 
 
 def test_unknown_model_dtype_is_refused(tmp_path):

@@ -163,15 +163,20 @@ def test_self_conditioned_k_block_likelihood_still_sums_to_one(blocks):
 # ---------------------------------------------------------------- configuration
 
 
+SELF_CONDITIONED = {"token_ce": {"self_condition_prob": 0.5}, "logsum": {"self_condition_prob": 0.5},
+                    "mixture": {"token_ce": {"self_condition_prob": 0.5}, "logsum": {"self_condition_prob": 0.5}}}
+
+
 @pytest.mark.parametrize("objective", ["token_ce", "logsum", "mixture"])
-def test_config_field_reaches_every_part_of_the_objective(objective, tmp_path):
-    loss = build_objective(JointObjConfig(output_dir=str(tmp_path), objective=objective, self_condition_prob=0.5))
+def test_objective_kwargs_reach_every_part_of_the_objective(objective, tmp_path):
+    kwargs = SELF_CONDITIONED[objective]
+    loss = build_objective(JointObjConfig(output_dir=str(tmp_path), objective=objective, objective_kwargs=kwargs))
     parts = [loss.token_ce, loss.logsum] if isinstance(loss, MixtureLoss) else [loss]
     assert [part.self_condition.prob for part in parts] == [0.5] * len(parts)
-    if objective != "token_ce":
-        seeded = build_objective(JointObjConfig(output_dir=str(tmp_path), objective=objective, seed=7,
-                                                self_condition_prob=0.5))
-        assert (seeded.logsum if objective == "mixture" else seeded).self_condition.seed == 7
+    seeded = build_objective(JointObjConfig(output_dir=str(tmp_path), objective=objective, seed=7,
+                                            objective_kwargs=kwargs))
+    parts = [seeded.token_ce, seeded.logsum] if isinstance(seeded, MixtureLoss) else [seeded]
+    assert [part.self_condition.seed for part in parts] == [7] * len(parts)
     default = build_objective(JointObjConfig(output_dir=str(tmp_path), objective=objective))
     parts = [default.token_ce, default.logsum] if isinstance(default, MixtureLoss) else [default]
     assert all(part.self_condition.prob == 0.0 for part in parts)
@@ -179,8 +184,8 @@ def test_config_field_reaches_every_part_of_the_objective(objective, tmp_path):
 
 @pytest.mark.parametrize("prob", [-0.1, 1.5])
 def test_probability_outside_zero_one_is_refused(prob, tmp_path):
-    with pytest.raises(ValueError, match=r"self_condition_prob must lie in \[0, 1\]"):
-        JointObjConfig(output_dir=str(tmp_path), self_condition_prob=prob)
+    with pytest.raises(ValueError, match=r"self_condition_prob must be a number in \[0, 1\]"):
+        JointObjConfig(output_dir=str(tmp_path), objective="token_ce", objective_kwargs={"self_condition_prob": prob})
     with pytest.raises(ValueError, match=r"self_condition_prob must be a number in \[0, 1\]"):
         TokenCELoss(self_condition_prob=prob)
 

@@ -189,12 +189,14 @@ N = 1000
 @functools.cache
 def self_conditioned_likes_tennis() -> Denoiser:
     """A tiny ModernBERT (hidden 64) trained through JointObjTrainer with TokenCELoss and
-    self_condition_prob 0.5 on likes_tennis (the config field end to end); cached per session."""
+    self_condition_prob 0.5 on likes_tennis (the objective's option, set in the config, end to end);
+    cached per session."""
     tokenizer = toy_tokenizer()
     model = tiny_masked_lm("modernbert", vocab_size=len(tokenizer), hidden_size=64, max_positions=8, seed=0)
     denoiser = Denoiser(model, tokenizer=tokenizer)
     with tempfile.TemporaryDirectory() as directory:
-        config = JointObjConfig(output_dir=directory, objective="token_ce", self_condition_prob=0.5, max_steps=600,
+        config = JointObjConfig(output_dir=directory, objective="token_ce",
+                                objective_kwargs={"self_condition_prob": 0.5}, max_steps=600,
                                 per_device_train_batch_size=128, learning_rate=1e-2, lr_scheduler_type="linear",
                                 warmup_steps=60, weight_decay=0.0, save_strategy="no", report_to="none", seed=0,
                                 logging_steps=600, disable_tqdm=True)

@@ -34,7 +34,7 @@ def losses(history: list[dict]) -> list[float]:
 
 
 def test_unknown_objective_lists_the_registered_ones(tmp_path):
-    with pytest.raises(ValueError, match="registered: .*token_ce"):
+    with pytest.raises(ValueError, match="known: .*token_ce"):
         config(tmp_path, objective="contrastive")
 
 
@@ -42,9 +42,31 @@ def test_cpu_machine_gets_use_cpu(tmp_path):
     assert config(tmp_path).use_cpu == (not torch.cuda.is_available())
 
 
-def test_objective_is_built_from_config_fields(tmp_path):
-    objective = build_objective(config(tmp_path, mask_schedule="cosine"))
+def test_objective_is_built_from_its_name_and_kwargs(tmp_path):
+    objective = build_objective(config(tmp_path, objective_kwargs={"schedule": "cosine"}))
     assert type(objective.schedule).__name__ == "CosineSchedule"
+    from_json = build_objective(config(tmp_path, objective="mixture",  # as the command line passes it
+                                       objective_kwargs='{"token_ce_weight": 0.25, "logsum": {"blocks": 2}}'))
+    assert (from_json.token_ce_weight, from_json.logsum.blocks) == (0.25, 2)
+    assert from_json.logsum.self_condition.seed == 0 == from_json.token_ce.self_condition.seed  # --seed
+    seeded = build_objective(config(tmp_path, objective="logsum", seed=7))
+    assert seeded.self_condition.seed == 7
+    assert build_objective(config(tmp_path, objective="logsum", seed=7, objective_kwargs={"seed": 3})
+                           ).self_condition.seed == 3  # kwargs win
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"blockz": 2}, "'mixture' takes no argument 'blockz'; it takes: logsum, seed, token_ce, token_ce_weight"),
+    ({"token_ce_weight": 1.5}, r"token_ce_weight \(lambda\) must be a number in \[0, 1\]"),
+    ({"logsum": {"blocks": 0}}, "blocks must be a whole number K >= 1 or 'all'"),
+    ({"logsum": {"mode": "fast"}}, "mode must be one of exact, sampled"),
+    ({"logsum": 3}, "logsum must be a LogSumOrdersLoss, a dict of its keyword arguments, or None"),
+    ('{"blocks": 2', "objective_kwargs must be a JSON object"),
+    ("[2]", "objective_kwargs must be a mapping"),
+])
+def test_bad_objective_kwargs_fail_when_the_config_is_built(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        config(tmp_path, objective="mixture", objective_kwargs=kwargs)
 
 
 def test_objective_metrics_reach_the_logs(tmp_path):

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import torch
+from torch import nn
 
 from jointobj.ranks import collective_device, world_size
 from jointobj.registry import Registry
 
-LOSSES: Registry[type] = Registry("objective")
+LOSSES: Registry[type] = Registry("objective")  # LOSSES.build(name, kwargs): an objective from its name and kwargs
 
 
 @dataclass
@@ -58,3 +60,14 @@ def _not_finite(loss: torch.Tensor, what: str, batch_ids: torch.Tensor, where: s
         f"{tuple(batch_ids.shape)} whose first row is {batch_ids[0].tolist()[:32]}; lower the learning rate, "
         "check the data for empty responses, or enable gradient clipping"
     )
+
+
+def build_part(part: nn.Module | Mapping[str, Any] | None, cls: type, what: str, **defaults: Any) -> nn.Module:
+    """An objective's sub-objective: a module as given, else `cls` built from a dict of its keyword
+    arguments (None: its defaults); `defaults` fill what the dict leaves out (e.g. the parent's seed)."""
+    if isinstance(part, nn.Module):
+        return part
+    if part is None or isinstance(part, Mapping):
+        return cls(**{**defaults, **(part or {})})
+    raise ValueError(f"{what} must be a {cls.__name__}, a dict of its keyword arguments, or None; "
+                     f"got {type(part).__name__}")

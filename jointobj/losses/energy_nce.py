@@ -23,7 +23,7 @@ energy head E (energy_head.py):
 whose optimum is unchanged). `added_token_ce_weight` = w > 0 adds w * the per-token CE
 (additive, any w >= 0; unlike MixtureLoss's `token_ce_weight`, a convex lambda in [0, 1]),
 which keeps the adapter a good denoiser (hence a good proposal) while the head trains through
-it. That CE is a `TokenCELoss` built from the config (mask_schedule, self_condition_prob).
+it. That CE is a `TokenCELoss` (`token_ce`: one, or a dict of its keyword arguments).
 
 The head must exist before the optimizer is built: the Trainer calls `prepare(denoiser)`,
 which attaches one (`head_width`, `parameterisation`) when the denoiser has none.
@@ -32,12 +32,14 @@ which attaches one (`head_width`, `parameterisation`) when the denoiser has none
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from jointobj.batch import Batch, check_batch
+from jointobj.checks import check_whole_number
 from jointobj.decoding.registry import build_decoder
 from jointobj.energy_head import (
     PARAMETERISATIONS,
@@ -46,7 +48,7 @@ from jointobj.energy_head import (
     head_energy,
 )
 from jointobj.likelihood import order_log_likelihood
-from jointobj.losses.base import LOSSES, LossOutput, check_finite
+from jointobj.losses.base import LOSSES, LossOutput, build_part, check_finite
 from jointobj.losses.token_ce import TokenCELoss
 from jointobj.orders import OrderProposal
 from jointobj.ranks import run_chunks, world_size, zero3_sharded
@@ -91,41 +93,33 @@ def _prompt_lengths(batch: Batch, scorable: torch.Tensor) -> tuple[torch.Tensor,
 class EnergyNCELoss(nn.Module):
     """`loss_fn(denoiser, batch, generator=None) -> LossOutput` (module doc).
 
-    tokens_per_step: the negative sampler's K (None: the whole answer in one step, EDLM's
+    tokens_per_step: the negative sampler's K (None or "all": the whole answer in one step, EDLM's
     proposal). negatives: samples per row (m >= 1). decoder: the sampler's policy (registered
     decoder name). parameterisation: 'residual' or 'absolute'. added_token_ce_weight: w >= 0,
     loss = NCE + w * token_ce (additive, not a convex mix). token_ce: the TokenCELoss that term
-    uses (default: TokenCELoss(); from_config builds it from the config's mask_schedule and
-    self_condition_prob). head_width: hidden width of a head `prepare` attaches (None: d).
+    uses, or a dict of its keyword arguments (default: its defaults). head_width: hidden width of
+    a head `prepare` attaches (None: the model's hidden size). seed: passed to a token_ce built here.
     """
 
-    def __init__(self, tokens_per_step: int | None = None, negatives: int = 1, *, decoder: str = "random",
+    def __init__(self, tokens_per_step: int | str | None = None, negatives: int = 1, *, decoder: str = "random",
                  parameterisation: str = "residual", added_token_ce_weight: float = 0.0,
-                 token_ce: TokenCELoss | None = None, head_width: int | None = None):
+                 token_ce: TokenCELoss | Mapping[str, Any] | None = None, head_width: int | None = None,
+                 seed: int = 0):
         super().__init__()
-        if isinstance(negatives, bool) or not isinstance(negatives, int) or negatives < 1:
-            raise ValueError(f"negatives must be a whole number >= 1 (samples per row), got {negatives!r}")
+        negatives = check_whole_number("negatives (samples per row)", negatives)
         if parameterisation not in PARAMETERISATIONS:
             raise ValueError(f"parameterisation must be one of {', '.join(PARAMETERISATIONS)}, "
                              f"got {parameterisation!r}")
         if isinstance(added_token_ce_weight, bool) or not added_token_ce_weight >= 0:
             raise ValueError(f"added_token_ce_weight must be a number >= 0 (loss = NCE + w * token_ce), "
                              f"got {added_token_ce_weight!r}")
+        tokens_per_step = None if tokens_per_step == "all" else tokens_per_step
         self.sampler = build_decoder(decoder, tokens_per_step)  # validates the name and K
         self.tokens_per_step, self.negatives, self.decoder = tokens_per_step, negatives, decoder
-        self.parameterisation, self.head_width = parameterisation, head_width
+        self.parameterisation = parameterisation
+        self.head_width = check_whole_number("head_width", head_width, "the model's hidden size")
         self.added_token_ce_weight = float(added_token_ce_weight)
-        self.token_ce = token_ce if token_ce is not None else TokenCELoss()
-
-    @classmethod
-    def from_config(cls, config) -> "EnergyNCELoss":
-        """Build from a JointObjConfig (energy_tokens_per_step, energy_negatives, energy_decoder,
-        energy_parameterisation, energy_token_ce_weight, energy_head_width, and the added per-token
-        CE's mask_schedule and self_condition_prob)."""
-        return cls(config.energy_sampler_tokens_per_step, config.energy_negatives, decoder=config.energy_decoder,
-                   parameterisation=config.energy_parameterisation,
-                   added_token_ce_weight=config.energy_token_ce_weight, token_ce=TokenCELoss.from_config(config),
-                   head_width=config.energy_head_width or None)
+        self.token_ce = build_part(token_ce, TokenCELoss, "token_ce", seed=seed)
 
     def extra_repr(self) -> str:
         return (f"tokens_per_step={self.tokens_per_step}, negatives={self.negatives}, decoder={self.decoder!r}, "
@@ -142,7 +136,7 @@ class EnergyNCELoss(nn.Module):
             head = attach_energy_head(denoiser, self.head_width, self.parameterisation)
         elif head.parameterisation != self.parameterisation:
             raise ValueError(f"the denoiser's energy head is {head.parameterisation!r} but the objective trains it as "
-                             f"{self.parameterisation!r}; set energy_parameterisation to match")
+                             f"{self.parameterisation!r}; set objective_kwargs' parameterisation to match")
         head.trained_against = {"decoder": self.decoder, "tokens_per_step": self.tokens_per_step,  # saved with it
                                 "repr": repr(self.sampler)}  # what SIR with a residual head compares its sampler to
 
@@ -151,7 +145,7 @@ class EnergyNCELoss(nn.Module):
         k = self.tokens_per_step or answer_length
         if self.decoder != "l2r" and k < answer_length:
             raise ValueError(f"the absolute parameterisation needs the sampler's probability of the data; decoder "
-                             f"{self.decoder!r} knows it only at one step (energy_tokens_per_step=all); use l2r")
+                             f"{self.decoder!r} knows it only at one step (tokens_per_step: all); use l2r")
         part = {key: value[rows] for key, value in batch.items()}
         scorable = check_batch(part)
         orders = OrderProposal(["l2r"]).sample(scorable)

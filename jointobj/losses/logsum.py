@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from jointobj.batch import Batch, check_batch
+from jointobj.checks import ALL_BLOCKS, check_blocks, check_whole_number
 from jointobj.likelihood import score_orders
 from jointobj.losses.base import LOSSES, LossOutput, check_finite
 from jointobj.losses.self_condition import SelfConditioning
@@ -70,13 +71,13 @@ class LogSumOrdersLoss(nn.Module):
     """`loss_fn(denoiser, batch, generator=None, orders=None) -> LossOutput`.
 
     orders: fixed family list (M = its length), or pass `mixture={family: q}` and `num_orders=M`.
-    prior: family -> weight (default: the proposal, i.e. w_m = 1/M). blocks: K per order (an int,
-    1 <= K <= every row's scorable count) or "all" (K = n, exact any-order autoregressive).
+    prior: family -> weight (default: the proposal, i.e. w_m = 1/M). blocks: K per order (a whole
+    number, 1 <= K <= every row's scorable count) or "all" (K = n, exact any-order autoregressive).
     mode: "exact" or "sampled". max_rows: rows per forward (default: the batch size).
     checkpoint: checkpoint the grad forwards (default: True in exact mode, False in sampled mode,
     whose grad pass holds b*K rows of activations; turn it on there to bound memory too).
     self_condition_prob: probability per step of self-conditioned block forwards (0 = off).
-    self_condition_seed: seed of the generator that makes that choice (the same on every rank).
+    seed: seed of the generator that makes that choice, the same on every rank (the trainer passes --seed).
     """
 
     def __init__(
@@ -91,26 +92,22 @@ class LogSumOrdersLoss(nn.Module):
         max_rows: int | None = None,
         checkpoint: bool | None = None,
         self_condition_prob: float = 0.0,
-        self_condition_seed: int = 0,
+        seed: int = 0,
     ):
         super().__init__()
         self.proposal = OrderProposal(None if mixture is not None else orders, mixture=mixture,
                                       num_orders=num_orders, prior=prior)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if blocks != "all" and (isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1):
-            raise ValueError(f"blocks must be an int K >= 1 or 'all' (K = scorable length), got {blocks!r}")
-        if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
-            raise ValueError(f"max_rows must be an int >= 1 (rows per forward) or None, got {max_rows!r}")
-        self.blocks, self.mode, self.max_rows = blocks, mode, max_rows
+        self.blocks, self.mode = check_blocks(blocks), mode
+        self.max_rows = check_whole_number("max_rows (rows per forward)", max_rows, "the batch size")
         self.checkpoint = (mode == "exact") if checkpoint is None else bool(checkpoint)
-        self.self_condition = SelfConditioning(self_condition_prob, seed=self_condition_seed)
+        self.self_condition = SelfConditioning(self_condition_prob, seed=seed)
 
-    @classmethod
-    def from_config(cls, config) -> "LogSumOrdersLoss":
-        """Build from a JointObjConfig (fields: orders, blocks, logsum_mode, max_rows, self_condition_prob, seed)."""
-        return cls(config.order_list, blocks=config.block_count, mode=config.logsum_mode, max_rows=config.max_rows,
-                   self_condition_prob=config.self_condition_prob, self_condition_seed=config.seed)
+    @property
+    def min_scorable_tokens(self) -> int:
+        """The scorable tokens every row needs: K (each of the K blocks holds one or more)."""
+        return 1 if self.blocks == ALL_BLOCKS else self.blocks
 
     def extra_repr(self) -> str:
         return f"{self.proposal}, blocks={self.blocks!r}, mode={self.mode!r}, max_rows={self.max_rows}"

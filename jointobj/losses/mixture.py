@@ -7,6 +7,7 @@ so lambda weighs like-for-like. Metrics of each term are prefixed `token_ce/` an
 A term whose weight is 0 (lambda = 0 or 1) is not run at all, and has no metrics.
 
     MixtureLoss(token_ce_weight=0.5, logsum={"blocks": 4, "mode": "sampled"})
+    # recipes: objective: mixture, objective_kwargs: {token_ce_weight: 0.5, logsum: {blocks: 4, mode: sampled}}
 """
 
 from __future__ import annotations
@@ -17,45 +18,33 @@ import torch
 from torch import nn
 
 from jointobj.batch import Batch
-from jointobj.losses.base import LOSSES, LossOutput
+from jointobj.checks import check_fraction
+from jointobj.losses.base import LOSSES, LossOutput, build_part
 from jointobj.losses.logsum import LogSumOrdersLoss
 from jointobj.losses.token_ce import TokenCELoss
-
-
-def _build(part: nn.Module | Mapping[str, Any] | None, cls: type, what: str) -> nn.Module:
-    if part is None:
-        return cls()
-    if isinstance(part, nn.Module):
-        return part
-    if isinstance(part, Mapping):
-        return cls(**part)
-    raise ValueError(f"{what} must be a {cls.__name__}, a dict of its keyword arguments, or None; "
-                     f"got {type(part).__name__}")
 
 
 @LOSSES.register("mixture")
 class MixtureLoss(nn.Module):
     """`loss_fn(denoiser, batch, generator=None) -> LossOutput`.
 
-    token_ce_weight: lambda in [0, 1]. token_ce / logsum: a loss instance or the keyword
-    arguments of TokenCELoss / LogSumOrdersLoss (default: their defaults).
+    token_ce_weight: lambda in [0, 1] (a convex mix; the energy objective's additive weight is
+    `added_token_ce_weight`). token_ce / logsum: a loss instance or the keyword arguments of
+    TokenCELoss / LogSumOrdersLoss (default: their defaults). seed: passed to the parts built here
+    (their self-conditioning choices), unless their keyword arguments set one.
     """
 
     def __init__(self, token_ce_weight: float = 0.5, *, token_ce: nn.Module | Mapping[str, Any] | None = None,
-                 logsum: nn.Module | Mapping[str, Any] | None = None):
+                 logsum: nn.Module | Mapping[str, Any] | None = None, seed: int = 0):
         super().__init__()
-        number = isinstance(token_ce_weight, (int, float)) and not isinstance(token_ce_weight, bool)
-        if not number or not 0 <= token_ce_weight <= 1:
-            raise ValueError(f"token_ce_weight (lambda) must be a number in [0, 1], got {token_ce_weight!r}")
-        self.token_ce_weight = float(token_ce_weight)
-        self.token_ce = _build(token_ce, TokenCELoss, "token_ce")
-        self.logsum = _build(logsum, LogSumOrdersLoss, "logsum")
+        self.token_ce_weight = check_fraction("token_ce_weight (lambda)", token_ce_weight,
+                                              "loss = lambda * token_ce + (1 - lambda) * logsum")
+        self.token_ce = build_part(token_ce, TokenCELoss, "token_ce", seed=seed)
+        self.logsum = build_part(logsum, LogSumOrdersLoss, "logsum", seed=seed)
 
-    @classmethod
-    def from_config(cls, config) -> "MixtureLoss":
-        """Build from a JointObjConfig (token_ce_weight, plus each part's own fields)."""
-        return cls(config.token_ce_weight, token_ce=TokenCELoss.from_config(config),
-                   logsum=LogSumOrdersLoss.from_config(config))
+    @property
+    def min_scorable_tokens(self) -> int:
+        return self.logsum.min_scorable_tokens if self.token_ce_weight < 1.0 else 1
 
     def extra_repr(self) -> str:
         return f"token_ce_weight={self.token_ce_weight}"

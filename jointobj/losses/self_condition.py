@@ -1,7 +1,7 @@
 """Self-conditioning: teach a denoiser to read soft states (for `SoftStateDecoder`).
 
     loss_fn = TokenCELoss(self_condition_prob=0.5)        # or LogSumOrdersLoss(..., self_condition_prob=0.5)
-    JointObjConfig(..., self_condition_prob=0.5)          # the same from a recipe: --self_condition_prob 0.5
+    JointObjConfig(..., objective="token_ce", objective_kwargs={"self_condition_prob": 0.5})   # from a recipe
 
 A model trained only on hard masks has never seen a mixture of embeddings and reads one out
 of distribution (a tiny ModernBERT fed the 50/50 states of "he likes apple" / "i play
@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from jointobj.checks import check_fraction
 from jointobj.soft_inputs import require_input_embeddings, soft_input_embeddings, soft_state
 
 __all__ = ["SelfConditionedDenoiser", "SelfConditioning"]
@@ -77,9 +78,8 @@ class SelfConditioning:
     choice, so every rank (every instance with that seed) makes the same sequence of choices."""
 
     def __init__(self, prob: float = 0.0, mixing: float = 1.0, seed: int = 0):
-        if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
-            raise ValueError(f"self_condition_prob must be a number in [0, 1] (0 = off, 0.5 is usual), got {prob!r}")
-        self.prob, self.mixing, self.seed = float(prob), float(mixing), int(seed)
+        self.prob = check_fraction("self_condition_prob", prob, "0 = off, 0.5 is usual")
+        self.mixing, self.seed = float(mixing), int(seed)
         self.choices = torch.Generator().manual_seed(self.seed)  # CPU; advanced once per wrap when 0 < prob < 1
 
     def __repr__(self) -> str:

@@ -36,20 +36,26 @@ class NoisedBatch:
 
 @LOSSES.register("token_ce")
 class TokenCELoss(nn.Module):
-    """Masked-diffusion ELBO. `loss_fn(denoiser, batch) -> LossOutput`."""
+    """Masked-diffusion ELBO. `loss_fn(denoiser, batch) -> LossOutput`.
+
+    schedule: the masking schedule (linear or cosine). eps: the smallest t drawn. stratified: one t
+    per row on a stratified grid. self_condition_prob: probability per step of a self-conditioned
+    forward (0 = off). seed: seed of the generator that makes that choice (the trainer passes --seed).
+    """
 
     def __init__(self, schedule: str = "linear", eps: float = 1e-3, stratified: bool = True,
-                 self_condition_prob: float = 0.0):
+                 self_condition_prob: float = 0.0, seed: int = 0):
         super().__init__()
         self.schedule = SCHEDULES.get(schedule)()
-        self.eps = eps
-        self.stratified = stratified
-        self.self_condition = SelfConditioning(self_condition_prob)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps < 1.0:
+            raise ValueError(f"eps (the smallest masking time) must be a number in (0, 1), got {eps!r}")
+        self.eps = float(eps)
+        self.stratified = bool(stratified)
+        self.self_condition = SelfConditioning(self_condition_prob, seed=seed)
 
-    @classmethod
-    def from_config(cls, config) -> "TokenCELoss":
-        """Build from a JointObjConfig (fields: mask_schedule, self_condition_prob)."""
-        return cls(schedule=config.mask_schedule, self_condition_prob=config.self_condition_prob)
+    def extra_repr(self) -> str:
+        return f"schedule={type(self.schedule).__name__}, eps={self.eps}, stratified={self.stratified}, " \
+               f"{self.self_condition}"
 
     def corrupt(self, batch: Batch, mask_token_id: int, generator: torch.Generator | None = None) -> NoisedBatch:
         """Draw t per row and mask scorable tokens with the schedule's probability."""
