@@ -14,6 +14,8 @@ from typing import Callable
 
 import torch
 
+from jointobj.report import write_json
+
 
 def _sync() -> None:
     if torch.cuda.is_available():
@@ -53,6 +55,4 @@ def environment() -> dict[str, object]:
 
 def write_measurements(path: str | Path, rows: list[dict], **context: object) -> Path:
     """Rows as JSON with where they were measured (`environment()`) and any context beside them."""
-    from jointobj.report import write_json
-
     return write_json(path, {"environment": environment(), **context, "rows": rows})

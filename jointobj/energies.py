@@ -36,8 +36,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import torch
+from transformers import AutoModelForCausalLM
 
+from jointobj.checks import check_blocks
+from jointobj.energy_head import energy_head_module, head_energy
 from jointobj.likelihood import order_log_likelihood
+from jointobj.loading import load_tokenizer
+from jointobj.oracle import OracleDenoiser
 from jointobj.orders import ORDERS, OrderProposal, Orders
 from jointobj.registry import Registry
 from jointobj.toysets import ToySet, load_toyset
@@ -139,9 +144,7 @@ class SelfEnergy(Energy):
     def __init__(self, denoiser: Any, order: str = "l2r", blocks: int | str = "all", *, max_rows: int = 4096,
                  generator: torch.Generator | None = None):
         ORDERS.get(order)
-        if blocks != "all" and (isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1):
-            raise ValueError(f"blocks must be an int K >= 1 or 'all', got {blocks!r}")
-        self.denoiser, self.order, self.blocks = denoiser, order, blocks
+        self.denoiser, self.order, self.blocks = denoiser, order, check_blocks(blocks)
         self.max_rows, self.generator = max_rows, generator
         self.proposal = OrderProposal([order])
 
@@ -200,8 +203,6 @@ class HeadEnergy(Energy):
     name = "head"
 
     def __init__(self, denoiser: Any):
-        from jointobj.energy_head import energy_head_module
-
         head = energy_head_module(denoiser.model)
         if head is None:
             raise ValueError("the denoiser has no energy head; train one with the 'energy' objective "
@@ -215,8 +216,6 @@ class HeadEnergy(Energy):
         return cls(_need(denoiser, "denoiser", "head"))
 
     def __call__(self, ids, context, attention_mask=None):
-        from jointobj.energy_head import head_energy
-
         return head_energy(self.denoiser, ids, attention_mask).double()  # [b]
 
     def cost(self, context, attention_mask=None):
@@ -261,17 +260,13 @@ class CausalLMEnergy(Energy):
     def from_spec(cls, args, *, denoiser=None, toysets=()):
         if len(args) != 1:
             raise ValueError("causal needs a local model directory: causal:DIR")
-        from transformers import AutoModelForCausalLM
-
         path = Path(args[0])
         if not path.is_dir():
             raise FileNotFoundError(f"causal model directory {path} does not exist; save one with save_pretrained")
-        from jointobj.loading import _load_tokenizer
-
         model = AutoModelForCausalLM.from_pretrained(str(path))
         if denoiser is not None:
             model = model.to(getattr(denoiser, "device", "cpu"))
-        return cls(model, denoiser=denoiser, tokenizer=_load_tokenizer(path, False), path=str(path))
+        return cls(model, denoiser=denoiser, tokenizer=load_tokenizer(path, False), path=str(path))
 
     @property
     def spec(self) -> str:
@@ -312,8 +307,6 @@ class ExactEnergy(Energy):
     accepts_masks = True
 
     def __init__(self, *toysets: ToySet | str):
-        from jointobj.oracle import OracleDenoiser
-
         self.router = OracleDenoiser(*toysets)  # reuses its tag -> set dispatch and checks
         self.mask_token_id = self.router.mask_token_id
 

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from jointobj.decoding.registry import build_decoder
+from jointobj.frontier import parse_tokens_per_step
 
 __all__ = ["cut_at_stop", "generate_texts"]
 
@@ -32,8 +33,6 @@ def generate_texts(denoiser: Any, prompts: Sequence[str], decoder: str, gen_leng
                    eos_token_id: int | None = None) -> list[str]:
     """One answer text per prompt: `gen_length` tokens decoded by `decoder` with K = tokens_per_step
     ('all' or None: one step), cut at EOS and at the first stop string."""
-    from jointobj.evaluate import parse_tokens_per_step
-
     if gen_length < 1:
         raise ValueError(f"gen_length must be >= 1 generated tokens, got {gen_length}")
     if batch_size < 1:

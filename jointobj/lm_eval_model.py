@@ -64,7 +64,13 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     raise ImportError("jointobj.lm_eval_model needs lm-evaluation-harness: pip install 'jointobj[lm-eval]' "
                       "(or pip install lm-eval)") from error
 
+from jointobj.decoding.registry import build_decoder, decoder_option_names
+from jointobj.denoiser import Denoiser
+from jointobj.frontier import parse_tokens_per_step
 from jointobj.generation import generate_texts
+from jointobj.likelihood import order_log_likelihood
+from jointobj.oracle import OracleDenoiser
+from jointobj.orders import ORDERS, OrderProposal
 
 __all__ = ["JointObjLM", "MODEL_ARGS"]
 
@@ -79,11 +85,7 @@ def _load_denoiser(pretrained: str | None, oracle: str | None, device: str, dtyp
         raise ValueError("the jointobj lm-eval model needs exactly one of pretrained=DIR (a Denoiser directory) "
                          "or oracle=SET[+SET...] (toy sets' exact oracle)")
     if oracle is not None:
-        from jointobj.oracle import OracleDenoiser
-
         return OracleDenoiser(*str(oracle).split("+"))
-    from jointobj.denoiser import Denoiser
-
     kwargs = {} if dtype in (None, "") else {"dtype": dtype if dtype == "auto" else getattr(torch, str(dtype))}
     denoiser = Denoiser.from_pretrained(str(pretrained), trust_remote_code=trust_remote_code, **kwargs)
     return denoiser.to(device).eval()
@@ -107,10 +109,6 @@ class JointObjLM(LM):
                  max_batch_size: int | None = None, max_rows: int | None = None, seed: int = 0,
                  device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False):
         super().__init__()
-        from jointobj.decoding.registry import build_decoder, decoder_option_names
-        from jointobj.evaluate import parse_tokens_per_step
-        from jointobj.orders import ORDERS
-
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.denoiser = _load_denoiser(pretrained, oracle, device, dtype, trust_remote_code)
         if self.denoiser.tokenizer is None:
@@ -190,9 +188,6 @@ class JointObjLM(LM):
         return head, whole[len(head):]
 
     def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
-        from jointobj.likelihood import order_log_likelihood
-        from jointobj.orders import OrderProposal
-
         limit = getattr(self.denoiser, "max_positions", None)
         device = torch.device(getattr(self.denoiser, "device", "cpu"))
         scores = [math.nan] * len(pairs)

@@ -63,7 +63,7 @@ def _refuse_remote_code(directory: Path, trust_remote_code: bool, files: tuple[s
             )
 
 
-def _load_tokenizer(directory: Path, trust_remote_code: bool) -> Any:
+def load_tokenizer(directory: Path, trust_remote_code: bool) -> Any:
     from transformers import AutoTokenizer
 
     if not any((directory / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
@@ -151,12 +151,12 @@ def load_masked_lm(
         if before_adapter is not None:
             before_adapter(base_denoiser)
         base_denoiser.model = PeftModel.from_pretrained(base_denoiser.model, str(directory), is_trainable=is_trainable)
-        tokenizer = _load_tokenizer(directory, trust_remote_code)  # after the base's remote-code refusal
+        tokenizer = load_tokenizer(directory, trust_remote_code)  # after the base's remote-code refusal
         if tokenizer is not None:
             base_denoiser.tokenizer = tokenizer
         return base_denoiser
     model = load_model(directory, trust_remote_code=trust_remote_code, dtype=dtype)  # refuses remote code first
-    tokenizer = _load_tokenizer(directory, trust_remote_code)
+    tokenizer = load_tokenizer(directory, trust_remote_code)
     denoiser = cls(model, mask_token_id=explicit, tokenizer=tokenizer, **conventions)
     if logit_shift is None and conventions["logit_shift"] is not None:
         denoiser.logit_shift_source = f"saved in {directory.name}/jointobj.json"
