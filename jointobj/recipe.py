@@ -38,11 +38,12 @@ from jointobj.frontier import (
     target_status,
 )
 from jointobj.losses.logsum import LogSumOrdersLoss
+from jointobj.moved_options import MOVED_OPTIONS, moved_option_error
 from jointobj.oracle import OracleDenoiser
 from jointobj.ranks import configure_cpu_ranks
 from jointobj.report import format_table, plot_frontier, write_json
 from jointobj.run_dir import check_previous_run, clear_previous_run, finished_step, mark_finished, previous_run
-from jointobj.trainer import MOVED_OPTIONS, JointObjConfig, JointObjTrainer, build_objective, moved_option_error
+from jointobj.trainer import JointObjConfig, JointObjTrainer, build_objective
 
 MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
