@@ -17,19 +17,16 @@ less what the process held just before it). Target: TokenCE <= 1.1x the bare ste
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
-import resource
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import torch
 
 from jointobj import Denoiser, TokenCELoss
-from jointobj.benchmark import cuda_peak_bytes, time_interleaved, write_measurements
+from jointobj.benchmark import peak_bytes, time_interleaved, write_measurements
 from jointobj.tiny import tiny_masked_lm
 
 BIG_VOCAB_DEFAULTS = {"vocab": 126_464, "batch": 8, "length": 256, "hidden": 64, "layers": 1, "repeats": 2}
@@ -96,34 +93,6 @@ def build_steps(args: argparse.Namespace, with_logsum: bool) -> dict:
     return steps
 
 
-def peak_step_bytes(run) -> int:
-    """Bytes a step needs above what was held before it (see the module doc)."""
-    if torch.cuda.is_available():
-        return cuda_peak_bytes(run)
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so the resident set is what is held
-    held = resident_bytes()
-    peak, done = [held], threading.Event()
-
-    def sample() -> None:  # torch ops release the GIL, so this thread sees the step's resident set as it grows
-        while not done.is_set():
-            peak[0] = max(peak[0], resident_bytes())
-            time.sleep(2e-4)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        run()
-    finally:
-        done.set()
-        sampler.join()
-    return peak[0] - held
-
-
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
-
-
 def measure_in_child(step: str, argv: list[str]) -> dict:
     """A step's median seconds and peak memory, measured in a fresh process (see `measure_step`)."""
     command = [sys.executable, __file__, *argv, "--memory_of", step]
@@ -138,7 +107,7 @@ def measure_step(args: argparse.Namespace) -> dict:
     if not args.memory_of.startswith("logsum"):
         run()
     start = time.perf_counter()
-    peak = peak_step_bytes(run)
+    peak = peak_bytes(run)
     seconds = [time.perf_counter() - start]
     for _ in range(args.repeats - 1 if not args.memory_of.startswith("logsum") else 0):
         start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Timing helpers for the eval/bench_*.py scripts: interleaved repeats, medians, ratios.
+"""Timing and memory helpers for the eval/bench_*.py scripts: interleaved repeats, medians, ratios, peaks.
 
 Candidates are timed in turns (A B C, A B C, ...) so drift in machine load hits all of them
 alike; a benchmark reports ratios between candidates measured in the same run.
@@ -6,8 +6,11 @@ alike; a benchmark reports ratios between candidates measured in the same run.
 
 from __future__ import annotations
 
+import ctypes
 import platform
+import resource
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -30,6 +33,37 @@ def cuda_peak_bytes(run: Callable[[], object]) -> int:
     run()
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() - held
+
+
+def peak_bytes(run: Callable[[], object]) -> int:
+    """Bytes `run()` needs above what was held before it: CUDA's peak allocated bytes, or on a Linux CPU
+    the largest resident set a sampling thread sees while it runs (torch ops release the GIL), less the
+    resident set just before it (freed heap handed back first, so that is what is held)."""
+    if torch.cuda.is_available():
+        return cuda_peak_bytes(run)
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    held = resident_bytes()
+    peak, done = [held], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], resident_bytes())
+            time.sleep(2e-4)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        run()
+    finally:
+        done.set()
+        sampler.join()
+    return peak[0] - held
+
+
+def resident_bytes() -> int:
+    """This process's resident set, in bytes (Linux)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
 
 
 def time_interleaved(candidates: dict[str, Callable[[], object]], repeats: int = 20,

@@ -88,6 +88,30 @@ def test_answer_logits_of_a_mixed_batch_are_each_rows_own(architecture, embeds):
             torch.testing.assert_close(mixed[i], single, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("blind", [False, True])
+def test_answer_logits_at_chosen_columns_are_the_full_logits_gathered(blind):
+    # The speculative decoder reads only the columns a round can use; fails if the lean path (positions=)
+    # or the plain / one-forward-per-length path maps a column to another position's logits.
+    denoiser, rows = denoiser_of("modernbert"), prompts(9)
+    denoiser = IgnoresAttentionMask(denoiser) if blind else denoiser
+    gen = torch.randint(2, VOCAB, (len(rows), GEN), generator=torch.Generator().manual_seed(0))
+    gen[:, ::2] = MASK
+    columns = torch.tensor([[4, 0, 0], [1, 2, 3], [2, 2, 4], [0, 4, 1]])  # [b, 3], repeats allowed
+    with torch.no_grad():
+        ids, mask = padded(rows, "left")
+        layout = AnswerLayout.build(denoiser, rows, GEN) if blind else AnswerLayout.build(denoiser, ids, GEN, mask)
+        full = layout.answer_logits(denoiser, input_ids=layout.compose(gen))  # [b, L, V]
+        picked = layout.answer_logits(denoiser, input_ids=layout.compose(gen), columns=columns)  # [b, 3, V]
+    torch.testing.assert_close(picked, full.gather(1, columns[..., None].expand(-1, -1, full.shape[-1])))
+
+
+@pytest.mark.parametrize("architecture", ["bert", "modernbert"])
+@pytest.mark.parametrize("name, options", [("speculative", {"drafts": 2}), ("speculative", {"draft_length": 2}),
+                                           ("revisable", {"threshold": 0.3})])
+def test_speculative_and_revisable_give_each_row_what_they_give_it_alone(architecture, name, options):
+    assert_rows_as_alone(build_decoder(name, temperature=0, **options), denoiser_of(architecture), prompts(4))
+
+
 @pytest.mark.parametrize("architecture", ["bert", "modernbert"])
 @pytest.mark.parametrize("name", POLICIES.names())
 def test_every_policy_gives_each_row_what_it_gives_it_alone(architecture, name):
@@ -164,12 +188,13 @@ class IgnoresAttentionMask(nn.Module):
 
 @pytest.mark.parametrize("name, options", [("confidence", {}), ("threshold", {}), ("soft", {"threshold": 0.5}),
                                            ("l2r", {"rescore": "best:self:l2r:all,2"}),
-                                           ("random", {"rescore": "best:self:l2r:all,2,fused"})])
+                                           ("random", {"rescore": "best:self:l2r:all,2,fused"}),
+                                           ("speculative", {"tokens_per_step": None, "drafts": 2})])
 def test_a_mask_blind_model_runs_each_prompt_length_in_its_own_forward(name, options):
     # Every forward holds one length, unpadded: each row gets exactly its result alone. The premise is
     # checked too: padding moves this model's logits (a shared padded forward would be wrong).
     rows = prompts(6)
-    decoder = build_decoder(name, 2, temperature=0, **options)
+    decoder = build_decoder(name, **{"tokens_per_step": 2, **options}, temperature=0)
     blind = IgnoresAttentionMask(denoiser_of("bert"))
     expected = alone(decoder, blind, rows)
     blind.widths.clear()
@@ -200,8 +225,8 @@ def test_remote_code_models_decode_mixed_lengths_as_each_row_alone(kind, tmp_pat
     assert denoiser.mask_blind == (kind == "llada_style")
     generator = torch.Generator().manual_seed(0)
     rows = [torch.randint(4, denoiser.vocab_size, (n,), generator=generator) for n in (2, 5, 3)]
-    for name in ("confidence", "soft"):
-        decoder = build_decoder(name, 2, temperature=0)
+    for name, k in (("confidence", 2), ("soft", 2), ("speculative", None)):
+        decoder = build_decoder(name, k, temperature=0)
         expected = [decoder.sample(denoiser, row[None], 4).gen_ids[0] for row in rows]
         with warnings.catch_warnings():
             warnings.simplefilter("error")

@@ -361,3 +361,22 @@ def test_random_order_samples_the_mixture_over_uniform_orders():
     assert tv <= tolerance, (tv, tolerance)
     tv_l2r, _ = empirical_tv(answers, laws[0][1], out.gen_ids)
     assert tv_l2r > tolerance  # the mixture differs from l2r's law here: the test can tell them apart
+
+
+@pytest.mark.parametrize("options, kept", [({"block_length": 3}, 4), ({"draft_length": 2}, 3), ({}, 10)])
+def test_logits_are_kept_only_for_the_positions_a_round_can_read(options, kept, monkeypatch):
+    # Memory at a big vocabulary: every forward asks for the logits of at most w + 1 positions per row
+    # (a window never crosses a block), not for the whole answer. Fails if the window ignores the block.
+    from jointobj.decoding.layout import AnswerLayout
+
+    asked, answer_logits = [], AnswerLayout.answer_logits
+
+    def spy(self, denoiser, rows=None, **inputs):
+        asked.append(inputs["columns"].shape[1])
+        return answer_logits(self, denoiser, rows, **inputs)
+
+    monkeypatch.setattr(AnswerLayout, "answer_logits", spy)
+    oracle = OracleDenoiser("latin_square_3")
+    prompts = load_toyset("latin_square_3").prompts.repeat(4, 1)
+    build_decoder("speculative", **options).sample(oracle, prompts, 9, torch.Generator().manual_seed(0))
+    assert asked and max(asked) == kept, asked

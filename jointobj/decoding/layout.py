@@ -174,36 +174,48 @@ class AnswerLayout:
 
     def answer_logits(self, denoiser: Any, rows: torch.Tensor | None = None, *,
                       input_ids: torch.Tensor | None = None,
-                      inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+                      inputs_embeds: torch.Tensor | None = None,
+                      columns: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [a, L, V] float32 at the answer positions of `rows` (default all), from their inputs in
         this layout: ids [a, P + L] or embeddings [a, P + L, d]. One forward, or one per prompt length
-        for a mask-blind model (module docstring)."""
+        for a mask-blind model (module docstring). `columns` [a, k] (answer positions, repeats allowed):
+        the logits [a, k, V] of those positions only (a denoiser that takes `positions=` then makes no
+        float32 copy of the others)."""
         lengths = self.lengths[self._rows(rows)]  # [a]
         inputs = input_ids if input_ids is not None else inputs_embeds
         if not self.mask_blind or bool((lengths == lengths[0]).all()):
-            return self._forward(denoiser, inputs, lengths, input_ids is not None)
+            return self._forward(denoiser, inputs, lengths, input_ids is not None, columns)
         out = None
         for length in lengths.unique().tolist():  # never two lengths in one forward
             group = (lengths == length).nonzero().squeeze(1)  # [g]
-            part = self._forward(denoiser, inputs[group], lengths[group], input_ids is not None)  # [g, L, V]
+            part = self._forward(denoiser, inputs[group], lengths[group], input_ids is not None,
+                                 None if columns is None else columns[group])  # [g, L or k, V]
             out = part.new_empty(len(lengths), *part.shape[1:]) if out is None else out
             out[group] = part
         return out
 
-    def _forward(self, denoiser: Any, inputs: torch.Tensor, lengths: torch.Tensor, ids: bool) -> torch.Tensor:
-        """One forward of rows [a, P + L(, d)] trimmed to their longest: [a, L, V]."""
+    def _forward(self, denoiser: Any, inputs: torch.Tensor, lengths: torch.Tensor, ids: bool,
+                 columns: torch.Tensor | None = None) -> torch.Tensor:
+        """One forward of rows [a, P + L(, d)] trimmed to their longest: [a, L, V] (or [a, k, V] at `columns`)."""
         width, a, length = int(lengths.max()), len(lengths), self.gen_length
         inputs = inputs[:, :width]  # [a, w(, d)]
         column = torch.arange(width, device=lengths.device)  # [w]
         same = bool((lengths == width).all())
         attention = None if same else column < lengths[:, None]  # [a, w] bool
         feed = {"input_ids" if ids else "inputs_embeds": inputs, "attention_mask": attention}
-        if takes_positions(denoiser):
-            positions = (column >= (lengths - length)[:, None]) & (column < lengths[:, None])  # [a, w]
+        start = (lengths - length)[:, None]  # [a, 1] the column of answer position 0
+        if takes_positions(denoiser) and columns is None:
+            positions = (column >= start) & (column < lengths[:, None])  # [a, w]
             return denoiser(**feed, positions=positions).view(a, length, -1)  # [a, L, V]
+        if takes_positions(denoiser):
+            at = start + columns  # [a, k] the columns wanted
+            positions = torch.zeros(a, width, dtype=torch.bool, device=lengths.device).scatter_(1, at, True)  # [a, w]
+            picked = denoiser(**feed, positions=positions)  # [t, V] row-major
+            index = positions.flatten().long().cumsum(0).view(a, width) - 1  # [a, w] row of `picked` per column
+            return picked[index.gather(1, at)]  # [a, k, V]
         logits = denoiser(**feed)  # [a, w, V]
-        if same:
+        if same and columns is None:
             return logits[:, width - length :]  # [a, L, V]
-        gather = (lengths - length)[:, None] + torch.arange(length, device=lengths.device)  # [a, L]
-        return logits.gather(1, gather[..., None].expand(-1, -1, logits.shape[-1]))  # [a, L, V]
+        gather = start + (torch.arange(length, device=lengths.device) if columns is None else columns)  # [a, L or k]
+        return logits.gather(1, gather[..., None].expand(-1, -1, logits.shape[-1]))  # [a, L or k, V]
 

@@ -192,10 +192,18 @@ class SpeculativeDecoder:
 
     @staticmethod
     def _answer_logits(denoiser, layout: AnswerLayout, answers: torch.Tensor, owner: torch.Tensor | None,
-                       mask_index: torch.Tensor) -> torch.Tensor:
-        """answers [R, L] of samples `owner` [R] (None: every sample once) -> [R, L, V] logits, [MASK] excluded."""
-        logits = layout.answer_logits(denoiser, owner, input_ids=layout.compose(answers, owner))  # [R, L, V]
-        return logits.index_fill(-1, mask_index, _EXCLUDED_LOGIT)
+                       columns: torch.Tensor, mask_index: torch.Tensor) -> torch.Tensor:
+        """answers [R, L] of samples `owner` [R] (None: every sample once) -> [R, k, V] logits at the answer
+        positions `columns` [R, k], [MASK] excluded."""
+        logits = layout.answer_logits(denoiser, owner, input_ids=layout.compose(answers, owner),
+                                      columns=columns)  # [R, k, V]
+        return logits.index_fill_(-1, mask_index, _EXCLUDED_LOGIT)  # a fresh tensor: gathered at `columns`
+
+    @staticmethod
+    def _ahead(perm: torch.Tensor, start: torch.Tensor, span: int) -> torch.Tensor:
+        """perm [R, L] orders, start [R] -> [R, span] the positions perm[start .. start + span - 1] (clamped)."""
+        steps = (start[:, None] + torch.arange(span, device=perm.device)).clamp(max=perm.shape[1] - 1)  # [R, span]
+        return perm.gather(1, steps)
 
     @torch.no_grad()
     def sample(self, denoiser, prompt_ids: torch.Tensor, gen_length: int, generator: torch.Generator | None = None,
@@ -220,8 +228,14 @@ class SpeculativeDecoder:
         done = torch.zeros(b, dtype=torch.long, device=device)  # c: positions of the order committed
         first = torch.ones(b, dtype=torch.bool, device=device)  # the proposal shows exactly the committed tokens
 
+        # Logits are kept only for the positions a round can read, relative to the order: proposal[i, s] holds
+        # the marginal at perm[i, c + s] (s < w; one more after the first forward), and a verification row of
+        # slot j its conditional at perm[c + j] (t = 0) and the next round's proposal (t = 1 .. w).
+        span = min(window, block) + 1  # a window never crosses a block
         with eval_mode(denoiser):
-            proposal = self._answer_logits(denoiser, layout, ids, None, mask_index)  # [b, L, V] the first marginals
+            start = torch.zeros(b, dtype=torch.long, device=device)
+            proposal = self._answer_logits(denoiser, layout, ids, None, self._ahead(perm, start, span),
+                                           mask_index)  # [b, w + 1, V] the first marginals
             steps, rows = 1, b
             while bool((done < length).any()):
                 live = (done < length).nonzero().squeeze(1)  # [a]
@@ -233,9 +247,9 @@ class SpeculativeDecoder:
                 n = self.drafts
                 slot = torch.arange(w, device=device)  # [w]
                 in_window = slot < width[:, None]  # [a, w]
-                positions = perm[live].gather(1, (c[:, None] + slot).clamp(max=length - 1))  # [a, w]
+                positions = self._ahead(perm[live], c, w)  # [a, w]
                 vocab = proposal.shape[-1]
-                q_logits = proposal[live].gather(1, positions[..., None].expand(a, w, vocab))  # [a, w, V]
+                q_logits = proposal[live, :w]  # [a, w, V] the marginals at positions
 
                 # draft N windows from q
                 if temperature == 0:
@@ -263,7 +277,10 @@ class SpeculativeDecoder:
                         token_s = drafted[:, :, s].view(a, n, 1, 1).expand(a, n, w - s - 1, 1)
                         x[:, :, s + 1 :].scatter_(3, at, token_s)
                     owner = live[:, None, None].expand(a, n, w)[need]  # [R] the sample of each row
-                    verified = self._answer_logits(denoiser, layout, x[need], owner, mask_index)  # [R, L, V]
+                    first_slot = (c[:, None] + slot).expand(a, w)[:, None, :].expand(a, n, w)[need]  # [R] c + j
+                    verified = self._answer_logits(denoiser, layout, x[need], owner,
+                                                   self._ahead(perm[owner], first_slot, span),
+                                                   mask_index)  # [R, w + 1, V]
                     took_part = need.flatten(1).any(1)  # [a]
                     row_steps[live] += took_part.long()
                     steps, rows = steps + 1, rows + total_rows
@@ -283,7 +300,7 @@ class SpeculativeDecoder:
                     row = row_of[rows_index, lead, j]  # [a], -1: p_j = q_j (first round, slot 0)
                     p_logits = q_logits[:, j]  # [a, V]
                     if total_rows:
-                        picked = verified[row.clamp(min=0), positions[:, j]]  # [a, V]
+                        picked = verified[row.clamp(min=0), 0]  # [a, V] the conditional at positions[:, j]
                         p_logits = torch.where((row >= 0)[:, None], picked, p_logits)
                     log_p = p_logits if temperature == 0 else _tempered_log_probs(p_logits, temperature)  # [a, V]
                     token, accepted = self._verify_position(log_p, None if q is None else q[:, j], drafted[:, :, j],
@@ -301,10 +318,15 @@ class SpeculativeDecoder:
                 ids[live] = gen
                 done[live] = c + committed
                 first[live] = False
-                if total_rows:
-                    fresh = supplier >= 0  # else the proposal already in place stays (first round, slot 0 only)
-                    if bool(fresh.any()):
-                        proposal[live[fresh]] = verified[supplier[fresh]]
+                # The next proposal, relative to the new c: the supplier row's t = 1 .. w, or, where slot 0 of the
+                # first round committed alone (no row ran for it), the first marginals moved on by one.
+                fresh = supplier >= 0  # [a]
+                if bool((~fresh).any()):
+                    stay = live[~fresh]
+                    proposal[stay, : span - 1] = proposal[stay, 1:].clone()
+                if bool(fresh.any()):
+                    proposal[live[fresh], : span - 1] = verified[supplier[fresh], 1:]
+                verified = None  # freed before the next round's forward
         return finish_sample(layout, ids, CommitLedger(log_prob, row_steps, commit_step), steps, rows, eos)
 
 
