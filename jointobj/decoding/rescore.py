@@ -62,7 +62,7 @@ import torch
 from jointobj.checks import check_whole_number
 from jointobj.decoding.layout import AnswerLayout
 from jointobj.decoding.sampler import (
-    _EXCLUDED_LOGIT,
+    EXCLUDED_LOGIT,
     SampleOutput,
     UnmaskingSampler,
     _ceil_div,
@@ -350,7 +350,7 @@ class InLoopRescoring:
             quota = _ceil_div(m.sum(1), (budget - denoising[live]).clamp(min=1))  # [a] ceil(open / steps left)
             if ahead is None:  # the marginals forward: its own sequential step
                 logits = layout.answer_logits(denoiser, live, input_ids=layout.compose(g, live))  # [a, L, V]
-                logits = logits.index_fill(-1, mask_index, _EXCLUDED_LOGIT)
+                logits = logits.index_fill(-1, mask_index, EXCLUDED_LOGIT)
                 steps, rows = steps + 1, rows + len(live)
                 row_steps[live] += 1
             else:
@@ -410,7 +410,7 @@ class InLoopRescoring:
         flat = state[:, which].transpose(0, 1).reshape(-1, length)  # [u*N, L]
         owners = live[which].repeat_interleave(n)  # [u*N]
         logits = layout.answer_logits(denoiser, owners, input_ids=layout.compose(flat, owners))  # [u*N, L, V]
-        logits = logits.index_fill(-1, mask_index, _EXCLUDED_LOGIT).view(len(which), n, *logits.shape[1:])
+        logits = logits.index_fill(-1, mask_index, EXCLUDED_LOGIT).view(len(which), n, *logits.shape[1:])
         if ahead is None:
             ahead = logits.new_zeros(layout.batch_size, *logits.shape[2:])  # [b, L, V]
         ahead[live[which]] = logits[torch.arange(len(which), device=logits.device), index[which]]

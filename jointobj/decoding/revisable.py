@@ -47,7 +47,7 @@ from jointobj.decoding.layout import AnswerLayout
 from jointobj.decoding.policies import ConfidenceThreshold
 from jointobj.decoding.registry import DECODERS
 from jointobj.decoding.sampler import (
-    _EXCLUDED_LOGIT,
+    EXCLUDED_LOGIT,
     CommitLedger,
     SampleOutput,
     check_temperature,
@@ -152,7 +152,7 @@ class RevisableDecoder:
                 answers = torch.cat([gen[committing], gen[checking][check_owner].masked_fill(check_hides, mask_id)])
                 owner = torch.cat([committing, checking[check_owner]])  # [c+K] the sample of each row
                 logits = layout.answer_logits(denoiser, owner, input_ids=layout.compose(answers, owner))
-                logits = logits.index_fill(-1, mask_index, _EXCLUDED_LOGIT)  # [c+K, L, V]
+                logits = logits.index_fill(-1, mask_index, EXCLUDED_LOGIT)  # [c+K, L, V]
                 commit_logits, check_logits = logits[: len(committing)], logits[len(committing) :]
 
                 # check rows: each hidden token's probability with itself masked (each token hidden in one row)

@@ -81,12 +81,12 @@ from jointobj.decoding.layout import AnswerLayout, normalise_prompts
 from jointobj.decoding.policies import UnmaskingPolicy
 from jointobj.randomness import gumbel_max, gumbel_noise, uniform  # noqa: F401 (re-exported: decoders' noise)
 
-__all__ = ["SampleOutput", "UnmaskingSampler", "block_budget", "check_request", "check_steps", "check_temperature",
-           "eval_mode", "finish_sample", "gumbel_max", "gumbel_noise", "layout_request", "resolve_eos", "start_answer",
-           "steps_for", "trim_at_eos", "uniform"]
+__all__ = ["EXCLUDED_LOGIT", "SampleOutput", "UnmaskingSampler", "block_budget", "check_request", "check_steps",
+           "check_temperature", "eval_mode", "finish_sample", "gumbel_max", "gumbel_noise", "layout_request",
+           "resolve_eos", "start_answer", "steps_for", "trim_at_eos", "uniform"]
 
 # Logit given to the mask token: finite so entropies stay finite, exp() of it is exactly 0.
-_EXCLUDED_LOGIT = -1e9
+EXCLUDED_LOGIT = -1e9
 
 
 def trim_at_eos(gen_ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
@@ -435,7 +435,7 @@ class UnmaskingSampler:
 
                 x = layout.compose(gen if every else gen[live], live)  # [a, P+L]
                 logits = layout.answer_logits(denoiser, live, input_ids=x)  # [a, L, V]
-                logits = logits.index_fill(-1, mask_index, _EXCLUDED_LOGIT)  # never commit a mask (out of place)
+                logits = logits.index_fill(-1, mask_index, EXCLUDED_LOGIT)  # never commit a mask (out of place)
                 commit = self.policy.select(logits, eligible, quota, generator)  # [a, L]
                 tokens, token_log_q = gumbel_max(logits[commit], self.temperature, generator)  # [n], [n]
 

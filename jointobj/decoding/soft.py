@@ -69,7 +69,7 @@ from jointobj.checks import check_whole_number
 from jointobj.decoding.policies import ConfidenceThreshold, max_probability
 from jointobj.decoding.registry import DECODERS
 from jointobj.decoding.sampler import (
-    _EXCLUDED_LOGIT,
+    EXCLUDED_LOGIT,
     CommitLedger,
     SampleOutput,
     _ceil_div,
@@ -269,7 +269,7 @@ class SoftStateDecoder:
                     logits = layout.answer_logits(denoiser, live, inputs_embeds=embeds)  # [a, L, V]
                 else:  # plain masks: the same input through the cheaper id path
                     logits = layout.answer_logits(denoiser, live, input_ids=x)  # [a, L, V]
-                logits = logits.index_fill(-1, mask_index, _EXCLUDED_LOGIT)  # [a, L, V]
+                logits = logits.index_fill(-1, mask_index, EXCLUDED_LOGIT)  # [a, L, V]
 
                 block_now = torch.where(open_, block_id, blocks).amin(1)  # [a]
                 spent = torch.where(block_now == current[live], used[live], 0)  # [a]

@@ -66,7 +66,7 @@ from jointobj.checks import check_whole_number
 from jointobj.decoding.layout import AnswerLayout
 from jointobj.decoding.registry import DECODERS
 from jointobj.decoding.sampler import (
-    _EXCLUDED_LOGIT,
+    EXCLUDED_LOGIT,
     CommitLedger,
     SampleOutput,
     check_temperature,
@@ -197,7 +197,7 @@ class SpeculativeDecoder:
         positions `columns` [R, k], [MASK] excluded."""
         logits = layout.answer_logits(denoiser, owner, input_ids=layout.compose(answers, owner),
                                       columns=columns)  # [R, k, V]
-        return logits.index_fill_(-1, mask_index, _EXCLUDED_LOGIT)  # a fresh tensor: gathered at `columns`
+        return logits.index_fill_(-1, mask_index, EXCLUDED_LOGIT)  # a fresh tensor: gathered at `columns`
 
     @staticmethod
     def _ahead(perm: torch.Tensor, start: torch.Tensor, span: int) -> torch.Tensor:
