@@ -22,7 +22,6 @@ frontier (`jointobj.report.plot_frontier`) of every set on one picture.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -149,4 +148,4 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()
