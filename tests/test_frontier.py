@@ -81,6 +81,9 @@ def test_target_status_is_met_only_by_a_fast_row_that_keeps_validity_tv_and_comp
         assert status[0]["met"] is False, broken
     # the exact energy is oracle knowledge: it does not count
     assert target_status([reference, {**fast, "rescore": "sir:exact,16,step"}])[0]["met"] is False
+    # a model never valid one token per step keeps "its validity" with any decoder: not met, and said why
+    never = target_status([{**reference, "validity": 0.0}, {**fast, "validity": 0.0}])[0]
+    assert never["met"] is False and "never valid" in never["note"]
 
 
 def test_target_status_skips_short_sets_and_says_when_the_reference_is_missing():
