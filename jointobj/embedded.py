@@ -31,9 +31,15 @@ import sys
 from pathlib import Path
 
 from accelerate import PartialState
+from filelock import FileLock
 
 from jointobj.conventions import CONFIG_NAME
+from jointobj.data import load_training_data
+from jointobj.denoiser import Denoiser
 from jointobj.ranks import configure_cpu_ranks
+from jointobj.tiny import tiny_masked_lm
+from jointobj.toysets import load_toyset, shared_tokenizer
+from jointobj.trainer import JointObjConfig, JointObjTrainer
 
 BASE_SIZE = "small"  # jointobj.tiny.TINY_SIZES preset of the base (hidden size, layers)
 RECORD_NAME = "embedded.json"  # in the base directory: the toy sets (and settings) it was pretrained on
@@ -49,8 +55,6 @@ def toy_set_names(dataset: str) -> list[str]:
 
 def toy_suite_length(dataset: str) -> int:
     """Longest sequence among the named toy sets; a clear error if the dataset is not toy sets."""
-    from jointobj.toysets import load_toyset
-
     try:
         return max(load_toyset(name).length for name in toy_set_names(dataset))
     except ValueError as error:
@@ -126,8 +130,6 @@ def pretrain_base(base_dir: Path, dataset: str, steps: int, learning_rate: float
                   seed: int, size: str = BASE_SIZE) -> None:
     """Pretrain a tiny ModernBERT on toy sets with TokenCELoss, full parameters, and save it with
     its record (embedded.json), under a file lock; a base already there for these sets is kept."""
-    from filelock import FileLock
-
     base_dir = Path(base_dir)
     base_dir.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{base_dir}.lock"):  # one build at a time, across jobs sharing this filesystem
@@ -145,12 +147,6 @@ def pretrain_base(base_dir: Path, dataset: str, steps: int, learning_rate: float
 
 def _train_into(staging: Path, dataset: str, steps: int, learning_rate: float, samples_per_toyset: int,
                 seed: int, size: str) -> None:
-    from jointobj.data import load_training_data
-    from jointobj.denoiser import Denoiser
-    from jointobj.tiny import tiny_masked_lm
-    from jointobj.toysets import load_toyset, shared_tokenizer
-    from jointobj.trainer import JointObjConfig, JointObjTrainer
-
     configure_cpu_ranks()
     length = toy_suite_length(dataset)
     tokenizer = shared_tokenizer([load_toyset(name) for name in toy_set_names(dataset)])  # user sets: extended
