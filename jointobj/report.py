@@ -10,6 +10,7 @@ drawn, through its object API (no pyplot state, no backend switch in the caller'
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -76,6 +77,23 @@ def write_json(path: str | Path, payload: Any) -> Path:
     return path
 
 
+def save_figure(figure: Any, path: str | Path, dpi: int) -> Path:
+    """Write a figure (parent folders created). A PNG gets a 64-colour palette: a plot holds a few
+    colours, and the file is about a quarter of full colour's (the whole-suite frontier: 0.56 -> 0.15 MB)."""
+    from PIL import Image  # matplotlib's own dependency
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() != ".png":
+        figure.savefig(path, dpi=dpi)
+        return path
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    buffer.seek(0)
+    Image.open(buffer).convert("RGB").quantize(colors=64).save(path, optimize=True)
+    return path
+
+
 _MARGINS = {"left": 0.75, "right": 0.15, "top": 0.35, "bottom": 0.55, "between": 1.1}  # inches around each panel
 
 
@@ -133,10 +151,7 @@ def plot_validity(rows: Sequence[Mapping[str, Any]], path: str | Path,
         ax.set_xlabel("tokens per step (measured)")
         ax.set_ylabel("joint validity")
         ax.legend(fontsize="small")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    return path
+    return save_figure(figure, path, dpi=110)
 
 
 def _series_key(row: Mapping[str, Any]) -> tuple[str, str]:
@@ -180,10 +195,7 @@ def plot_frontier(rows: Sequence[Mapping[str, Any]], path: str | Path, level: fl
             ax.set_xlabel("tokens per sequential step (measured)")
             ax.set_title(f"{toyset}: {what}")
         left.legend(fontsize="x-small", ncol=1 + len(series) // 12)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    return path
+    return save_figure(figure, path, dpi=100)
 
 
 def plot_position_profile(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
@@ -199,7 +211,4 @@ def plot_position_profile(rows: Sequence[Mapping[str, Any]], path: str | Path, t
     for ax in (left, right):
         ax.set_xlabel("distance from the context (positions)")
         ax.set_title(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    return path
+    return save_figure(figure, path, dpi=110)

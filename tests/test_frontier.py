@@ -56,6 +56,11 @@ def test_evaluate_runs_every_grid_point_with_its_cost_per_token(tmp_path):
     assert spec[1]["rows_per_token"] > spec[0]["rows_per_token"]  # more drafts, more rows
     path = plot_frontier([{**r, "model": "oracle"} for r in rows], tmp_path / "frontier.png")
     assert path.stat().st_size > 10_000
+    from PIL import Image
+
+    assert Image.open(path).mode == "P"  # a palette PNG (report.save_figure)
+    vector = plot_frontier(rows, tmp_path / "frontier.svg")  # other formats as matplotlib writes them
+    assert vector.read_text().lstrip().startswith("<?xml")
 
 
 def test_evaluate_with_explicit_points():
