@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from tqdm import tqdm
 
+from jointobj.checks import check_whole_number
 from jointobj.decoding.registry import build_decoder
 from jointobj.decoding.rescore import RescoreSpec
 from jointobj.energies import build_energy
@@ -93,10 +94,8 @@ def evaluate(denoiser: Any, toysets: Sequence[str | ToySet], decoders: Sequence[
     rescored row's decoder is "NAME+SPEC"; its steps and rows count every candidate and every
     energy forward. Energies are built per toy set (`exact` knows the set being evaluated).
     """
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_whole_number("samples", samples)
+    check_whole_number("batch_size", batch_size)
     sets = [load_toyset(t) if isinstance(t, str) else t for t in toysets]
     if points is None:
         points = sweep_points(decoders, tokens_per_step, decoder_options, grid)

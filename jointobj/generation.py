@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from jointobj.checks import check_whole_number
 from jointobj.decoding.registry import build_decoder
 from jointobj.frontier import parse_tokens_per_step
 
@@ -33,10 +34,8 @@ def generate_texts(denoiser: Any, prompts: Sequence[str], decoder: str, gen_leng
                    eos_token_id: int | None = None) -> list[str]:
     """One answer text per prompt: `gen_length` tokens decoded by `decoder` with K = tokens_per_step
     ('all' or None: one step), cut at EOS and at the first stop string."""
-    if gen_length < 1:
-        raise ValueError(f"gen_length must be >= 1 generated tokens, got {gen_length}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_whole_number("gen_length (generated tokens)", gen_length)
+    check_whole_number("batch_size", batch_size)
     tokenizer = denoiser.tokenizer
     if tokenizer is None:
         raise ValueError("the denoiser has no tokenizer; save one beside the model (Denoiser(model, tokenizer=...))")

@@ -64,6 +64,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     raise ImportError("jointobj.lm_eval_model needs lm-evaluation-harness: pip install 'jointobj[lm-eval]' "
                       "(or pip install lm-eval)") from error
 
+from jointobj.checks import check_blocks, check_whole_number
 from jointobj.decoding.registry import build_decoder, decoder_option_names
 from jointobj.denoiser import Denoiser
 from jointobj.frontier import parse_tokens_per_step
@@ -125,13 +126,9 @@ class JointObjLM(LM):
         self.orders = str(order).split("+")
         for name in self.orders:
             ORDERS.get(name)  # unknown orders list the known ones
-        if blocks != "all" and (not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 1):
-            raise ValueError(f"blocks must be 'all' or an int K >= 1, got {blocks!r}")
-        if not isinstance(order_samples, int) or order_samples < 1:
-            raise ValueError(f"order_samples must be an int >= 1, got {order_samples!r}")
-        if not isinstance(gen_length, int) or gen_length < 1:
-            raise ValueError(f"gen_length must be an int >= 1, got {gen_length!r}")
-        self.blocks, self.order_samples, self.gen_length = blocks, order_samples, gen_length
+        self.blocks = check_blocks(blocks)
+        self.order_samples = check_whole_number("order_samples", order_samples)
+        self.gen_length = check_whole_number("gen_length", gen_length)
         self.batch_size = 16 if batch_size in (None, "auto") or str(batch_size).startswith("auto") else int(batch_size)
         self.max_rows, self.seed = max_rows, seed
         self.generator = torch.Generator().manual_seed(seed)

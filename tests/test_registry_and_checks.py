@@ -64,3 +64,18 @@ def test_blocks_and_fractions():
     for bad in (-0.1, 1.1, True, "0.5"):
         with pytest.raises(ValueError, match=r"p must be a number in \[0, 1\]"):
             check_fraction("p", bad)
+
+
+def test_evaluate_and_generate_refuse_counts_that_are_not_whole_numbers():
+    from jointobj.evaluate import evaluate
+    from jointobj.generation import generate_texts
+    from jointobj.oracle import OracleDenoiser
+
+    oracle = OracleDenoiser("cities")
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="samples must be a whole number >= 1"):
+            evaluate(oracle, ["cities"], ["l2r"], [1], samples=bad)
+        with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
+            evaluate(oracle, ["cities"], ["l2r"], [1], samples=4, batch_size=bad)
+        with pytest.raises(ValueError, match=r"gen_length \(generated tokens\) must be a whole number >= 1"):
+            generate_texts(oracle, ["<cities>"], "l2r", gen_length=bad)
