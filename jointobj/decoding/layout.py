@@ -204,10 +204,10 @@ class AnswerLayout:
         attention = None if same else column < lengths[:, None]  # [a, w] bool
         feed = {"input_ids" if ids else "inputs_embeds": inputs, "attention_mask": attention}
         start = (lengths - length)[:, None]  # [a, 1] the column of answer position 0
-        if takes_positions(denoiser) and columns is None:
-            positions = (column >= start) & (column < lengths[:, None])  # [a, w]
-            return denoiser(**feed, positions=positions).view(a, length, -1)  # [a, L, V]
         if takes_positions(denoiser):
+            if columns is None:
+                positions = (column >= start) & (column < lengths[:, None])  # [a, w]
+                return denoiser(**feed, positions=positions).view(a, length, -1)  # [a, L, V]
             at = start + columns  # [a, k] the columns wanted
             positions = torch.zeros(a, width, dtype=torch.bool, device=lengths.device).scatter_(1, at, True)  # [a, w]
             picked = denoiser(**feed, positions=positions)  # [t, V] row-major

@@ -277,7 +277,7 @@ class SpeculativeDecoder:
                         token_s = drafted[:, :, s].view(a, n, 1, 1).expand(a, n, w - s - 1, 1)
                         x[:, :, s + 1 :].scatter_(3, at, token_s)
                     owner = live[:, None, None].expand(a, n, w)[need]  # [R] the sample of each row
-                    first_slot = (c[:, None] + slot).expand(a, w)[:, None, :].expand(a, n, w)[need]  # [R] c + j
+                    first_slot = (c[:, None] + slot)[:, None, :].expand(a, n, w)[need]  # [R] c + j
                     verified = self._answer_logits(denoiser, layout, x[need], owner,
                                                    self._ahead(perm[owner], first_slot, span),
                                                    mask_index)  # [R, w + 1, V]
