@@ -42,10 +42,6 @@ class MixtureLoss(nn.Module):
         self.token_ce = build_part(token_ce, TokenCELoss, "token_ce", seed=seed)
         self.logsum = build_part(logsum, LogSumOrdersLoss, "logsum", seed=seed)
 
-    @property
-    def min_scorable_tokens(self) -> int:
-        return self.logsum.min_scorable_tokens if self.token_ce_weight < 1.0 else 1
-
     def extra_repr(self) -> str:
         return f"token_ce_weight={self.token_ce_weight}"
 
