@@ -27,7 +27,7 @@ from typing import Any
 
 from jointobj.benchmark import write_measurements
 from jointobj.embedded import BASE_SIZE, pretrain_base
-from jointobj.frontier import setting_label, sweep_points, target_status
+from jointobj.frontier import TARGET_COLUMNS, setting_label, sweep_points, target_status
 from jointobj.report import format_table, plot_frontier
 
 # Group name -> (its sets, per-token pretraining steps, tiny size of its model: jointobj.tiny.TINY_SIZES).
@@ -52,8 +52,6 @@ ROW_COLUMNS = ["model", "toyset", "decoder", "setting", "tokens_per_step", "vali
                "validity_high", "tv", "tv_floor", "rows_per_token"]
 HEAD_COLUMNS = ["toyset", "answer_tokens", "trained l2r K=1", "trained spec tok/step", "trained spec valid",
                 "oracle spec tok/step", "oracle spec valid"]
-TARGET_COLUMNS = ["model", "toyset", "met", "reference_validity", "best_decoder", "best_knobs",
-                  "best_tokens_per_step", "best_validity", "best_rows_per_token"]
 
 
 def _names(text: str) -> list[str]:

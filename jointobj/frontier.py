@@ -23,8 +23,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from jointobj.decoding.registry import DECODERS
 
-__all__ = ["ALL", "REPORT_GRID", "SweepPoint", "TARGET", "Target", "parse_grid", "parse_tokens_per_step",
-           "registered_grid", "setting_label", "sweep_points", "target_status"]
+__all__ = ["ALL", "REPORT_GRID", "SweepPoint", "TARGET", "TARGET_COLUMNS", "Target", "parse_grid",
+           "parse_tokens_per_step", "registered_grid", "setting_label", "sweep_points", "target_status"]
 
 # What the recipes' final report sweeps beside its plain decoders: the speculative decoder (its rate is
 # measured, so it runs once per option set) and the confidence threshold (one step budget, K = 1).
@@ -159,6 +159,9 @@ class Target:
 
 
 TARGET = Target()
+# target_status's columns as the recipes' report and eval/frontier_all.py print them
+TARGET_COLUMNS = ["model", "toyset", "met", "reference_validity", "best_decoder", "best_knobs", "best_tokens_per_step",
+                  "best_validity", "best_rows_per_token"]
 
 
 def _passes(row: Mapping[str, Any], ref: Mapping[str, Any], target: Target) -> bool:
@@ -197,8 +200,9 @@ def target_status(rows: Sequence[Mapping[str, Any]], target: Target = TARGET) ->
             relaxed = Target(target.min_answer_tokens, 0.0, target.tv_gap, math.inf, target.reference)
             keeping = [r for r in candidates if _passes(r, ref, relaxed)]
             best = max(passing or keeping, key=lambda r: r["tokens_per_step"], default=None)
-            status["met"] = bool(passing) and ref["validity"] > 0
-            if ref["validity"] == 0:  # "as valid as one token per step" would hold for any decoder
+            never_valid = ref["validity"] == 0  # "as valid as one token per step" would hold for any decoder
+            status["met"] = bool(passing) and not never_valid
+            if never_valid:
                 status["note"] = "the model's own one-token-per-step law is never valid here: nothing to keep"
             if best is not None:
                 status.update({f"best_{key}": best.get(key) for key in

@@ -31,6 +31,7 @@ from jointobj.embedded import ensure_base
 from jointobj.evaluate import evaluate, headline
 from jointobj.frontier import (
     REPORT_GRID,
+    TARGET_COLUMNS,
     parse_tokens_per_step,
     registered_grid,
     setting_label,
@@ -280,8 +281,7 @@ def report(base_dir: Path, tuned_dir: Path, data_args: DataArguments, config: Jo
     if status:
         print("\ntarget (sets of >= 8 answer tokens): >= 4 tokens per step, validity within one standard error of "
               "the model's own l2r K=1 validity, TV within 0.02 of its TV, <= 32 rows per token")
-        print(format_table(status, ["model", "toyset", "met", "reference_validity", "best_decoder", "best_knobs",
-                                    "best_tokens_per_step", "best_validity", "best_rows_per_token"]))
+        print(format_table(status, TARGET_COLUMNS))
     out = Path(config.output_dir)
     write_json(out / "report.json", rows)
     plot_frontier(rows, out / "report.png")
