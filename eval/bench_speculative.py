@@ -34,6 +34,7 @@ from jointobj.benchmark import time_interleaved, write_measurements
 from jointobj.decoding.registry import build_decoder
 from jointobj.metrics import wilson_interval
 from jointobj.oracle import OracleDenoiser
+from jointobj.registry import split_names
 from jointobj.report import format_table
 from jointobj.toysets import load_toyset
 
@@ -47,22 +48,19 @@ EQUAL_COLUMNS = ["model", "toyset", "batch", "threshold", "threshold_validity", 
                  "threshold_ms", "speculative_ms", "threshold_over_speculative"]
 
 
-def _names(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
 def _windows(text: str) -> list[int | None]:
-    return [None if t == "all" else int(t) for t in _names(text)]
+    return [None if t == "all" else int(t) for t in split_names(text)]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--sets", type=_names, default=_names("likes_tennis,agreement,shuffle_4,latin_square_3"),
+    parser.add_argument("--sets", type=split_names,
+                        default=split_names("likes_tennis,agreement,shuffle_4,latin_square_3"),
                         help="toy sets of the rate part (the trained model must know them)")
-    parser.add_argument("--oracle-sets", type=_names, default=_names("latin_square_4,sudoku_4,shuffle_8"),
+    parser.add_argument("--oracle-sets", type=split_names, default=split_names("latin_square_4,sudoku_4,shuffle_8"),
                         help="more sets of the rate part, for the oracle only (8 or more answer tokens)")
-    parser.add_argument("--drafts", type=lambda s: [int(t) for t in _names(s)], default=[1, 2, 4, 8])
+    parser.add_argument("--drafts", type=lambda s: [int(t) for t in split_names(s)], default=[1, 2, 4, 8])
     parser.add_argument("--draft-lengths", type=_windows, default=[2, 4, None], help="w values; 'all' = the rest")
     parser.add_argument("--samples", type=int, default=400, help="prompts per validity measurement")
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -72,12 +70,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-sets", default="likes_tennis,agreement,shuffle_4,latin_square_3")
     parser.add_argument("--train-steps", type=int, default=600)
     parser.add_argument("--train-lr", type=float, default=3e-3)
-    parser.add_argument("--revisable-thresholds", type=lambda s: [float(t) for t in _names(s)],
+    parser.add_argument("--revisable-thresholds", type=lambda s: [float(t) for t in split_names(s)],
                         default=[0.1, 0.3, 0.5], help="part 'revisable': its commit thresholds (and the threshold "
                                                        "decoder's, at equal forwards)")
-    parser.add_argument("--wall-sets", type=_names, default=_names("agreement,shuffle_4"))
-    parser.add_argument("--thresholds", type=lambda s: [float(t) for t in _names(s)], default=[0.2, 0.3, 0.5, 0.9])
-    parser.add_argument("--batches", type=lambda s: [int(t) for t in _names(s)], default=[1, 64])
+    parser.add_argument("--wall-sets", type=split_names, default=split_names("agreement,shuffle_4"))
+    parser.add_argument("--thresholds", type=lambda s: [float(t) for t in split_names(s)], default=[0.2, 0.3, 0.5, 0.9])
+    parser.add_argument("--batches", type=lambda s: [int(t) for t in split_names(s)], default=[1, 64])
     parser.add_argument("--wall-samples", type=int, default=64, help="samples timed per setting and batch size")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)

@@ -28,6 +28,7 @@ from typing import Any
 from jointobj.benchmark import write_measurements
 from jointobj.embedded import BASE_SIZE, pretrain_base
 from jointobj.frontier import TARGET_COLUMNS, setting_label, sweep_points, target_status
+from jointobj.registry import split_names
 from jointobj.report import format_table, plot_frontier
 
 # Group name -> (its sets, per-token pretraining steps, tiny size of its model: jointobj.tiny.TINY_SIZES).
@@ -54,20 +55,17 @@ HEAD_COLUMNS = ["toyset", "answer_tokens", "trained l2r K=1", "trained spec tok/
                 "oracle spec tok/step", "oracle spec valid"]
 
 
-def _names(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--sets", type=_names, default=SETS, help=f"a subset of {','.join(SETS)}")
+    parser.add_argument("--sets", type=split_names, default=SETS, help=f"a subset of {','.join(SETS)}")
     parser.add_argument("--samples", type=int, default=400, help="prompts per (model, set, decoder setting)")
     parser.add_argument("--steps", type=int, default=None,
                         help="pretraining steps of every group's model (default: each group's own, GROUPS)")
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--train-samples", type=int, default=2000, help="training examples per set")
-    parser.add_argument("--drafts", type=lambda s: [int(t) for t in _names(s)], default=GRID["speculative"]["drafts"],
+    parser.add_argument("--drafts", type=lambda s: [int(t) for t in split_names(s)],
+                        default=GRID["speculative"]["drafts"],
                         help="draft counts of the speculative decoder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/frontier_all", help="the trained models, one folder per group")

@@ -20,14 +20,11 @@ import tempfile
 
 import torch
 
+from jointobj.registry import split_names
 from jointobj.report import format_table, write_json
 
 COLUMNS = ["toyset", "size", "hidden_size", "num_layers", "parameters", "steps", "validity", "validity_low",
            "validity_high", "learned", "train_s"]
-
-
-def _names(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,8 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--toyset", required=True, type=_names, help="comma-separated names or module:attribute")
-    parser.add_argument("--sizes", type=_names, default=list(TINY_SIZES), help=f"from: {', '.join(TINY_SIZES)}")
+    parser.add_argument("--toyset", required=True, type=split_names, help="comma-separated names or module:attribute")
+    parser.add_argument("--sizes", type=split_names, default=list(TINY_SIZES), help=f"from: {', '.join(TINY_SIZES)}")
     parser.add_argument("--steps", type=int, default=1200, help="training steps per (set, size)")
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--batch-size", type=int, default=128)

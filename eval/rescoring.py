@@ -41,6 +41,7 @@ from jointobj.decoding.registry import build_decoder
 from jointobj.decoding.rescore import RescoreSpec
 from jointobj.energies import build_energy
 from jointobj.evaluate import evaluate
+from jointobj.registry import split_names
 from jointobj.report import format_table, write_json
 from jointobj.toysets import load_toyset
 
@@ -51,21 +52,17 @@ TARGET_VALIDITY, TARGET_TV_GAP, TARGET_TOKENS_PER_STEP, LONG = 0.99, 0.02, 4.0, 
 PARTIAL = ("self", "exact")  # energies that marginalise masked positions (the `step` scope)
 
 
-def _names(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", metavar="DIR", help="a Denoiser directory (default: the oracle of each set)")
-    parser.add_argument("--toyset", type=_names, default=_names(SETS))
-    parser.add_argument("--energies", type=_names, default=["exact", "self:l2r:all", "self:l2r:2"],
+    parser.add_argument("--toyset", type=split_names, default=split_names(SETS))
+    parser.add_argument("--energies", type=split_names, default=["exact", "self:l2r:all", "self:l2r:2"],
                         help="energy specs (jointobj.energies); 'exact' needs nothing but the set")
-    parser.add_argument("--modes", type=_names, default=["best", "sir"])
-    parser.add_argument("--candidates", type=lambda t: [int(n) for n in _names(t)], default=[2, 4, 8, 16])
-    parser.add_argument("--in-loop-candidates", type=lambda t: [int(n) for n in _names(t)], default=[4, 16, 64])
-    parser.add_argument("--fused-candidates", type=lambda t: [int(n) for n in _names(t)], default=[16, 64])
+    parser.add_argument("--modes", type=split_names, default=["best", "sir"])
+    parser.add_argument("--candidates", type=lambda t: [int(n) for n in split_names(t)], default=[2, 4, 8, 16])
+    parser.add_argument("--in-loop-candidates", type=lambda t: [int(n) for n in split_names(t)], default=[4, 16, 64])
+    parser.add_argument("--fused-candidates", type=lambda t: [int(n) for n in split_names(t)], default=[16, 64])
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=125, help="prompts per batch (x N candidates)")

@@ -37,6 +37,7 @@ from jointobj.conventions import CONFIG_NAME
 from jointobj.data import load_training_data
 from jointobj.denoiser import Denoiser
 from jointobj.ranks import configure_cpu_ranks
+from jointobj.registry import split_names
 from jointobj.tiny import tiny_masked_lm
 from jointobj.toysets import load_toyset, shared_tokenizer
 from jointobj.trainer import JointObjConfig, JointObjTrainer
@@ -49,14 +50,10 @@ _LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "
                        "MASTER_PORT", "CROSS_RANK", "CROSS_SIZE", "GROUP_RANK", "ROLE_RANK")
 
 
-def toy_set_names(dataset: str) -> list[str]:
-    return [name.strip() for name in dataset.split(",") if name.strip()]
-
-
 def toy_suite_length(dataset: str) -> int:
     """Longest sequence among the named toy sets; a clear error if the dataset is not toy sets."""
     try:
-        return max(load_toyset(name).length for name in toy_set_names(dataset))
+        return max(load_toyset(name).length for name in split_names(dataset))
     except ValueError as error:
         raise ValueError(
             f"the embedded base is pretrained on toy sets, but the dataset is {dataset!r} ({error}); "
@@ -72,7 +69,7 @@ def check_base_dir(base_dir: str | Path, dataset: str) -> bool:
     """True when `base_dir` holds a base pretrained on every toy set of `dataset`; False when it is
     missing or empty (to be built). Anything else is a ValueError that says what to do."""
     base_dir = Path(base_dir)
-    wanted = toy_set_names(dataset)
+    wanted = split_names(dataset)
     if base_is_ready(base_dir):
         record_path = base_dir / RECORD_NAME
         if not record_path.exists():
@@ -149,7 +146,7 @@ def _train_into(staging: Path, dataset: str, steps: int, learning_rate: float, s
                 seed: int, size: str) -> None:
     configure_cpu_ranks()
     length = toy_suite_length(dataset)
-    tokenizer = shared_tokenizer([load_toyset(name) for name in toy_set_names(dataset)])  # user sets: extended
+    tokenizer = shared_tokenizer([load_toyset(name) for name in split_names(dataset)])  # user sets: extended
     model = tiny_masked_lm("modernbert", vocab_size=len(tokenizer), size=size, max_positions=max(32, length),
                            seed=seed)
     denoiser = Denoiser(model, tokenizer=tokenizer)
@@ -162,7 +159,7 @@ def _train_into(staging: Path, dataset: str, steps: int, learning_rate: float, s
     trainer = JointObjTrainer(denoiser, config, train_dataset=data, processing_class=tokenizer)
     trainer.train()
     staging.mkdir(parents=True, exist_ok=True)
-    record = {"toysets": toy_set_names(dataset), "samples_per_toyset": samples_per_toyset, "steps": steps,
+    record = {"toysets": split_names(dataset), "samples_per_toyset": samples_per_toyset, "steps": steps,
               "learning_rate": learning_rate, "seed": seed, "size": size, "max_positions": denoiser.max_positions}
     (staging / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
     denoiser.save_pretrained(staging)  # jointobj.json last: marks the save complete

@@ -68,3 +68,8 @@ def keyword_names(factory: Callable[..., Any]) -> set[str] | None:
     if any(p.kind == p.VAR_KEYWORD for p in parameters):
         return None
     return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def split_names(text: str) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']: comma-separated names (of toy sets, decoders, ...) as a list, blanks dropped."""
+    return [name.strip() for name in text.split(",") if name.strip()]

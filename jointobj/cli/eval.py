@@ -57,6 +57,7 @@ from jointobj.decoding.registry import DECODERS, decoder_option_names
 from jointobj.decoding.rescore import RescoreSpec
 from jointobj.evaluate import evaluate, headline, parse_tokens_per_step
 from jointobj.frontier import parse_grid, target_status
+from jointobj.registry import split_names
 from jointobj.report import format_headline, format_table, plot_frontier, plot_validity, write_json
 from jointobj.toysets import load_toyset
 
@@ -67,21 +68,18 @@ TARGET_COLUMNS = ["model", "toyset", "met", "reference_validity", "reference_tv"
                   "best_tokens_per_step", "best_validity", "best_tv", "best_rows_per_token"]
 
 
-def _names(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="jointobj eval", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--oracle", action="store_true", help="decode with the exact oracle of the toy sets")
     source.add_argument("--model", metavar="DIR", help="a Denoiser directory (Denoiser.save_pretrained)")
-    parser.add_argument("--toyset", required=True, type=_names,
+    parser.add_argument("--toyset", required=True, type=split_names,
                         help="comma-separated toy set names, or import references module:attribute of your own sets "
                              "(jointobj/user_sets.py)")
-    parser.add_argument("--decoder", default=[], type=_names, help=f"comma-separated; known: {', '.join(DECODERS)}")
-    parser.add_argument("--tokens-per-step", default=["1"], type=_names, help="comma-separated K (>= 1) or 'all'")
+    parser.add_argument("--decoder", default=[], type=split_names,
+                        help=f"comma-separated; known: {', '.join(DECODERS)}")
+    parser.add_argument("--tokens-per-step", default=["1"], type=split_names, help="comma-separated K (>= 1) or 'all'")
     parser.add_argument("--grid", action="append", default=[], metavar="NAME:KEY=V1|V2[,...]",
                         help="sweep a decoder's options (repeatable; see above)")
     parser.add_argument("--frontier", metavar="FILE", help="PNG of validity and rows per token vs tokens per step")
