@@ -42,6 +42,7 @@ from jointobj.losses.logsum import LogSumOrdersLoss
 from jointobj.moved_options import MOVED_OPTIONS, moved_option_error
 from jointobj.oracle import OracleDenoiser
 from jointobj.ranks import configure_cpu_ranks
+from jointobj.registry import split_names
 from jointobj.report import format_table, plot_frontier, write_json
 from jointobj.run_dir import check_previous_run, clear_previous_run, finished_step, mark_finished, previous_run
 from jointobj.trainer import JointObjConfig, JointObjTrainer, build_objective
@@ -240,7 +241,7 @@ def report(base_dir: Path, tuned_dir: Path, data_args: DataArguments, config: Jo
     (set, decoder setting) with each model's tokens per step, validity and TV, the headline
     (highest tokens per step with validity >= 0.99) and, for sets of >= 8 answer tokens, the
     target status; writes report.json (every row) and report.png (the frontier)."""
-    names = [name.strip() for name in data_args.dataset.split(",")]
+    names = split_names(data_args.dataset)  # the toy sets, as the embedded base read them
     models = {
         "base": Denoiser.from_pretrained(base_dir).eval(),  # the saved artifacts, as a user reloads them
         "fine-tuned": Denoiser.from_pretrained(tuned_dir).eval(),
