@@ -5,7 +5,7 @@
 Tiny ModernBERT, batch 8, length 32 (no prompt, so K = "all" is 32 blocks), M in {1, 2, 4, 8},
 K in {4, 8, all}, chunks of --max-rows rows. Orders: l2r, r2l, then random ones (M = 1: l2r).
 
-- time: median wall seconds of forward + backward, candidates interleaved (jointobj.benchmark).
+- time: median wall seconds of forward + backward, candidates interleaved (jointobj.evaluation.benchmark).
 - reference: what sampled mode should cost: b*M*K no-grad rows plus b*K rows forward-backward,
   as bare denoiser calls in the same chunks. Target: sampled / reference <= 1.3.
 - peak: on CUDA, max_memory_allocated above the step's start. On CPU torch keeps no allocator
@@ -25,9 +25,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from jointobj import Denoiser, TokenCELoss
-from jointobj.benchmark import cuda_peak_bytes, time_interleaved, write_measurements
-from jointobj.losses import LogSumOrdersLoss
-from jointobj.tiny import tiny_masked_lm
+from jointobj.evaluation.benchmark import cuda_peak_bytes, time_interleaved, write_measurements
+from jointobj.model.tiny import tiny_masked_lm
+from jointobj.objectives import LogSumOrdersLoss
 
 
 class LiveStorageLedger(TorchDispatchMode):

@@ -26,8 +26,8 @@ import time
 import torch
 
 from jointobj import Denoiser, TokenCELoss
-from jointobj.benchmark import peak_bytes, time_interleaved, write_measurements
-from jointobj.tiny import tiny_masked_lm
+from jointobj.evaluation.benchmark import peak_bytes, time_interleaved, write_measurements
+from jointobj.model.tiny import tiny_masked_lm
 
 BIG_VOCAB_DEFAULTS = {"vocab": 126_464, "batch": 8, "length": 256, "hidden": 64, "layers": 1, "repeats": 2}
 
@@ -80,7 +80,7 @@ def build_steps(args: argparse.Namespace, with_logsum: bool) -> dict:
 
     steps = {"bare_hf": bare_step, "token_ce": token_ce_step}
     if with_logsum:
-        from jointobj.losses.logsum import LogSumOrdersLoss
+        from jointobj.objectives.logsum import LogSumOrdersLoss
 
         orders = (["l2r", "r2l"] + ["random"] * args.orders)[: args.orders]
         logsum = LogSumOrdersLoss(orders, blocks=args.blocks, mode="exact")

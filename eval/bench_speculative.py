@@ -15,12 +15,12 @@ same commit threshold, on the same sets and models: validity, steps and rows per
 Part "wall": on --wall-sets with the trained model (the oracle when there is none), the
 speculative decoder beside the one-token-per-step l2r decoder (the same law) and the
 confidence-threshold decoder at each --thresholds value, each timed per sample at every
---batches size in one interleaved run (jointobj.benchmark.time_interleaved). Validity is
+--batches size in one interleaved run (jointobj.evaluation.benchmark.time_interleaved). Validity is
 measured once per setting on --samples prompts. "Equal validity" picks, per set, the lowest
 threshold whose validity interval reaches the speculative decoder's validity; the table then
 gives the wall-time ratio threshold / speculative at each batch size.
 
-Prints the tables and writes the JSON (jointobj.benchmark.write_measurements).
+Prints the tables and writes the JSON (jointobj.evaluation.benchmark.write_measurements).
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ import time
 
 import torch
 
-from jointobj.benchmark import time_interleaved, write_measurements
 from jointobj.decoding.registry import build_decoder
-from jointobj.metrics import wilson_interval
-from jointobj.oracle import OracleDenoiser
-from jointobj.registry import split_names
-from jointobj.report import format_table
-from jointobj.toysets import load_toyset
+from jointobj.evaluation.benchmark import time_interleaved, write_measurements
+from jointobj.evaluation.metrics import wilson_interval
+from jointobj.evaluation.report import format_table
+from jointobj.toysets.builtin import load_toyset
+from jointobj.toysets.oracle import OracleDenoiser
+from jointobj.utils.registry import split_names
 
 RATE_COLUMNS = ["model", "toyset", "draft_length", "drafts", "validity", "validity_low", "tokens_per_step",
                 "rows_per_token"]
@@ -85,11 +85,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _trained_model(args: argparse.Namespace):
-    from jointobj.denoiser import Denoiser
+    from jointobj.model.denoiser import Denoiser
 
     directory = args.model
     if directory is None and args.train_base is not None:
-        from jointobj.embedded import ensure_base
+        from jointobj.training.embedded import ensure_base
 
         directory = ensure_base(args.train_base, args.train_sets, steps=args.train_steps, learning_rate=args.train_lr,
                                 samples_per_toyset=2000, seed=args.seed)

@@ -11,7 +11,7 @@ The ratio decoder / bare is what jointobj adds on top of the model's own logits:
 float32 logits only for the positions a round can read (w + 1 per row), not for all L.
 
 Peak memory: CUDA's peak allocated bytes, or on a Linux CPU the largest resident set during the
-run less what the process held before it (jointobj.benchmark.peak_bytes). Prints a table, writes JSON.
+run less what the process held before it (jointobj.evaluation.benchmark.peak_bytes). Prints a table, writes JSON.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import argparse
 import torch
 
 from jointobj import Denoiser
-from jointobj.benchmark import peak_bytes, write_measurements
 from jointobj.decoding import build_decoder
-from jointobj.report import format_table
-from jointobj.tiny import tiny_masked_lm
+from jointobj.evaluation.benchmark import peak_bytes, write_measurements
+from jointobj.evaluation.report import format_table
+from jointobj.model.tiny import tiny_masked_lm
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

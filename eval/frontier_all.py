@@ -5,7 +5,7 @@
 
 The sets: likes_tennis, cities, agreement, shuffle_3, copy, reverse, latin_square_3,
 latin_square_4, shuffle_8 and sudoku_4 (`SETS`). The trained models are the embedded base
-recipe's (`jointobj.embedded.pretrain_base`: a tiny ModernBERT, all parameters, the per-token
+recipe's (`jointobj.training.embedded.pretrain_base`: a tiny ModernBERT, all parameters, the per-token
 loss), one per group of sets (`GROUPS`: its sets, steps and size), each written to `--out/GROUP`
 and reused when that directory already holds a model pretrained on the group's sets (whatever
 its steps and size: delete the folder to retrain it). Each set is then
@@ -15,8 +15,8 @@ the confidence threshold (`GRID`), all at T = 1 on the same prompts.
 
 Prints every row, a headline table per set (the trained model's l2r K=1 validity, its and the
 oracle's speculative tokens per step and validity) and the target status of the sets with 8 or
-more answer tokens (`jointobj.frontier.target_status`); writes the rows as JSON and draws the
-frontier (`jointobj.report.plot_frontier`) of every set on one picture.
+more answer tokens (`jointobj.evaluation.frontier.target_status`); writes the rows as JSON and draws the
+frontier (`jointobj.evaluation.report.plot_frontier`) of every set on one picture.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from jointobj.benchmark import write_measurements
-from jointobj.embedded import BASE_SIZE, pretrain_base
-from jointobj.frontier import TARGET_COLUMNS, setting_label, sweep_points, target_status
-from jointobj.registry import split_names
-from jointobj.report import format_table, plot_frontier
+from jointobj.evaluation.benchmark import write_measurements
+from jointobj.evaluation.frontier import TARGET_COLUMNS, setting_label, sweep_points, target_status
+from jointobj.evaluation.report import format_table, plot_frontier
+from jointobj.training.embedded import BASE_SIZE, pretrain_base
+from jointobj.utils.registry import split_names
 
-# Group name -> (its sets, per-token pretraining steps, tiny size of its model: jointobj.tiny.TINY_SIZES).
+# Group name -> (its sets, per-token pretraining steps, tiny size of its model: jointobj.model.tiny.TINY_SIZES).
 GROUPS: dict[str, tuple[list[str], int, str]] = {
     "phrases": (["likes_tennis", "cities", "agreement"], 900, BASE_SIZE),
     "shuffle_3": (["shuffle_3"], 900, BASE_SIZE),
@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def trained_model(group: str, sets: list[str], steps: int, size: str, args: argparse.Namespace):
     """The group's tiny model from `--out/GROUP`, pretrained there first if it is not (or not for these sets)."""
-    from jointobj.denoiser import Denoiser
+    from jointobj.model.denoiser import Denoiser
 
     directory = Path(args.out) / group
     pretrain_base(directory, ",".join(sets), steps, args.learning_rate, args.train_samples, args.seed, size)
@@ -112,8 +112,8 @@ def headline_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     import torch
 
-    from jointobj.evaluate import evaluate
-    from jointobj.oracle import OracleDenoiser
+    from jointobj.evaluation.sweep import evaluate
+    from jointobj.toysets.oracle import OracleDenoiser
 
     args = parse_args(argv)
     torch.set_num_threads(1)

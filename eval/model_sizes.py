@@ -3,7 +3,7 @@
     python eval/model_sizes.py --toyset likes_tennis,cities,agreement,shuffle_3 \
         --sizes xsmall,small,medium --steps 1200 --samples 400 --json out/model_sizes.json
 
-For each set, sizes are tried from the smallest (`jointobj.tiny.TINY_SIZES`): a ModernBERT of
+For each set, sizes are tried from the smallest (`jointobj.model.tiny.TINY_SIZES`): a ModernBERT of
 that size is trained on the set alone with the per-token loss, as the recipes' embedded base is
 (batch 128, learning rate 3e-3, linear schedule), then decoded with `--decoder` at one token per
 step; the first size whose validity reaches `--level` is the set's smallest, and larger sizes are
@@ -20,15 +20,15 @@ import tempfile
 
 import torch
 
-from jointobj.registry import split_names
-from jointobj.report import format_table, write_json
+from jointobj.evaluation.report import format_table, write_json
+from jointobj.utils.registry import split_names
 
 COLUMNS = ["toyset", "size", "hidden_size", "num_layers", "parameters", "steps", "validity", "validity_low",
            "validity_high", "learned", "train_s"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from jointobj.tiny import TINY_SIZES
+    from jointobj.model.tiny import TINY_SIZES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -49,10 +49,10 @@ def train_and_measure(toyset, size: str, args: argparse.Namespace) -> dict:
     """Train a `size` model on `toyset` with the per-token loss; its one-token-per-step validity row."""
     import time
 
-    from jointobj.denoiser import Denoiser
-    from jointobj.evaluate import evaluate
-    from jointobj.tiny import TINY_SIZES, tiny_masked_lm
-    from jointobj.trainer import JointObjConfig, JointObjTrainer
+    from jointobj.evaluation.sweep import evaluate
+    from jointobj.model.denoiser import Denoiser
+    from jointobj.model.tiny import TINY_SIZES, tiny_masked_lm
+    from jointobj.training.trainer import JointObjConfig, JointObjTrainer
 
     tokenizer = toyset.tokenizer
     model = tiny_masked_lm("modernbert", vocab_size=len(tokenizer), size=size, max_positions=max(32, toyset.length),
@@ -79,8 +79,8 @@ def train_and_measure(toyset, size: str, args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from jointobj.tiny import TINY_SIZES
-    from jointobj.toysets import load_toyset
+    from jointobj.model.tiny import TINY_SIZES
+    from jointobj.toysets.builtin import load_toyset
 
     args = parse_args(argv)
     toysets = [load_toyset(name) for name in args.toyset]  # bad names fail before any training

@@ -18,7 +18,7 @@ per objective with the same data, steps and seed:
 
 Each trained model is then decoded at T = 1 by the speculative decoder (l2r verification, one
 draft of the rest of the answer) and by the one-token-per-step l2r sampler it is exact for, and
-scored by `jointobj.order_eval.order_nll` (NLL per order family against the set's entropy).
+scored by `jointobj.evaluation.order_nll.order_nll` (NLL per order family against the set's entropy).
 Prints a table (accepted tokens per sequential step, validity, TV) and writes the JSON.
 """
 
@@ -31,12 +31,12 @@ from pathlib import Path
 import torch
 
 from jointobj import Denoiser, evaluate
-from jointobj.benchmark import write_measurements
-from jointobj.order_eval import order_nll
-from jointobj.recipe import run_recipe
-from jointobj.report import format_table
-from jointobj.tiny import tiny_masked_lm
-from jointobj.toysets import load_toyset, toy_tokenizer
+from jointobj.evaluation.benchmark import write_measurements
+from jointobj.evaluation.order_nll import order_nll
+from jointobj.evaluation.report import format_table
+from jointobj.model.tiny import tiny_masked_lm
+from jointobj.toysets.builtin import load_toyset, toy_tokenizer
+from jointobj.training.recipe import run_recipe
 
 ORDERS = ["l2r", "r2l", "random", "random"]
 

@@ -4,7 +4,7 @@
 
 Draws N examples (prompt, answer) from the toy set, scores each answer under one l2r, one
 r2l and one random order with one position per block (K = n: the exact any-order
-autoregressive likelihood, jointobj.likelihood), and reports the mean NLL in nats per
+autoregressive likelihood, jointobj.diffusion.likelihood), and reports the mean NLL in nats per
 sequence with its standard error. `logsum` is -log of the uniform mixture of those three
 orders (LogSumOrdersLoss's objective). The reference is the set's conditional entropy
 H(answer | prompt): a model that matches the data under an order reaches it; the gap is
@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 
 from jointobj import Denoiser
-from jointobj.benchmark import write_measurements
-from jointobj.order_eval import order_nll
-from jointobj.toysets import load_toyset
+from jointobj.evaluation.benchmark import write_measurements
+from jointobj.evaluation.order_nll import order_nll
+from jointobj.toysets.builtin import load_toyset
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -19,10 +19,10 @@ sets of >= 8 generated tokens):
   its unfused `step` twin draws the same samples in 2 D steps;
 - heads and causal LMs score complete sequences only: `loop` scope, MODE x --in-loop-candidates.
 
-Prints a table, writes a JSON list of rows (jointobj.evaluate keys, plus model and seed), and
+Prints a table, writes a JSON list of rows (jointobj.evaluation.sweep keys, plus model and seed), and
 ends with the rescoring target per set of >= 8 generated tokens: validity >= 99% with TV within
 0.02 of the exact sampler's floor at >= 4 tokens per sequential step, met or missed, with the
-best row at >= 4 tokens per step and the compute beside it. Costs follow jointobj.metrics.Cost: an energy
+best row at >= 4 tokens per step and the compute beside it. Costs follow jointobj.evaluation.metrics.Cost: an energy
 forward is a sequential step (in the loop: two per denoising step, not fused); `exact` is free
 (oracle knowledge, the ceiling of what any energy can buy).
 """
@@ -37,13 +37,13 @@ import time
 
 import torch
 
+from jointobj.decoding.energies import build_energy
 from jointobj.decoding.registry import build_decoder
 from jointobj.decoding.rescore import RescoreSpec
-from jointobj.energies import build_energy
-from jointobj.evaluate import evaluate
-from jointobj.registry import split_names
-from jointobj.report import format_table, write_json
-from jointobj.toysets import load_toyset
+from jointobj.evaluation.report import format_table, write_json
+from jointobj.evaluation.sweep import evaluate
+from jointobj.toysets.builtin import load_toyset
+from jointobj.utils.registry import split_names
 
 SETS = "likes_tennis,cities,shuffle_3,shuffle_6,latin_square_4,sudoku_4,agreement"
 COLUMNS = ["toyset", "decoder", "requested_tokens_per_step", "tokens_per_step", "validity", "validity_low",
@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", metavar="DIR", help="a Denoiser directory (default: the oracle of each set)")
     parser.add_argument("--toyset", type=split_names, default=split_names(SETS))
     parser.add_argument("--energies", type=split_names, default=["exact", "self:l2r:all", "self:l2r:2"],
-                        help="energy specs (jointobj.energies); 'exact' needs nothing but the set")
+                        help="energy specs (jointobj.decoding.energies); 'exact' needs nothing but the set")
     parser.add_argument("--modes", type=split_names, default=["best", "sir"])
     parser.add_argument("--candidates", type=lambda t: [int(n) for n in split_names(t)], default=[2, 4, 8, 16])
     parser.add_argument("--in-loop-candidates", type=lambda t: [int(n) for n in split_names(t)], default=[4, 16, 64])
@@ -167,14 +167,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     toysets = [load_toyset(name) for name in args.toyset]
     if args.model:
-        from jointobj.denoiser import Denoiser
+        from jointobj.model.denoiser import Denoiser
 
         denoiser = Denoiser.from_pretrained(args.model).eval()
     rows = []
     for toyset in toysets:
         start = time.perf_counter()
         if not args.model:
-            from jointobj.oracle import OracleDenoiser
+            from jointobj.toysets.oracle import OracleDenoiser
 
             denoiser = OracleDenoiser(toyset)
         rows += [{"model": args.model or "oracle", "seed": args.seed, **row}

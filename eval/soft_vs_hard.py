@@ -31,10 +31,10 @@ import sys
 import torch
 import yaml
 
-from jointobj.denoiser import Denoiser
-from jointobj.evaluate import evaluate, parse_tokens_per_step
-from jointobj.report import format_table, write_json
-from jointobj.toysets import load_toyset
+from jointobj.evaluation.report import format_table, write_json
+from jointobj.evaluation.sweep import evaluate, parse_tokens_per_step
+from jointobj.model.denoiser import Denoiser
+from jointobj.toysets.builtin import load_toyset
 
 VARIANTS: dict[str, tuple[str, dict]] = {
     "confidence": ("confidence", {}),  # hard, top-k by max probability, ceil(n / s) per step

@@ -1,6 +1,5 @@
 """jointobj: joint objectives and decoders that make masked diffusion LMs generate jointly valid text."""
 
-from jointobj.batch import Batch, DiffusionCollator, check_batch, scorable_mask
 from jointobj.decoding import (
     DECODERS,
     POLICIES,
@@ -16,8 +15,7 @@ from jointobj.decoding import (
     build_decoder,
     sampling_importance_resampling,
 )
-from jointobj.denoiser import Denoiser, lora_target_modules
-from jointobj.energies import (
+from jointobj.decoding.energies import (
     ENERGIES,
     CausalLMEnergy,
     Energy,
@@ -27,10 +25,22 @@ from jointobj.energies import (
     SelfEnergy,
     build_energy,
 )
-from jointobj.energy_head import EnergyHead, attach_energy_head, head_energy
-from jointobj.evaluate import evaluate, headline
-from jointobj.likelihood import order_log_likelihood
-from jointobj.losses import (
+from jointobj.diffusion.batch import Batch, DiffusionCollator, check_batch, scorable_mask
+from jointobj.diffusion.likelihood import order_log_likelihood
+from jointobj.diffusion.noise import (
+    SCHEDULES,
+    CosineSchedule,
+    LinearSchedule,
+    corrupt,
+    sample_timesteps,
+)
+from jointobj.diffusion.orders import ORDERS, OrderProposal, Orders
+from jointobj.evaluation.metrics import Cost, joint_validity, total_variation, tv_noise_floor, wilson_interval
+from jointobj.evaluation.sweep import evaluate, headline
+from jointobj.model.denoiser import Denoiser, lora_target_modules
+from jointobj.model.energy_head import EnergyHead, attach_energy_head, head_energy
+from jointobj.model.soft_inputs import soft_input_embeddings, soft_state
+from jointobj.objectives import (
     LOSSES,
     EnergyNCELoss,
     LogSumOrdersLoss,
@@ -38,19 +48,7 @@ from jointobj.losses import (
     MixtureLoss,
     TokenCELoss,
 )
-from jointobj.metrics import Cost, joint_validity, total_variation, tv_noise_floor, wilson_interval
-from jointobj.noise import (
-    SCHEDULES,
-    CosineSchedule,
-    LinearSchedule,
-    corrupt,
-    sample_timesteps,
-)
-from jointobj.oracle import OracleDenoiser
-from jointobj.orders import ORDERS, OrderProposal, Orders
-from jointobj.registry import Registry
-from jointobj.soft_inputs import soft_input_embeddings, soft_state
-from jointobj.toysets import (
+from jointobj.toysets.builtin import (
     TOYSETS,
     ToySet,
     load_toyset,
@@ -58,7 +56,9 @@ from jointobj.toysets import (
     toy_tokenizer,
     toyset_from_dataset,
 )
-from jointobj.user_sets import make_toyset
+from jointobj.toysets.oracle import OracleDenoiser
+from jointobj.toysets.user_sets import make_toyset
+from jointobj.utils.registry import Registry
 
 __version__ = "0.1.0"
 

@@ -25,14 +25,14 @@ Then rescore with the head it saved (SIR with 8 candidates, after the loop or in
     python eval/joint_validity.py --model runs/energy --toyset likes_tennis,cities,shuffle_3,agreement \\
         --decoder random --tokens-per-step 1,all --rescore "sir:head,8" --json runs/energy/rescore.json
 
-Every field of ModelArguments, DataArguments (jointobj.recipe) and JointObjConfig (jointobj.trainer)
+Every field of ModelArguments, DataArguments (jointobj.training.recipe) and JointObjConfig (jointobj.training.trainer)
 is a flag; `python recipes/energy.py --help` lists them. The objective's own options (EnergyNCELoss's
 keyword arguments) go in --objective_kwargs, JSON on the command line.
 """
 
 from pathlib import Path
 
-from jointobj.recipe import RecipeResult, run_recipe
+from jointobj.training.recipe import RecipeResult, run_recipe
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "energy.yaml"
 

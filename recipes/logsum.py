@@ -14,13 +14,13 @@ blocks, sampled gradient, batch 1 x 16 accumulation per GPU, lr 1e-4, bf16, grad
 
 (recipes/configs/logsum.yaml is sized for the embedded tiny model: every block, batch 64, lr 2e-3.)
 
-Every field of ModelArguments, DataArguments (jointobj.recipe) and JointObjConfig (jointobj.trainer)
+Every field of ModelArguments, DataArguments (jointobj.training.recipe) and JointObjConfig (jointobj.training.trainer)
 is a flag; `python recipes/logsum.py --help` lists them.
 """
 
 from pathlib import Path
 
-from jointobj.recipe import RecipeResult, run_recipe
+from jointobj.training.recipe import RecipeResult, run_recipe
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "logsum.yaml"
 

@@ -13,13 +13,13 @@ recipes/configs/token_ce.yaml is sized for the embedded tiny model:
         --objective token_ce --objective_kwargs '{}' \\
         --model_name_or_path /models/LLaDA-8B-Instruct --dataset data/sft.jsonl --output_dir runs/llada-token-ce
 
-Every field of ModelArguments, DataArguments (jointobj.recipe) and JointObjConfig (jointobj.trainer)
+Every field of ModelArguments, DataArguments (jointobj.training.recipe) and JointObjConfig (jointobj.training.trainer)
 is a flag; `python recipes/token_ce.py --help` lists them.
 """
 
 from pathlib import Path
 
-from jointobj.recipe import RecipeResult, run_recipe
+from jointobj.training.recipe import RecipeResult, run_recipe
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "token_ce.yaml"
 

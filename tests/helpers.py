@@ -12,8 +12,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from jointobj import Denoiser
-from jointobj.tiny import tiny_masked_lm
-from jointobj.toysets import toy_tokenizer
+from jointobj.model.tiny import tiny_masked_lm
+from jointobj.toysets.builtin import toy_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,8 +18,8 @@ import os
 import signal
 import sys
 
-from jointobj import checkpoints, trainer
-from jointobj.recipe import run_recipe
+from jointobj.training import checkpoints, trainer
+from jointobj.training.recipe import run_recipe
 
 
 def die() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from jointobj.recipe import run_recipe
+from jointobj.training.recipe import run_recipe
 
 
 def main() -> None:

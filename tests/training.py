@@ -14,8 +14,8 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from jointobj import Denoiser, DiffusionCollator, TokenCELoss
-from jointobj.tiny import tiny_masked_lm
-from jointobj.toysets import load_toyset, toy_tokenizer
+from jointobj.model.tiny import tiny_masked_lm
+from jointobj.toysets.builtin import load_toyset, toy_tokenizer
 
 
 @functools.cache

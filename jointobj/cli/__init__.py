@@ -8,7 +8,7 @@
     jointobj lm-eval --help      lm-evaluation-harness with the jointobj model (jointobj/cli/harness.py)
 
 Toy sets are named (`likes_tennis`) or given by import reference (`mysets:dates`, see
-jointobj/user_sets.py) wherever a command takes `--toyset`.
+jointobj/toysets/user_sets.py) wherever a command takes `--toyset`.
 
 Each subcommand module has `main(argv) -> rows`; the scripts under eval/ call the same mains.
 """

@@ -5,7 +5,7 @@
 For each batch size and decoder: samples per second, sequential steps, the forward's time
 per step and the sampler's own time per step (policy, Gumbel draws, bookkeeping), and the
 fraction of the run spent outside the denoiser forward (target: <= 10% at batch 256).
-Forward time is measured by wrapping the denoiser (`jointobj.metrics.TimedDenoiser`);
+Forward time is measured by wrapping the denoiser (`jointobj.evaluation.metrics.TimedDenoiser`);
 each configuration runs `--repeats` times after a warm-up, and the fastest run is kept
 (the least disturbed by other processes). One intra-op thread by default: on a shared
 machine it gives stable ratios; with more threads the forward speeds up more than the
@@ -21,11 +21,11 @@ import time
 import torch
 
 from jointobj.decoding.registry import build_decoder
-from jointobj.denoiser import Denoiser
-from jointobj.evaluate import parse_tokens_per_step
-from jointobj.metrics import TimedDenoiser
-from jointobj.report import format_table, write_json
-from jointobj.tiny import tiny_masked_lm
+from jointobj.evaluation.metrics import TimedDenoiser
+from jointobj.evaluation.report import format_table, write_json
+from jointobj.evaluation.sweep import parse_tokens_per_step
+from jointobj.model.denoiser import Denoiser
+from jointobj.model.tiny import tiny_masked_lm
 
 COLUMNS = ["batch", "decoder", "tokens_per_step", "steps", "samples_per_s", "forward_ms_per_step",
            "sampler_ms_per_step", "outside_forward_fraction"]

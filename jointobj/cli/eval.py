@@ -10,7 +10,7 @@
 `--oracle` decodes with the exact denoiser of the requested sets (the best any model can do
 with each decoder); `--model DIR` loads `Denoiser.from_pretrained(DIR)`. Prints a table and
 ends with the headline: per decoder and set, the highest tokens per step at which validity
-stays >= 99%. The JSON file is a list of rows (keys: see `jointobj.evaluate.evaluate`, plus
+stays >= 99%. The JSON file is a list of rows (keys: see `jointobj.evaluation.sweep.evaluate`, plus
 model and seed). `--tokens-per-step` for threshold / entropy_bounded is a step budget of
 ceil(L / K) steps; the table reports the measured tokens per step.
 
@@ -55,11 +55,11 @@ import torch
 
 from jointobj.decoding.registry import DECODERS, decoder_option_names
 from jointobj.decoding.rescore import RescoreSpec
-from jointobj.evaluate import evaluate, headline, parse_tokens_per_step
-from jointobj.frontier import parse_grid, target_status
-from jointobj.registry import split_names
-from jointobj.report import format_headline, format_table, plot_frontier, plot_validity, write_json
-from jointobj.toysets import load_toyset
+from jointobj.evaluation.frontier import parse_grid, target_status
+from jointobj.evaluation.report import format_headline, format_table, plot_frontier, plot_validity, write_json
+from jointobj.evaluation.sweep import evaluate, headline, parse_tokens_per_step
+from jointobj.toysets.builtin import load_toyset
+from jointobj.utils.registry import split_names
 
 COLUMNS = ["toyset", "decoder", "knobs", "requested_tokens_per_step", "tokens_per_step", "validity", "validity_low",
            "validity_high", "tv", "tv_floor", "coverage", "coverage_exact", "steps_per_sample", "rows_per_sample",
@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--model", metavar="DIR", help="a Denoiser directory (Denoiser.save_pretrained)")
     parser.add_argument("--toyset", required=True, type=split_names,
                         help="comma-separated toy set names, or import references module:attribute of your own sets "
-                             "(jointobj/user_sets.py)")
+                             "(jointobj/toysets/user_sets.py)")
     parser.add_argument("--decoder", default=[], type=split_names,
                         help=f"comma-separated; known: {', '.join(DECODERS)}")
     parser.add_argument("--tokens-per-step", default=["1"], type=split_names, help="comma-separated K (>= 1) or 'all'")
@@ -115,11 +115,11 @@ def decoder_options(args: argparse.Namespace) -> dict[str, dict]:
 
 
 def load_denoiser(args: argparse.Namespace, toysets: list):
-    from jointobj.oracle import OracleDenoiser
+    from jointobj.toysets.oracle import OracleDenoiser
 
     if args.oracle:
         return OracleDenoiser(*toysets)
-    from jointobj.denoiser import Denoiser
+    from jointobj.model.denoiser import Denoiser
 
     denoiser = Denoiser.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     return denoiser.to(args.device).eval()
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row.update(model=label, seed=args.seed)
     oracle_rows = None
     if args.compare_oracle and not args.oracle:
-        from jointobj.oracle import OracleDenoiser
+        from jointobj.toysets.oracle import OracleDenoiser
 
         oracle_rows = evaluate(OracleDenoiser(*toysets), **sweep)
         for row in oracle_rows:

@@ -55,8 +55,8 @@ def read_prompts(source: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    from jointobj.denoiser import Denoiser
-    from jointobj.generation import generate_texts
+    from jointobj.evaluation.generation import generate_texts
+    from jointobj.model.denoiser import Denoiser
 
     args = parse_args(argv)
     given = {"temperature": args.temperature, "block_length": args.block_length, "threshold": args.threshold,

@@ -4,7 +4,7 @@
         --tasks my_task --include_path my_tasks/
 
 Every argument is lm_eval's own (`jointobj lm-eval --help`); the model and its model_args are
-documented in jointobj/lm_eval_model.py. Needs the `lm-eval` extra (pip install "jointobj[lm-eval]").
+documented in jointobj/evaluation/lm_eval_model.py. Needs the `lm-eval` extra (pip install "jointobj[lm-eval]").
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from lm_eval.__main__ import cli_evaluate
 
-        import jointobj.lm_eval_model  # noqa: F401  (registers the model)
+        import jointobj.evaluation.lm_eval_model  # noqa: F401  (registers the model)
     except ImportError as error:
         raise ValueError(f"jointobj lm-eval needs lm-evaluation-harness: pip install 'jointobj[lm-eval]' "
                          f"({error})") from error

@@ -8,7 +8,7 @@ N mask positions, one forward. Per position (by distance from the context): the 
 tokens with probabilities, the entropy, and KL(prediction || unigram) to the set's
 answer-token unigram distribution. A model that falls back on token frequencies far from
 the context shows the KL going to 0 and the entropy rising to the unigram's. The maths is
-`jointobj.evaluate.mask_run_profile`; this command prints, plots and saves it.
+`jointobj.evaluation.sweep.mask_run_profile`; this command prints, plots and saves it.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import argparse
 
 import torch
 
-from jointobj.evaluate import mask_run_profile
-from jointobj.report import format_table, plot_position_profile, write_json
-from jointobj.toysets import load_toyset
+from jointobj.evaluation.report import format_table, plot_position_profile, write_json
+from jointobj.evaluation.sweep import mask_run_profile
+from jointobj.toysets.builtin import load_toyset
 
 COLUMNS = ["distance", "top_tokens", "top_probs", "entropy", "kl_to_unigram"]
 
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from jointobj.denoiser import Denoiser
+    from jointobj.model.denoiser import Denoiser
 
     args = parse_args(argv)
     toyset = load_toyset(args.toyset)

@@ -25,8 +25,8 @@ from typing import ClassVar
 
 import torch
 
-from jointobj.randomness import uniform
-from jointobj.registry import Registry
+from jointobj.diffusion.randomness import uniform
+from jointobj.utils.registry import Registry
 
 __all__ = [
     "POLICIES",

@@ -40,7 +40,7 @@ import torch
 from jointobj.decoding.policies import POLICIES
 from jointobj.decoding.rescore import with_rescoring
 from jointobj.decoding.sampler import SampleOutput, UnmaskingSampler
-from jointobj.registry import Registry
+from jointobj.utils.registry import Registry
 
 __all__ = ["DECODERS", "Decoder", "build_decoder", "decoder_option_names"]
 

@@ -29,7 +29,7 @@ committed from it. `loop` draws *complete* candidates (every masked position; an
 `step` and `fused` draw only this step's positions and score the partial sequence, the rest
 left masked (energies that marginalise masks: self, exact). Committed tokens are context.
 
-Cost, counted as jointobj.metrics.Cost counts it (`steps`, `row_steps`, `rows_per_sample`):
+Cost, counted as jointobj.evaluation.metrics.Cost counts it (`steps`, `row_steps`, `rows_per_sample`):
 - after the loop: the decoder's steps (a sample waits for its slowest candidate) + the energy's
   step; rows = N x the decoder's rows + N x the energy's rows per candidate;
 - inside the loop (`loop`, `step`): each denoising step is the marginals forward (1 step, 1 row)
@@ -59,7 +59,7 @@ from typing import Any, Callable
 
 import torch
 
-from jointobj.checks import check_whole_number
+from jointobj.decoding.energies import Energy, EnergyCost, build_energy
 from jointobj.decoding.layout import AnswerLayout
 from jointobj.decoding.sampler import (
     EXCLUDED_LOGIT,
@@ -73,8 +73,8 @@ from jointobj.decoding.sampler import (
     layout_request,
     resolve_eos,
 )
-from jointobj.energies import Energy, EnergyCost, build_energy
-from jointobj.registry import Registry
+from jointobj.utils.checks import check_whole_number
+from jointobj.utils.registry import Registry
 
 __all__ = ["RESCORING", "SELECTIONS", "EndOfLoopRescoring", "InLoopRescoring", "RescoreSpec", "RescoredOutput",
            "best_of_n", "check_residual", "importance_log_weights", "sampling_importance_resampling", "select_best",

@@ -42,7 +42,6 @@ import math
 
 import torch
 
-from jointobj.checks import check_whole_number
 from jointobj.decoding.layout import AnswerLayout
 from jointobj.decoding.policies import ConfidenceThreshold
 from jointobj.decoding.registry import DECODERS
@@ -58,6 +57,7 @@ from jointobj.decoding.sampler import (
     resolve_eos,
     uniform,
 )
+from jointobj.utils.checks import check_whole_number
 
 __all__ = ["RevisableDecoder"]
 

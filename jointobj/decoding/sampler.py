@@ -76,10 +76,10 @@ from typing import Any, Iterator
 
 import torch
 
-from jointobj.checks import check_whole_number
 from jointobj.decoding.layout import AnswerLayout, normalise_prompts
 from jointobj.decoding.policies import UnmaskingPolicy
-from jointobj.randomness import gumbel_max, gumbel_noise, uniform  # noqa: F401 (re-exported: decoders' noise)
+from jointobj.diffusion.randomness import gumbel_max, gumbel_noise, uniform  # noqa: F401 (re-exported: decoders' noise)
+from jointobj.utils.checks import check_whole_number
 
 __all__ = ["EXCLUDED_LOGIT", "SampleOutput", "UnmaskingSampler", "block_budget", "check_request", "check_steps",
            "check_temperature", "eval_mode", "finish_sample", "gumbel_max", "gumbel_noise", "layout_request",

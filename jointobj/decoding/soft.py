@@ -7,7 +7,7 @@
 Each uncommitted answer position carries a state s, a distribution over the vocabulary. A
 forward reads every position at once: prompt and committed tokens through their hard
 embeddings, uncommitted ones through `(1 - a) * E[MASK] + a * sum_v s_v E[v]` (built by
-`jointobj.soft_inputs`, the one place that mixes embeddings). From that forward's logits:
+`jointobj.model.soft_inputs`, the one place that mixes embeddings). From that forward's logits:
 
 1. *commit*: every open position whose confidence max_v softmax(logits)_v (temperature 1,
    as the hard policies score) exceeds `threshold`, plus, with the `commit_one` breaker, the
@@ -45,7 +45,7 @@ again). A symmetry breaker is needed:
 - `none`: no breaker (see above; for measuring what the breakers buy).
 
 A model trained only on hard masks reads mixtures of embeddings out of distribution: train it
-with self-conditioning (`self_condition_prob`, jointobj.losses.self_condition) first. The states
+with self-conditioning (`self_condition_prob`, jointobj.objectives.self_condition) first. The states
 read at a step were computed before the previous step's commits and can contradict them, which
 self-conditioning (fresh states, consistent with what is visible) never shows the model.
 eval/soft_vs_hard.py compares it with the hard decoders at equal forwards.
@@ -65,7 +65,6 @@ from typing import ClassVar
 
 import torch
 
-from jointobj.checks import check_whole_number
 from jointobj.decoding.policies import ConfidenceThreshold, max_probability
 from jointobj.decoding.registry import DECODERS
 from jointobj.decoding.sampler import (
@@ -84,8 +83,9 @@ from jointobj.decoding.sampler import (
     layout_request,
     resolve_eos,
 )
-from jointobj.registry import Registry
-from jointobj.soft_inputs import require_input_embeddings, soft_input_embeddings, soft_state
+from jointobj.model.soft_inputs import require_input_embeddings, soft_input_embeddings, soft_state
+from jointobj.utils.checks import check_whole_number
+from jointobj.utils.registry import Registry
 
 __all__ = ["MIXING_SCHEDULES", "SYMMETRY_BREAKERS", "SoftStateDecoder", "SymmetryBreaker"]
 

@@ -62,7 +62,6 @@ from typing import Sequence
 
 import torch
 
-from jointobj.checks import check_whole_number
 from jointobj.decoding.layout import AnswerLayout
 from jointobj.decoding.registry import DECODERS
 from jointobj.decoding.sampler import (
@@ -77,7 +76,8 @@ from jointobj.decoding.sampler import (
     resolve_eos,
     uniform,
 )
-from jointobj.orders import ORDERS
+from jointobj.diffusion.orders import ORDERS
+from jointobj.utils.checks import check_whole_number
 
 __all__ = ["SpeculativeDecoder", "verification_order"]
 

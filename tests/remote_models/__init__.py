@@ -19,7 +19,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import PreTrainedTokenizerFast
 
-from jointobj.toysets import toy_tokenizer
+from jointobj.toysets.builtin import toy_tokenizer
 
 KINDS = {"dream_style": ("DreamStyleConfig", "DreamStyleModel"), "llada_style": ("LLaDAStyleConfig", "LLaDAStyleModel")}
 EOS = "[EOS]"

@@ -1,0 +1,92 @@
+"""Timing and memory helpers for the eval/bench_*.py scripts: interleaved repeats, medians, ratios, peaks.
+
+Candidates are timed in turns (A B C, A B C, ...) so drift in machine load hits all of them
+alike; a benchmark reports ratios between candidates measured in the same run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+import resource
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from jointobj.evaluation.report import write_json
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def cuda_peak_bytes(run: Callable[[], object]) -> int:
+    """Bytes of CUDA memory `run()` needs above what was allocated before it (its peak, less what was held)."""
+    torch.cuda.synchronize()
+    held = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    run()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - held
+
+
+def peak_bytes(run: Callable[[], object]) -> int:
+    """Bytes `run()` needs above what was held before it: CUDA's peak allocated bytes, or on a Linux CPU
+    the largest resident set a sampling thread sees while it runs (torch ops release the GIL), less the
+    resident set just before it (freed heap handed back first, so that is what is held)."""
+    if torch.cuda.is_available():
+        return cuda_peak_bytes(run)
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    held = resident_bytes()
+    peak, done = [held], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], resident_bytes())
+            time.sleep(2e-4)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        run()
+    finally:
+        done.set()
+        sampler.join()
+    return peak[0] - held
+
+
+def resident_bytes() -> int:
+    """This process's resident set, in bytes (Linux)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def time_interleaved(candidates: dict[str, Callable[[], object]], repeats: int = 20,
+                     warmup: int = 3) -> dict[str, float]:
+    """Median wall seconds of each candidate, run in turns `repeats` times after `warmup` turns."""
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for turn in range(warmup + repeats):
+        for name, run in candidates.items():
+            _sync()
+            start = time.perf_counter()
+            run()
+            _sync()
+            if turn >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def environment() -> dict[str, object]:
+    """Where a figure was measured, stored beside it."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    return {"torch": torch.__version__, "device": device, "threads": torch.get_num_threads()}
+
+
+def write_measurements(path: str | Path, rows: list[dict], **context: object) -> Path:
+    """Rows as JSON with where they were measured (`environment()`) and any context beside them."""
+    return write_json(path, {"environment": environment(), **context, "rows": rows})

@@ -1,0 +1,2 @@
+"""The model: the Denoiser wrapper, loading, per-family conventions, add-ons (energy head), soft inputs,
+tiny models."""

@@ -1,0 +1,516 @@
+"""Denoiser: one calling convention for any bidirectional masked LM.
+
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+    from jointobj import Denoiser
+    model = ModernBertForMaskedLM(ModernBertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                                                   num_attention_heads=4, intermediate_size=37))
+    denoiser = Denoiser(model, mask_token_id=3).add_lora()
+    logits = denoiser(input_ids=ids, attention_mask=mask)   # [b, l, V] float32
+
+Wraps a Hugging Face `*ForMaskedLM`, a `trust_remote_code` dLLM (LLaDA, Dream) or any
+`nn.Module` that maps `input_ids` / `inputs_embeds` to logits. Unknown attributes are
+forwarded to the wrapped model, as peft's wrappers do.
+
+The model's conventions are decided here, once, and every loss, decoder and energy reads
+logits through `forward`, so none of them re-derives them (see jointobj/model/conventions.py):
+
+- `logit_shift` (0 or 1): 1 for models that keep the autoregressive shift (Dream: the logits
+  at i - 1 predict token i). `forward` undoes it, so callers always read "logits at i predict
+  token i".
+- `mask_blind`: the model ignores the attention mask (padding moves real positions' logits),
+  decided by a probe; such a model must never see a padded batch (DiffusionCollator pads its
+  answers with EOS instead).
+- the attention mask is handed on as None when nothing is padded, else as bool.
+- constructing a Denoiser leaves the model's train / eval mode as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.utils import logging
+
+from jointobj.model.add_ons import add_on_names, attach_add_ons, load_add_ons, save_add_ons
+from jointobj.model.conventions import (
+    CONFIG_NAME,
+    LogitShiftMeasurement,
+    check_positions,
+    check_shift_on_text,
+    describe_settings,
+    eval_mode,
+    measure_logit_shift,
+    normalise_attention_mask,
+    position_offset,
+    probe_mask_blind,
+    resolve_eos_token_id,
+    resolve_logit_shift,
+    shift_logits,
+    source_positions,
+)
+from jointobj.model.loading import load_masked_lm
+from jointobj.utils.ranks import zero3_sharded
+
+logger = logging.get_logger(__name__)
+
+
+_NO_MASK_HELP = (
+    "jointobj needs a mask token id. Pass mask_token_id=... explicitly, or give the tokenizer a mask token "
+    "(tokenizer.add_special_tokens({'mask_token': '[MASK]'}) then model.resize_token_embeddings(len(tokenizer))), "
+    "or set config.mask_token_id (LLaDA and Dream configs carry one)."
+)
+
+
+def resolve_mask_token_id(explicit: int | None, tokenizer: Any = None, config: Any = None) -> int:
+    """The mask id: explicit argument, then tokenizer, then model config, in that order."""
+    for source in (explicit, getattr(tokenizer, "mask_token_id", None), getattr(config, "mask_token_id", None)):
+        if source is not None:
+            return int(source)
+    raise ValueError(_NO_MASK_HELP)
+
+
+def _extract_logits(output: Any) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "logits"):
+        return output.logits
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    raise TypeError(f"the model returned {type(output).__name__}; a Denoiser needs logits (a tensor or an object "
+                    "with .logits)")
+
+
+class Denoiser(nn.Module):
+    """Maps (partly masked) token ids or soft input embeddings to float32 logits `[b, l, V]`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mask_token_id: int | None = None,
+        tokenizer: Any = None,
+        check_bidirectional: bool = True,
+        *,
+        logit_shift: int | str | None = None,
+        eos_token_id: int | None = None,
+        mask_blind: bool | None = None,
+    ):
+        """`logit_shift`: 0 / "none", 1 / "shift" (Dream), or None to decide from the config
+        (jointobj.model.conventions). `eos_token_id`: else the tokenizer's, else the config's. `mask_blind`:
+        None probes the model. The model's train / eval mode is left as it is."""
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        config = getattr(model, "config", None)
+        # Read once from the bare model: once training starts, calls may go through a DeepSpeed engine
+        # whose .config is the DeepSpeed config (see routed_through).
+        self.vocab_size = _vocab_size(model)
+        self.max_positions = _max_positions(model)
+        self.mask_token_id = resolve_mask_token_id(mask_token_id, tokenizer, config)  # checked by the setter
+        self.logit_shift, self.logit_shift_source = resolve_logit_shift(logit_shift, config)
+        self.eos_token_id = resolve_eos_token_id(eos_token_id, tokenizer, config, self.vocab_size)
+        self._warned_padding = False
+        self.training = model.training  # the wrapper mirrors the model's mode; never changes it
+        sharded = zero3_sharded(model)
+        if sharded and (check_bidirectional or mask_blind is None):
+            logger.warning(
+                "skipping the causal-model and mask-blindness probes: the weights are ZeRO-3 shards until DeepSpeed "
+                "wraps the model; load the model without ZeRO-3 once to check it (mask_blind stays unknown: the "
+                "collator then pads answers with EOS when the model has an EOS id)"
+            )
+        elif check_bidirectional:
+            assert_bidirectional(self)
+        self.mask_blind = mask_blind if mask_blind is not None or sharded else probe_mask_blind(
+            model, self.vocab_size, _pad_token_id(tokenizer, config), self.max_positions)
+        if not sharded:
+            check_shift_on_text(self)  # a trained model with a tokenizer: warns if its behaviour says otherwise
+
+    def extra_repr(self) -> str:
+        return (f"mask_token_id={self.mask_token_id}, "
+                + describe_settings(self.logit_shift, self.logit_shift_source, self.mask_blind, self.eos_token_id))
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The conventions saved in jointobj.json and read back by from_pretrained."""
+        return {"mask_token_id": self.mask_token_id, "logit_shift": self.logit_shift, "mask_blind": self.mask_blind,
+                "eos_token_id": self.eos_token_id}
+
+    def check_logit_shift(self, input_ids: torch.Tensor, prompt_mask: torch.Tensor | None = None
+                          ) -> LogitShiftMeasurement:
+        """Measure which reading of the logits predicts masked tokens of real rows `[b, l]` better,
+        and warn with the figures when it contradicts `logit_shift`. Meaningful for a trained model
+        (an untrained one decides nothing and warns nothing)."""
+        measured = measure_logit_shift(self, input_ids, prompt_mask)
+        if measured.decided is not None and measured.decided != self.logit_shift:
+            warnings.warn(
+                f"logit_shift={self.logit_shift} ({self.logit_shift_source}) contradicts the model's behaviour: "
+                f"{measured}. Pass logit_shift={measured.decided} to Denoiser / from_pretrained if the model was "
+                "trained that way.", stacklevel=2)
+        return measured
+
+    def routed_through(self, module: nn.Module) -> "Denoiser":
+        """This denoiser, calling `module` instead (e.g. the DeepSpeed engine that wraps self.model).
+
+        Mask id, vocabulary, position limit and tokenizer are kept; no probe is rerun.
+        """
+        view = copy.copy(self)
+        view._modules = {**self._modules, "model": module}
+        return view
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def mask_token_id(self) -> int:
+        return self._mask_token_id
+
+    @mask_token_id.setter
+    def mask_token_id(self, value: int) -> None:
+        """Every assignment (at construction, or when a loader overrides it) is checked against the vocabulary."""
+        value = int(value)
+        if not 0 <= value < self.vocab_size:
+            raise ValueError(
+                f"mask_token_id {value} is outside the model's vocabulary of {self.vocab_size}; "
+                "resize the embeddings (model.resize_token_embeddings) or pass the right id"
+            )
+        self._mask_token_id = value
+
+    @property
+    def config(self) -> Any:
+        return getattr(self.model, "config", None)
+
+    @property
+    def input_embeddings(self) -> nn.Embedding:
+        """The token embedding module; soft inputs are mixtures of its rows."""
+        embedding = _input_embeddings(self.model)
+        if embedding is None:
+            raise TypeError(
+                f"{type(self.model).__name__} exposes no input embedding (get_input_embeddings()); soft inputs "
+                "need it. Define get_input_embeddings() on the model."
+            )
+        return embedding
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        *,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Float32 logits, at position i predicting token i (whatever the model's shift), from ids
+        `[b, l]` or soft input embeddings `[b, l, d]`: `[b, l, V]`, or with `positions` (a `[b, l]`
+        bool mask) `[t, V]` for the selected positions only, in row-major order (== the full
+        logits[positions]) and without a float32 copy of the full logits."""
+        raw = self.raw_logits(input_ids, attention_mask, inputs_embeds)  # [b, l, V] in the model's dtype
+        if positions is None:
+            return shift_logits(raw, self.logit_shift).float()  # [b, l, V]
+        check_positions(positions, raw.shape[:2])
+        row, column = positions.nonzero(as_tuple=True)  # [t] each
+        return raw[row, source_positions(column, self.logit_shift)].float()  # [t, V]
+
+    def raw_logits(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The model's own logits `[b, l, V]` in its dtype, its shift not undone (use `forward`)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        limit = self.max_positions
+        if limit is not None and length > limit:
+            raise ValueError(
+                f"sequence of {length} tokens is longer than the model's {limit} positions; "
+                "shorten the prompt or the generation length"
+            )
+        kwargs = self._mask_kwargs(attention_mask)
+        if input_ids is not None:
+            output = self.model(input_ids=input_ids, **kwargs)
+        else:
+            output = self.model(inputs_embeds=inputs_embeds, **kwargs)
+        return _extract_logits(output)
+
+    def _mask_kwargs(self, attention_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        mask = normalise_attention_mask(attention_mask)
+        if mask is None:
+            return {}
+        if self.mask_blind and not self._warned_padding:
+            self._warned_padding = True
+            logger.warning(
+                f"{type(self.model).__name__} ignores the attention mask (mask_blind): the padding of this batch "
+                "moves its real positions' logits. Give it rows of one length (DiffusionCollator pads answers with "
+                "EOS for such models)."
+            )
+        return {"attention_mask": mask}
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Hard input embeddings `[b, l, d]` (the soft-input path's one-hot case)."""
+        return self.input_embeddings(input_ids)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The last hidden layer `[b, l, d]` in float32, for heads that read the model's features
+        (the learned energy head pools it). Asks the model for `output_hidden_states=True`, which
+        every Hugging Face model takes; a module that returns no `.hidden_states` is a TypeError."""
+        kwargs = self._mask_kwargs(attention_mask)
+        help_text = (f"{type(self.model).__name__} returns no hidden_states for output_hidden_states=True; the energy "
+                     "head needs them. Use a Hugging Face model, or accept that flag and return an object with "
+                     ".hidden_states (a tuple whose last entry is [b, l, d]).")
+        try:
+            output = self.model(input_ids=input_ids, output_hidden_states=True, **kwargs)
+        except TypeError as error:
+            if "output_hidden_states" not in str(error):
+                raise
+            raise TypeError(help_text) from error
+        hidden = getattr(output, "hidden_states", None)
+        if not hidden:
+            raise TypeError(help_text)
+        return hidden[-1].float()
+
+    # ------------------------------------------------------------------ adapters
+
+    def add_lora(self, config: Any = None, **overrides: Any) -> "Denoiser":
+        """Attach a LoRA adapter through peft (in place; returns self).
+
+        `config` is a `peft.LoraConfig`; without one, r=8, alpha=16 on the architecture's
+        usual target modules (peft's table, else every linear layer but the output head).
+        """
+        from peft import LoraConfig, get_peft_model
+
+        if config is None:
+            settings = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+                        "target_modules": lora_target_modules(self.model)}
+            settings.update(overrides)
+            config = LoraConfig(**settings)
+        elif overrides:
+            raise ValueError("pass either a LoraConfig or keyword overrides, not both")
+        if add_on_names(self.model):  # add-ons (jointobj/model/add_ons.py) train and checkpoint with the adapter
+            config.modules_to_save = sorted(set(config.modules_to_save or []) | set(add_on_names(self.model)))
+        self.model = get_peft_model(self.model, config)
+        return self
+
+    @property
+    def base_model_for_checkpointing(self) -> nn.Module:
+        """The model under any adapter (the one whose gradient checkpointing a Trainer turns on)."""
+        get_base = getattr(self.model, "get_base_model", None)
+        return get_base() if self.has_adapter and callable(get_base) else self.model
+
+    @property
+    def supports_gradient_checkpointing(self) -> bool:
+        """Whether the model has its own gradient checkpointing (LLaDA's code, for one, has none)."""
+        return bool(getattr(self.base_model_for_checkpointing, "supports_gradient_checkpointing", False))
+
+    @property
+    def has_adapter(self) -> bool:
+        from peft import PeftModel
+
+        return isinstance(self.model, PeftModel)
+
+    # ------------------------------------------------------------------ save / load
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write only what this denoiser owns: the adapter (PEFT format) if it has one, else the full model."""
+        directory = Path(directory)
+        save = getattr(self.model, "save_pretrained", None)
+        if not callable(save):
+            raise TypeError(
+                f"{type(self.model).__name__} is a plain nn.Module with no save_pretrained; add a LoRA adapter "
+                "(saved in PEFT format) or save model.state_dict() yourself"
+            )
+        directory.mkdir(parents=True, exist_ok=True)
+        save(str(directory))
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(directory))
+        self.save_settings(directory)
+
+    def save_settings(self, directory: str | Path) -> None:
+        """Write jointobj.json (mask id, logit shift, mask-blindness, EOS id), which from_pretrained
+        reads back, and the settings of the model's add-ons, which write their own weights here first
+        (jointobj/model/add_ons.py). Written last, so its presence also marks a directory whose save finished."""
+        settings: dict[str, Any] = dict(self.settings)
+        add_ons = save_add_ons(self.model, directory)
+        if add_ons:
+            settings["add_ons"] = add_ons
+        path = Path(directory) / CONFIG_NAME
+        path.write_text(json.dumps(settings, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        lora: Any = None,
+        trust_remote_code: bool = False,
+        mask_token_id: int | None = None,
+        base: "str | Path | nn.Module | Denoiser | None" = None,
+        is_trainable: bool = False,
+        dtype: torch.dtype | str | None = None,
+        logit_shift: int | str | None = None,
+        eos_token_id: int | None = None,
+    ) -> "Denoiser":
+        """Load a local model directory, or an adapter directory on top of its base model.
+
+        `trust_remote_code` stays off unless you turn it on: a directory whose config or tokenizer
+        names its own code (LLaDA, Dream) is refused until you do.
+
+        The mask id is `mask_token_id`, else the one saved in the directory's jointobj.json, else
+        the tokenizer's or the config's; for an adapter it is passed on to the base, so a base
+        without a mask token of its own loads.
+
+        `base` (adapter directories only): the base model's directory, an nn.Module, or a Denoiser
+        without an adapter; default: the base recorded in adapter_config.json. A module or
+        Denoiser passed as `base` is modified in place and not copied (peft injects the adapter's
+        layers into it; saved add-ons such as an energy head are attached to it; a Denoiser's mask id is
+        overridden as above): the returned Denoiser shares its weights. Pass `copy.deepcopy(base)`
+        to keep the original untouched.
+
+        `dtype`: a torch dtype or "auto" (the checkpoint's). None leaves it to transformers, whose
+        default changed in 5.0 (float32 before, the checkpoint's dtype after).
+
+        `logit_shift`, `eos_token_id`: as for Denoiser; else the values saved in jointobj.json
+        (with the mask-blindness found when it was saved), else decided from the model.
+        """
+        saved = Path(path) / CONFIG_NAME
+        add_ons = json.loads(saved.read_text()).get("add_ons", {}) if saved.exists() else {}
+        denoiser = load_masked_lm(
+            cls, Path(path), lora=lora, trust_remote_code=trust_remote_code, mask_token_id=mask_token_id,
+            base=base, is_trainable=is_trainable, dtype=dtype, logit_shift=logit_shift, eos_token_id=eos_token_id,
+            before_adapter=lambda base_denoiser: attach_add_ons(base_denoiser, add_ons),
+        )
+        load_add_ons(denoiser, path, add_ons)
+        return denoiser
+
+
+def takes_positions(denoiser: Any) -> bool:
+    """Whether the denoiser's own class computes logits of chosen positions only (`positions=` on its
+    forward, or __call__ for a plain callable: Denoiser, OracleDenoiser). Wrappers that forward calls and
+    attributes (self-conditioning, counters, recorders) are judged by their own class: full logits."""
+    call = getattr(type(denoiser), "forward", None) or getattr(type(denoiser), "__call__", None)
+    try:
+        return call is not None and "positions" in inspect.signature(call).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def logits_at(denoiser: Any, positions: torch.Tensor, **inputs: Any) -> torch.Tensor:
+    """[t, V] float32 logits of the `positions [b, l]` (bool) only, in row-major order: the lean path
+    of a denoiser that takes `positions=` (`takes_positions`), else its full logits `[b, l, V]` indexed."""
+    if takes_positions(denoiser):
+        return denoiser(**inputs, positions=positions)  # [t, V]
+    return denoiser(**inputs)[positions].float()  # [t, V]
+
+
+def _input_embeddings(model: nn.Module) -> nn.Embedding | None:
+    get = getattr(model, "get_input_embeddings", None)
+    embedding = get() if callable(get) else None
+    return embedding if isinstance(embedding, nn.Embedding) else None
+
+
+def _vocab_size(model: nn.Module) -> int:
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if size is not None:
+        return int(size)
+    embedding = _input_embeddings(model)
+    if embedding is None:
+        raise ValueError(
+            f"cannot tell the vocabulary size of {type(model).__name__}: give it a config with vocab_size "
+            "or a get_input_embeddings() method"
+        )
+    return embedding.num_embeddings
+
+
+def _max_positions(model: nn.Module) -> int | None:
+    """Longest sequence the model takes, where its config says (None: unbounded, e.g. rotary only),
+    less the position rows before position 0 (jointobj.model.conventions.position_offset)."""
+    config = getattr(model, "config", None)
+    for source in (config, model):
+        for name in ("max_position_embeddings", "max_sequence_length", "max_positions"):
+            value = getattr(source, name, None)
+            if isinstance(value, int):
+                return value - position_offset(model)
+    return None
+
+
+def _pad_token_id(tokenizer: Any, config: Any) -> int:
+    for source in (getattr(tokenizer, "pad_token_id", None), getattr(config, "pad_token_id", None)):
+        if isinstance(source, int):
+            return source
+    return 0
+
+
+def lora_target_modules(model: nn.Module) -> list[str] | str:
+    """peft's target table for known architectures, else all linear layers except the vocabulary head."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+    from transformers import PreTrainedModel
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+        return list(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type])
+    if isinstance(model, PreTrainedModel):
+        return "all-linear"  # peft leaves the output embedding out for PreTrainedModels
+    token_embedding = _input_embeddings(model)
+    if token_embedding is None:  # else the first embedding registered is the token table
+        token_embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    vocab_size = token_embedding.num_embeddings if token_embedding is not None else None
+    # nn.MultiheadAttention reads out_proj.weight directly, so a LoRA wrapped around it would never run.
+    inside_attention = {
+        f"{name}.{child}" if name else child
+        for name, m in model.named_modules()
+        if isinstance(m, nn.MultiheadAttention)
+        for child, _ in m.named_children()
+    }
+    targets = sorted(
+        {
+            name.split(".")[-1]
+            for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and name not in inside_attention and m.out_features != vocab_size
+        }
+    )
+    if not targets:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer LoRA can wrap; pass a LoraConfig with "
+                         "target_modules")
+    return targets
+
+
+@torch.no_grad()
+def assert_bidirectional(denoiser: Denoiser, probe_length: int = 8) -> None:
+    """Refuse causal models, judged by behaviour: a late token must move earlier logits.
+
+    Class names mislead (Dream is a decoder architecture with bidirectional attention), so
+    we change the last token of a probe and look at the logits before it.
+    """
+    limit = denoiser.max_positions or probe_length
+    length = max(2, min(probe_length, limit))
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randint(0, denoiser.vocab_size, (1, length), generator=generator)
+    changed = probe.clone()
+    changed[0, -1] = (probe[0, -1] + 1) % denoiser.vocab_size
+    with eval_mode(denoiser.model):
+        device = denoiser.device
+        before = denoiser(input_ids=probe.to(device))[0, :-1]  # [l-1, V]
+        after = denoiser(input_ids=changed.to(device))[0, :-1]
+    if torch.allclose(before, after, rtol=0, atol=1e-6):
+        raise ValueError(
+            f"{type(denoiser.model).__name__} looks causal: changing the last token left every earlier logit "
+            "unchanged. Masked diffusion needs bidirectional attention; load a masked LM (BERT, ModernBERT, "
+            "LLaDA, Dream, ...) or disable the causal mask. If you are sure, pass check_bidirectional=False."
+        )

@@ -1,0 +1,93 @@
+"""Per-token masked cross-entropy: the MDLM / LLaDA masked-diffusion ELBO (the baseline).
+
+    L = E_t [ w(t) * sum_i 1[x_t^i = M] * -log p(x_0^i | x_t) ] / #scorable tokens
+
+with w(t) = 1/t for the linear schedule. Summed over the batch and divided by the batch's
+scorable tokens, so padding never changes it and every token weighs the same.
+
+`self_condition_prob = p > 0`: with probability p per step the scored forward reads the
+model's own detached predictions as soft states at the masked positions (one extra forward
+without grad; see `jointobj.objectives.self_condition`), which soft-state decoding needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jointobj.diffusion.batch import Batch, check_batch
+from jointobj.diffusion.noise import SCHEDULES, corrupt, sample_timesteps
+from jointobj.model.denoiser import logits_at
+from jointobj.objectives.base import LOSSES, LossOutput, check_finite
+from jointobj.objectives.self_condition import SelfConditioning
+
+
+@dataclass
+class NoisedBatch:
+    input_ids: torch.Tensor  # [b, l] with masks
+    masked: torch.Tensor  # [b, l] bool, positions to score
+    t: torch.Tensor  # [b]
+    weight: torch.Tensor  # [b] ELBO weight w(t)
+    num_scorable: torch.Tensor  # [] scorable tokens in the batch (the normaliser)
+
+
+@LOSSES.register("token_ce")
+class TokenCELoss(nn.Module):
+    """Masked-diffusion ELBO. `loss_fn(denoiser, batch) -> LossOutput`.
+
+    schedule: the masking schedule (linear or cosine). eps: the smallest t drawn. stratified: one t
+    per row on a stratified grid. self_condition_prob: probability per step of a self-conditioned
+    forward (0 = off). seed: seed of the generator that makes that choice (the trainer passes --seed).
+    """
+
+    def __init__(self, schedule: str = "linear", eps: float = 1e-3, stratified: bool = True,
+                 self_condition_prob: float = 0.0, seed: int = 0):
+        super().__init__()
+        self.schedule = SCHEDULES.get(schedule)()
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps < 1.0:
+            raise ValueError(f"eps (the smallest masking time) must be a number in (0, 1), got {eps!r}")
+        self.eps = float(eps)
+        self.stratified = bool(stratified)
+        self.self_condition = SelfConditioning(self_condition_prob, seed=seed)
+
+    def extra_repr(self) -> str:
+        return f"schedule={type(self.schedule).__name__}, eps={self.eps}, stratified={self.stratified}, " \
+               f"{self.self_condition}"
+
+    def corrupt(self, batch: Batch, mask_token_id: int, generator: torch.Generator | None = None) -> NoisedBatch:
+        """Draw t per row and mask scorable tokens with the schedule's probability."""
+        scorable = check_batch(batch)
+        input_ids = batch["input_ids"]
+        t = sample_timesteps(
+            input_ids.shape[0], eps=self.eps, stratified=self.stratified, generator=generator, device=input_ids.device
+        )
+        noisy, masked = corrupt(input_ids, scorable, self.schedule.mask_prob(t), mask_token_id, generator)
+        return NoisedBatch(noisy, masked, t, self.schedule.elbo_weight(t), scorable.sum().clamp(min=1))
+
+    def score(self, logits: torch.Tensor, batch: Batch, noised: NoisedBatch) -> LossOutput:
+        """The weighted masked CE of the logits against the clean tokens: `logits` are those of the
+        masked positions `[n, V]` (row-major, as Denoiser(positions=...) returns them) or full `[b, l, V]`."""
+        targets = batch["input_ids"][noised.masked]  # [n]
+        picked = logits[noised.masked] if logits.dim() == 3 else logits  # [n, V]
+        nll = F.cross_entropy(picked, targets, reduction="none")  # [n]
+        row_weight = noised.weight[:, None].expand_as(noised.masked)[noised.masked]  # [n]
+        loss = (row_weight * nll).sum() / noised.num_scorable
+        check_finite(loss, "token_ce loss", batch["input_ids"])
+        metrics = {
+            "masked_nll": nll.detach().mean() if nll.numel() else torch.zeros(()),
+            "masked_fraction": noised.masked.sum() / noised.num_scorable,
+        }
+        return LossOutput(loss, metrics)
+
+    def forward(self, denoiser: nn.Module, batch: Batch, generator: torch.Generator | None = None) -> LossOutput:
+        noised = self.corrupt(batch, denoiser.mask_token_id, generator)
+        model = self.self_condition.wrap(denoiser, generator)
+        # Only the masked positions' logits, in float32: never a float32 copy of every position's.
+        logits = logits_at(model, noised.masked, input_ids=noised.input_ids,
+                           attention_mask=batch.get("attention_mask"))  # [n, V]
+        output = self.score(logits, batch, noised)
+        output.metrics.update(self.self_condition.metrics(model))
+        return output

@@ -1,0 +1,398 @@
+"""The flow every recipe in recipes/ runs: arguments, model, data, train, save, report.
+
+    deepspeed recipes/logsum.py                           # embedded default: nothing to download
+    deepspeed recipes/logsum.py --config recipes/configs/logsum.yaml --model_name_or_path DIR ...
+
+Arguments come from the recipe's YAML (`--config FILE` or `--config=FILE`; a `null` value keeps
+the field's default), with command-line flags on top. Without
+`--model_name_or_path` the recipe runs the embedded default: a tiny bidirectional transformer,
+pretrained with the per-token loss on the toy suite (or reused from `base_dir`), stands in for
+an existing dLLM; it is fine-tuned with LoRA, the adapter saved in PEFT format, and base and
+fine-tuned models compared by the joint-validity evaluator.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from accelerate import PartialState
+from transformers import HfArgumentParser, enable_full_determinism, set_seed
+
+from jointobj.decoding.registry import DECODERS
+from jointobj.evaluation.frontier import (
+    REPORT_GRID,
+    TARGET_COLUMNS,
+    parse_tokens_per_step,
+    registered_grid,
+    setting_label,
+    sweep_points,
+    target_status,
+)
+from jointobj.evaluation.report import format_table, plot_frontier, write_json
+from jointobj.evaluation.sweep import evaluate, headline
+from jointobj.model.denoiser import Denoiser
+from jointobj.objectives.logsum import LogSumOrdersLoss
+from jointobj.toysets.oracle import OracleDenoiser
+from jointobj.training.data import load_training_data
+from jointobj.training.embedded import ensure_base
+from jointobj.training.moved_options import MOVED_OPTIONS, moved_option_error
+from jointobj.training.run_dir import check_previous_run, clear_previous_run, finished_step, mark_finished, previous_run
+from jointobj.training.trainer import JointObjConfig, JointObjTrainer, build_objective
+from jointobj.utils.ranks import configure_cpu_ranks
+from jointobj.utils.registry import split_names
+
+MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Local model directory (a *ForMaskedLM, or LLaDA / Dream with --trust_remote_code). "
+                          "Empty: the embedded tiny base from base_dir, pretrained there first if missing."},
+    )
+    trust_remote_code: bool = field(default=False,
+                                    metadata={"help": "Run modeling code shipped in the model directory."})
+    model_dtype: str | None = field(
+        default=None,
+        metadata={"help": "dtype the weights are loaded in: float32, bfloat16, float16, or auto (the checkpoint's). "
+                          "Default: with DeepSpeed, its precision (bfloat16 with --bf16, float16 with --fp16, else "
+                          "float32; DeepSpeed keeps float32 master weights itself); without DeepSpeed, float32, "
+                          "except a frozen LoRA base under --bf16 (bfloat16). Weights the optimizer updates directly "
+                          "(--lora_r 0 without DeepSpeed) must stay float32: --bf16 then autocasts around them."},
+    )
+    mask_token_id: int | None = field(default=None,
+                                      metadata={"help": "Override the mask id (else tokenizer, then config)."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank; 0 trains all parameters instead."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA path."})
+    lora_target_modules: str | None = field(
+        default=None, metadata={"help": "Comma-separated module names, or 'all-linear'; default: per architecture."}
+    )
+    base_dir: str = field(default="runs/base", metadata={"help": "Embedded default: where the tiny base dLLM lives."})
+    base_steps: int = field(default=1200,
+                            metadata={"help": "Embedded default: per-token pretraining steps of the base."})
+    base_learning_rate: float = field(default=3e-3,
+                                      metadata={"help": "Embedded default: base pretraining learning rate."})
+
+    def __post_init__(self) -> None:
+        if self.lora_r < 0:
+            raise ValueError(f"lora_r must be >= 0 (0 = full fine-tuning), got {self.lora_r}")
+        if self.model_dtype is not None and self.model_dtype not in MODEL_DTYPES:
+            raise ValueError(f"model_dtype must be one of {', '.join(MODEL_DTYPES)} (or unset), "
+                             f"got {self.model_dtype!r}")
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(
+        default="likes_tennis,cities,agreement",
+        metadata={"help": "Toy set names or user sets by import reference module:attribute (comma-separated), "
+                          "or a local .jsonl / .json file or datasets directory."},
+    )
+    samples_per_toyset: int = field(default=2000, metadata={"help": "Examples drawn from each toy set."})
+    report_decoders: str = field(default="confidence,l2r,random", metadata={"help": "Decoders in the final report."})
+    report_tokens_per_step: str = field(default="1,2,all", metadata={"help": "Tokens per step in the final report."})
+    report_samples: int = field(default=400, metadata={"help": "Samples per report cell (0: no report)."})
+    allow_mask_token_in_data: bool = field(
+        default=False, metadata={"help": "Accept the [MASK] id inside training rows (refused by default: it is "
+                                         "the corruption token, so data holding it is almost always a bug)."},
+    )
+
+    def __post_init__(self) -> None:
+        """Refuse bad report options now, not after training and saving."""
+        if self.report_samples < 0:
+            raise ValueError(f"report_samples must be >= 0 (0: no report), got {self.report_samples}")
+        for name in self.report_decoders.split(","):
+            DECODERS.get(name.strip())  # an unknown decoder fails here, listing the known ones
+        for value in self.report_tokens_per_step.split(","):
+            try:
+                parse_tokens_per_step(value.strip())
+            except ValueError as error:
+                raise ValueError(f"--report_tokens_per_step {self.report_tokens_per_step}: {error}") from error
+
+
+def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+    """(the path given by `--config PATH` or `--config=PATH`, the other arguments)."""
+    config_path, rest = None, []
+    at = 0
+    while at < len(argv):
+        arg = argv[at]
+        if arg == "--config":
+            if at + 1 >= len(argv):
+                raise ValueError("--config needs a YAML file path")
+            config_path, at = argv[at + 1], at + 2
+            continue
+        if arg.startswith("--config="):
+            config_path = arg.split("=", 1)[1]
+            if not config_path:
+                raise ValueError("--config= needs a YAML file path")
+        else:
+            rest.append(arg)
+        at += 1
+    return config_path, rest
+
+
+def _yaml_flag_value(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):  # e.g. gradient_checkpointing_kwargs: TrainingArguments parses JSON
+        return json.dumps(value)
+    return str(value)
+
+
+CONFIG_USAGE = ("%(prog)s [--config FILE.yaml] [--FLAG VALUE ...]\n\n"
+                "  --config FILE.yaml    a YAML mapping of the flags below (each recipe has a default in "
+                "recipes/configs/;\n                        a null value keeps the default); flags given on the "
+                "command line win")
+
+
+def check_moved_flags(argv: list[str]) -> None:
+    """Fail on a flag that moved into --objective_kwargs (e.g. --blocks 4), saying where it goes now."""
+    for at, arg in enumerate(argv):
+        name, _, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        name = name.replace("-", "_")
+        if name in MOVED_OPTIONS:
+            if not value and at + 1 < len(argv) and not argv[at + 1].startswith("--"):
+                value = argv[at + 1]
+            raise moved_option_error(name, value or None)
+
+
+def parse_recipe_args(argv: list[str] | None, default_config: str | Path | None):
+    """(ModelArguments, DataArguments, JointObjConfig) from `--config YAML` then flags (flags win).
+
+    A YAML `null` keeps the field's default (it is not passed on as the string "None")."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    given, argv = _split_config_flag(argv)
+    config_path = given if given is not None else default_config
+    from_yaml: list[str] = []
+    if config_path is not None:
+        path = Path(config_path)
+        if not path.exists():
+            raise FileNotFoundError(f"config {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"config {path} is not valid YAML: {error}") from error
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} must hold a mapping of argument names to values")
+        for key, value in values.items():
+            if key in MOVED_OPTIONS:
+                raise moved_option_error(key, value)
+            if value is not None:
+                from_yaml += [f"--{key}", _yaml_flag_value(value)]
+    check_moved_flags(argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, JointObjConfig), usage=CONFIG_USAGE)
+    return parser.parse_args_into_dataclasses(args=from_yaml + argv, look_for_args_file=False)
+
+
+def join_process_group(config: JointObjConfig) -> None:
+    """Start the process group before any model is built.
+
+    Under ZeRO-3, from_pretrained builds the model inside deepspeed.zero.Init, which reads the
+    world size from deepspeed.comm; with use_cpu, accelerate starts plain torch.distributed, so
+    deepspeed.comm must be pointed at that group or it reports one rank.
+    """
+    _ = config.device  # accelerate initialises torch.distributed here
+    if config.deepspeed and torch.distributed.is_available() and torch.distributed.is_initialized():
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
+
+
+def model_dtype(model_args: ModelArguments, config: JointObjConfig) -> torch.dtype | str:
+    """The dtype to load the weights in (see ModelArguments.model_dtype): always explicit, since
+    transformers' own default changed in 5.0 from float32 to the checkpoint's dtype."""
+    if model_args.model_dtype is not None:
+        return "auto" if model_args.model_dtype == "auto" else getattr(torch, model_args.model_dtype)
+    if config.deepspeed:  # DeepSpeed holds float32 master weights and runs the model in its precision
+        return torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else torch.float32
+    if model_args.lora_r > 0 and config.bf16:  # frozen base; peft keeps the adapter in float32
+        return torch.bfloat16
+    return torch.float32  # AdamW updates these weights in place: float32, with --bf16 / --fp16 autocast on top
+
+
+def load_denoiser(model_args: ModelArguments, path: str | Path, config: JointObjConfig) -> Denoiser:
+    """The model to fine-tune, with a LoRA adapter unless lora_r is 0. The path is made absolute, so
+    the adapter records a base that loads from any working directory."""
+    denoiser = Denoiser.from_pretrained(Path(path).resolve(), trust_remote_code=model_args.trust_remote_code,
+                                        mask_token_id=model_args.mask_token_id, dtype=model_dtype(model_args, config))
+    if model_args.lora_r > 0:
+        targets = model_args.lora_target_modules
+        overrides: dict[str, Any] = {"r": model_args.lora_r, "lora_alpha": model_args.lora_alpha,
+                                     "lora_dropout": model_args.lora_dropout}
+        if targets:
+            overrides["target_modules"] = targets if targets == "all-linear" else targets.split(",")
+        denoiser.add_lora(**overrides)
+    return denoiser
+
+
+def report(base_dir: Path, tuned_dir: Path, data_args: DataArguments, config: JointObjConfig) -> list[dict]:
+    """The trap and its cure, printed and written beside the adapter: base, fine-tuned and the exact
+    oracle (the best any model could do with each decoder) on the toy sets, under the plain
+    decoders (report_decoders x report_tokens_per_step) and the frontier's grid (REPORT_GRID in
+    jointobj/evaluation/frontier.py: the speculative decoder, the confidence threshold). Prints one line per
+    (set, decoder setting) with each model's tokens per step, validity and TV, the headline
+    (highest tokens per step with validity >= 0.99) and, for sets of >= 8 answer tokens, the
+    target status; writes report.json (every row) and report.png (the frontier)."""
+    names = split_names(data_args.dataset)  # the toy sets, as the embedded base read them
+    models = {
+        "base": Denoiser.from_pretrained(base_dir).eval(),  # the saved artifacts, as a user reloads them
+        "fine-tuned": Denoiser.from_pretrained(tuned_dir).eval(),
+        "oracle": OracleDenoiser(*names),
+    }
+    points = sweep_points(data_args.report_decoders.split(","), data_args.report_tokens_per_step.split(","),
+                          grid=registered_grid(REPORT_GRID))
+    rows = []
+    for label, denoiser in models.items():
+        for row in evaluate(denoiser, names, points=points, samples=data_args.report_samples, seed=config.seed):
+            rows.append({"model": label, **row})
+    table: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for row in rows:
+        line = table.setdefault((row["toyset"], row["decoder"], setting_label(row)), {
+            "toyset": row["toyset"], "decoder": row["decoder"], "setting": setting_label(row),
+            "tv floor": row["tv_floor"]})
+        line.update({f"{row['model']} tok/step": row["tokens_per_step"], f"{row['model']} valid": row["validity"],
+                     f"{row['model']} tv": row["tv"]})
+        if row["model"] == "fine-tuned":
+            line["rows/token"] = row["rows_per_token"]
+            line["fine-tuned valid 95%"] = f"{row['validity_low']:.3f}-{row['validity_high']:.3f}"  # Wilson
+    per_model = [f"{label} {what}" for label in models for what in ("tok/step", "valid", "tv")]
+    per_model.insert(per_model.index("fine-tuned valid") + 1, "fine-tuned valid 95%")
+    print(f"\nvalidity, TV and tokens per step ({data_args.report_samples} samples per cell; rows/token of the "
+          "fine-tuned model: forward rows per generated token)")
+    print(format_table(list(table.values()), ["toyset", "decoder", "setting", *per_model, "tv floor", "rows/token"]))
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for label in models:
+        for head in headline([r for r in rows if r["model"] == label]):
+            key = (head["toyset"], head["decoder"])
+            cell = best.setdefault(key, {"toyset": head["toyset"], "decoder": head["decoder"]})
+            cell[label] = head["tokens_per_step"]
+            if label == "fine-tuned":
+                cell["fine-tuned setting"] = head["knobs"] or None
+    print("\nhighest tokens per step with validity >= 0.99 (- : not even at the fewest)")
+    print(format_table(list(best.values()), ["toyset", "decoder", *models, "fine-tuned setting"]))
+    status = target_status([r for r in rows if r["model"] != "oracle"])
+    if status:
+        print("\ntarget (sets of >= 8 answer tokens): >= 4 tokens per step, validity within one standard error of "
+              "the model's own l2r K=1 validity, TV within 0.02 of its TV, <= 32 rows per token")
+        print(format_table(status, TARGET_COLUMNS))
+    out = Path(config.output_dir)
+    write_json(out / "report.json", rows)
+    plot_frontier(rows, out / "report.png")
+    print(f"\nreport: {out / 'report.json'}, plot: {out / 'report.png'}, adapter: {out}")
+    return rows
+
+
+def check_output_dir(output_dir: str | Path, model_dir: str | Path) -> None:
+    """Refuse an output_dir that is the model's own directory or inside it: saving there would
+    overwrite the base in place (--lora_r 0) or mix the run's files into it."""
+    out, model = Path(output_dir).resolve(), Path(model_dir).resolve()
+    if out == model or model in out.parents:
+        where = "is" if out == model else "is inside"
+        raise ValueError(
+            f"output_dir {output_dir} {where} the model directory {model_dir}; the run would write over the model "
+            "it starts from. Pass another --output_dir (e.g. runs/<run name>)."
+        )
+
+
+@dataclass
+class RecipeResult:
+    trainer: JointObjTrainer | None  # None when the run had already finished (nothing was done)
+    denoiser: Denoiser | None
+    output_dir: str
+    base: str
+    report: list[dict]
+
+
+def resume_target(config: JointObjConfig) -> str | None:
+    """What to resume from: None for a fresh start (also for "latest" over an output_dir holding no
+    run: nothing can be lost), else "latest" or the path given; JointObjTrainer.train verifies it."""
+    resume = config.resume_from_checkpoint
+    if resume == "latest" and not previous_run(config.output_dir):
+        print(f"--resume_from_checkpoint latest: {config.output_dir} holds no run yet; starting at step 0", flush=True)
+        return None
+    return resume
+
+
+def seed_everything(config: JointObjConfig) -> None:
+    """Seed python, numpy and torch from --seed before anything random is built (LoRA and energy-head
+    init), as the Trainer does only after the model exists."""
+    (enable_full_determinism if config.full_determinism else set_seed)(config.seed)
+
+
+def run_recipe(argv: list[str] | None = None, default_config: str | Path | None = None) -> RecipeResult:
+    """Parse arguments, (pre)train the base if embedded, fine-tune, save the adapter, report."""
+    model_args, data_args, config = parse_recipe_args(argv, default_config)
+    embedded = model_args.model_name_or_path is None
+    base = Path(model_args.base_dir if embedded else model_args.model_name_or_path)
+    check_output_dir(config.output_dir, base)
+    check_previous_run(config.output_dir, config.resume_from_checkpoint, config.overwrite_output_dir)
+    done = finished_step(config.output_dir)
+    if config.resume_from_checkpoint == "latest" and done is not None and done >= config.max_steps:
+        print(f"{config.output_dir} holds a run that finished at step {done}; nothing to resume and nothing changed "
+              "(raise --max_steps to train it further, or start over with --overwrite_output_dir)", flush=True)
+        return RecipeResult(None, None, config.output_dir, str(base), [])
+    configure_cpu_ranks()
+    join_process_group(config)
+    state = PartialState()
+    if config.overwrite_output_dir and not config.resume_from_checkpoint and state.is_main_process:
+        cleared = clear_previous_run(config.output_dir)
+        if cleared:
+            print(f"--overwrite_output_dir: deleted the previous run's {', '.join(cleared)} in {config.output_dir}")
+    state.wait_for_everyone()
+    if embedded:
+        base = ensure_base(model_args.base_dir, data_args.dataset, steps=model_args.base_steps,
+                           learning_rate=model_args.base_learning_rate,
+                           samples_per_toyset=data_args.samples_per_toyset, seed=config.seed)
+    seed_everything(config)
+    denoiser = load_denoiser(model_args, base, config)
+    objective = build_objective(config)
+    data = load_training_data(data_args.dataset, denoiser.tokenizer, data_args.samples_per_toyset, seed=config.seed,
+                              max_length=denoiser.max_positions, vocab_size=denoiser.vocab_size,
+                              mask_token_id=None if data_args.allow_mask_token_in_data else denoiser.mask_token_id,
+                              min_response_tokens=min_response_tokens(objective))  # bad rows fail now, not mid-run
+    trainer = JointObjTrainer(denoiser, config, objective, train_dataset=data, processing_class=denoiser.tokenizer)
+    settle_gradient_checkpointing(trainer, denoiser)
+    trainer.train(resume_from_checkpoint=resume_target(config))
+    trainer.save_model(config.output_dir)  # the adapter only (PEFT format) when LoRA is on, and jointobj.json
+    if trainer.is_world_process_zero():
+        mark_finished(config.output_dir, trainer.state.global_step)
+    rows: list[dict] = []
+    if trainer.is_world_process_zero() and embedded and data_args.report_samples > 0:
+        rows = report(base, Path(config.output_dir), data_args, config)
+    trainer.accelerator.wait_for_everyone()
+    return RecipeResult(trainer, denoiser, config.output_dir, str(base), rows)
+
+
+def settle_gradient_checkpointing(trainer: JointObjTrainer, denoiser: Denoiser) -> bool:
+    """--gradient_checkpointing: the model's own where it has one; else (LLaDA's code has none) say so once,
+    turn it off and checkpoint jointobj's block forwards (the log-sum likelihood's chunks) instead.
+    Returns whether the model's own is used."""
+    names = [name for name in ("gradient_checkpointing", "activation_checkpointing") if hasattr(trainer.args, name)]
+    if not any(getattr(trainer.args, name) for name in names):  # transformers 5 renamed it activation_checkpointing
+        return False
+    if denoiser.supports_gradient_checkpointing:
+        return True
+    for name in names:
+        setattr(trainer.args, name, False)
+    chunks = [m for m in trainer.objective.modules() if isinstance(m, LogSumOrdersLoss)]
+    for loss in chunks:
+        loss.checkpoint = True
+    fallback = ("checkpointing the log-sum likelihood's block forwards instead" if chunks else
+                f"the {trainer.args.objective} objective has no block forwards to checkpoint, so none is used")
+    if trainer.is_world_process_zero():
+        print(f"--gradient_checkpointing: {type(denoiser.base_model_for_checkpointing).__name__} does not support "
+              f"gradient checkpointing; {fallback}", flush=True)
+    return False
+
+
+def min_response_tokens(objective: torch.nn.Module) -> int:
+    """The response tokens every row needs: K for a log-sum over K blocks (each block holds one or more)."""
+    return max((getattr(part, "min_scorable_tokens", 1) for part in objective.modules()), default=1)

@@ -1,0 +1,1 @@
+"""Helpers every layer may use: registries, option checks, rank helpers."""
