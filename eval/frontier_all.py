@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from jointobj.evaluation.benchmark import write_measurements
-from jointobj.evaluation.frontier import TARGET_COLUMNS, setting_label, sweep_points, target_status
+from jointobj.evaluation.frontier import TARGET, TARGET_COLUMNS, setting_label, sweep_points, target_status
 from jointobj.evaluation.report import format_table, plot_frontier
 from jointobj.training.embedded import BASE_SIZE, pretrain_base
 from jointobj.utils.registry import split_names
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(format_table(headline_rows(rows), HEAD_COLUMNS))
     status = target_status([r for r in rows if r["model"] == "trained"])
     if status:
-        print("\ntarget (sets of >= 8 answer tokens), trained models")
+        print(f"\n{TARGET.describe()}; trained models")
         print(format_table(status, TARGET_COLUMNS))
     write_measurements(args.json, rows, config=vars(args), target=status)
     plot_frontier(rows, args.plot)

@@ -31,8 +31,9 @@ import sys
 import torch
 import yaml
 
+from jointobj.decoding.budget import parse_tokens_per_step
 from jointobj.evaluation.report import format_table, write_json
-from jointobj.evaluation.sweep import evaluate, parse_tokens_per_step
+from jointobj.evaluation.sweep import evaluate
 from jointobj.model.denoiser import Denoiser
 from jointobj.toysets.builtin import load_toyset
 

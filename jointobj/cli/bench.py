@@ -20,10 +20,10 @@ import time
 
 import torch
 
+from jointobj.decoding.budget import parse_tokens_per_step
 from jointobj.decoding.registry import build_decoder
 from jointobj.evaluation.metrics import TimedDenoiser
 from jointobj.evaluation.report import format_table, write_json
-from jointobj.evaluation.sweep import parse_tokens_per_step
 from jointobj.model.denoiser import Denoiser
 from jointobj.model.tiny import tiny_masked_lm
 

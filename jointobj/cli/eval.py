@@ -53,19 +53,18 @@ import argparse
 
 import torch
 
+from jointobj.decoding.budget import parse_tokens_per_step
 from jointobj.decoding.registry import DECODERS, decoder_option_names
 from jointobj.decoding.rescore import RescoreSpec
-from jointobj.evaluation.frontier import parse_grid, target_status
+from jointobj.evaluation.frontier import TARGET, TARGET_COLUMNS, parse_grid, target_status
 from jointobj.evaluation.report import format_headline, format_table, plot_frontier, plot_validity, write_json
-from jointobj.evaluation.sweep import evaluate, headline, parse_tokens_per_step
+from jointobj.evaluation.sweep import evaluate, headline
 from jointobj.toysets.builtin import load_toyset
 from jointobj.utils.registry import split_names
 
 COLUMNS = ["toyset", "decoder", "knobs", "requested_tokens_per_step", "tokens_per_step", "validity", "validity_low",
            "validity_high", "tv", "tv_floor", "coverage", "coverage_exact", "steps_per_sample", "rows_per_sample",
            "rows_per_token", "wall_s"]
-TARGET_COLUMNS = ["model", "toyset", "met", "reference_validity", "reference_tv", "best_decoder", "best_knobs",
-                  "best_tokens_per_step", "best_validity", "best_tv", "best_rows_per_token"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -100,6 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="energy rescoring, MODE:ENERGY,N[,WHERE] (see above); repeatable, or joined by ';'")
     args = parser.parse_args(argv)
     args.grid = dict(parse_grid(text) for text in args.grid)  # a malformed grid fails here, with an example
+    args.tokens_per_step = [parse_tokens_per_step(k) for k in args.tokens_per_step]  # as is a bad K
     if not args.decoder and not args.grid:
         raise ValueError("nothing to evaluate: give --decoder NAMES, --grid NAME:KEY=V1|V2, or both")
     return args
@@ -128,8 +128,6 @@ def load_denoiser(args: argparse.Namespace, toysets: list):
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     toysets = [load_toyset(name) for name in args.toyset]  # unknown names fail here, listing the known ones
-    for k in args.tokens_per_step:
-        parse_tokens_per_step(k)
     options = decoder_options(args)
     rescore = [RescoreSpec.parse(spec) for text in args.rescore for spec in text.split(";") if spec.strip()]
     denoiser = load_denoiser(args, toysets)
@@ -156,7 +154,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(format_headline(headline(rows)))
     status = target_status(rows + (oracle_rows or []))
     if status:
-        print("\ntarget (>= 8 answer tokens): >= 4 tokens/step, validity within one SE of l2r K=1, TV within 0.02, "
-              "<= 32 rows per token")
+        print(f"\n{TARGET.describe()}")
         print(format_table(status, TARGET_COLUMNS))
     return rows

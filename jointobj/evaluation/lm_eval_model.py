@@ -64,10 +64,10 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     raise ImportError("jointobj.evaluation.lm_eval_model needs lm-evaluation-harness: pip install 'jointobj[lm-eval]' "
                       "(or pip install lm-eval)") from error
 
+from jointobj.decoding.budget import parse_tokens_per_step
 from jointobj.decoding.registry import build_decoder, decoder_option_names
 from jointobj.diffusion.likelihood import order_log_likelihood
 from jointobj.diffusion.orders import ORDERS, OrderProposal
-from jointobj.evaluation.frontier import parse_tokens_per_step
 from jointobj.evaluation.generation import generate_texts
 from jointobj.model.denoiser import Denoiser
 from jointobj.toysets.oracle import OracleDenoiser

@@ -38,7 +38,7 @@ from jointobj.diffusion.orders import OrderProposal, Orders, check_orders, num_b
 from jointobj.diffusion.randomness import multinomial
 from jointobj.objectives.base import LOSSES, LossOutput, check_finite
 from jointobj.objectives.self_condition import SelfConditioning
-from jointobj.utils.checks import ALL_BLOCKS, check_blocks, check_whole_number
+from jointobj.utils.checks import ALL, check_blocks, check_whole_number
 
 MODES = ("exact", "sampled")
 
@@ -107,7 +107,7 @@ class LogSumOrdersLoss(nn.Module):
     @property
     def min_scorable_tokens(self) -> int:
         """The scorable tokens every row needs: K (each of the K blocks holds one or more)."""
-        return 1 if self.blocks == ALL_BLOCKS else self.blocks
+        return 1 if self.blocks == ALL else self.blocks
 
     def extra_repr(self) -> str:
         return f"{self.proposal}, blocks={self.blocks!r}, mode={self.mode!r}, max_rows={self.max_rows}"

@@ -24,21 +24,11 @@ import yaml
 from accelerate import PartialState
 from transformers import HfArgumentParser, enable_full_determinism, set_seed
 
+from jointobj.decoding.budget import parse_tokens_per_step
 from jointobj.decoding.registry import DECODERS
-from jointobj.evaluation.frontier import (
-    REPORT_GRID,
-    TARGET_COLUMNS,
-    parse_tokens_per_step,
-    registered_grid,
-    setting_label,
-    sweep_points,
-    target_status,
-)
-from jointobj.evaluation.report import format_table, plot_frontier, write_json
-from jointobj.evaluation.sweep import evaluate, headline
+from jointobj.evaluation.run_report import report_run
 from jointobj.model.denoiser import Denoiser
 from jointobj.objectives.logsum import LogSumOrdersLoss
-from jointobj.toysets.oracle import OracleDenoiser
 from jointobj.training.data import load_training_data
 from jointobj.training.embedded import ensure_base
 from jointobj.training.moved_options import MOVED_OPTIONS, moved_option_error
@@ -233,63 +223,6 @@ def load_denoiser(model_args: ModelArguments, path: str | Path, config: JointObj
     return denoiser
 
 
-def report(base_dir: Path, tuned_dir: Path, data_args: DataArguments, config: JointObjConfig) -> list[dict]:
-    """The trap and its cure, printed and written beside the adapter: base, fine-tuned and the exact
-    oracle (the best any model could do with each decoder) on the toy sets, under the plain
-    decoders (report_decoders x report_tokens_per_step) and the frontier's grid (REPORT_GRID in
-    jointobj/evaluation/frontier.py: the speculative decoder, the confidence threshold). Prints one line per
-    (set, decoder setting) with each model's tokens per step, validity and TV, the headline
-    (highest tokens per step with validity >= 0.99) and, for sets of >= 8 answer tokens, the
-    target status; writes report.json (every row) and report.png (the frontier)."""
-    names = split_names(data_args.dataset)  # the toy sets, as the embedded base read them
-    models = {
-        "base": Denoiser.from_pretrained(base_dir).eval(),  # the saved artifacts, as a user reloads them
-        "fine-tuned": Denoiser.from_pretrained(tuned_dir).eval(),
-        "oracle": OracleDenoiser(*names),
-    }
-    points = sweep_points(data_args.report_decoders.split(","), data_args.report_tokens_per_step.split(","),
-                          grid=registered_grid(REPORT_GRID))
-    rows = []
-    for label, denoiser in models.items():
-        for row in evaluate(denoiser, names, points=points, samples=data_args.report_samples, seed=config.seed):
-            rows.append({"model": label, **row})
-    table: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for row in rows:
-        line = table.setdefault((row["toyset"], row["decoder"], setting_label(row)), {
-            "toyset": row["toyset"], "decoder": row["decoder"], "setting": setting_label(row),
-            "tv floor": row["tv_floor"]})
-        line.update({f"{row['model']} tok/step": row["tokens_per_step"], f"{row['model']} valid": row["validity"],
-                     f"{row['model']} tv": row["tv"]})
-        if row["model"] == "fine-tuned":
-            line["rows/token"] = row["rows_per_token"]
-            line["fine-tuned valid 95%"] = f"{row['validity_low']:.3f}-{row['validity_high']:.3f}"  # Wilson
-    per_model = [f"{label} {what}" for label in models for what in ("tok/step", "valid", "tv")]
-    per_model.insert(per_model.index("fine-tuned valid") + 1, "fine-tuned valid 95%")
-    print(f"\nvalidity, TV and tokens per step ({data_args.report_samples} samples per cell; rows/token of the "
-          "fine-tuned model: forward rows per generated token)")
-    print(format_table(list(table.values()), ["toyset", "decoder", "setting", *per_model, "tv floor", "rows/token"]))
-    best: dict[tuple[str, str], dict[str, Any]] = {}
-    for label in models:
-        for head in headline([r for r in rows if r["model"] == label]):
-            key = (head["toyset"], head["decoder"])
-            cell = best.setdefault(key, {"toyset": head["toyset"], "decoder": head["decoder"]})
-            cell[label] = head["tokens_per_step"]
-            if label == "fine-tuned":
-                cell["fine-tuned setting"] = head["knobs"] or None
-    print("\nhighest tokens per step with validity >= 0.99 (- : not even at the fewest)")
-    print(format_table(list(best.values()), ["toyset", "decoder", *models, "fine-tuned setting"]))
-    status = target_status([r for r in rows if r["model"] != "oracle"])
-    if status:
-        print("\ntarget (sets of >= 8 answer tokens): >= 4 tokens per step, validity within one standard error of "
-              "the model's own l2r K=1 validity, TV within 0.02 of its TV, <= 32 rows per token")
-        print(format_table(status, TARGET_COLUMNS))
-    out = Path(config.output_dir)
-    write_json(out / "report.json", rows)
-    plot_frontier(rows, out / "report.png")
-    print(f"\nreport: {out / 'report.json'}, plot: {out / 'report.png'}, adapter: {out}")
-    return rows
-
-
 def check_output_dir(output_dir: str | Path, model_dir: str | Path) -> None:
     """Refuse an output_dir that is the model's own directory or inside it: saving there would
     overwrite the base in place (--lora_r 0) or mix the run's files into it."""
@@ -366,7 +299,10 @@ def run_recipe(argv: list[str] | None = None, default_config: str | Path | None 
         mark_finished(config.output_dir, trainer.state.global_step)
     rows: list[dict] = []
     if trainer.is_world_process_zero() and embedded and data_args.report_samples > 0:
-        rows = report(base, Path(config.output_dir), data_args, config)
+        rows = report_run(base, Path(config.output_dir), split_names(data_args.dataset),  # as the base read them
+                          decoders=data_args.report_decoders.split(","),
+                          tokens_per_step=data_args.report_tokens_per_step.split(","),
+                          samples=data_args.report_samples, seed=config.seed, output_dir=config.output_dir)
     trainer.accelerator.wait_for_everyone()
     return RecipeResult(trainer, denoiser, config.output_dir, str(base), rows)
 
