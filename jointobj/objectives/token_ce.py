@@ -20,7 +20,7 @@ from torch import nn
 
 from jointobj.diffusion.batch import Batch, check_batch
 from jointobj.diffusion.noise import SCHEDULES, corrupt, sample_timesteps
-from jointobj.model.denoiser import logits_at
+from jointobj.model.architecture import logits_at
 from jointobj.objectives.base import LOSSES, LossOutput, check_finite
 from jointobj.objectives.self_condition import SelfConditioning
 
