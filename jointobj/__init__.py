@@ -47,6 +47,7 @@ from jointobj.objectives import (
     LogSumOrdersLoss,
     LossOutput,
     MixtureLoss,
+    Objective,
     TokenCELoss,
 )
 from jointobj.toysets.builtin import (
@@ -96,6 +97,7 @@ __all__ = [
     "LossOutput",
     "make_toyset",
     "MixtureLoss",
+    "Objective",
     "OracleDenoiser",
     "order_log_likelihood",
     "OrderProposal",

@@ -36,7 +36,7 @@ from jointobj.diffusion.batch import Batch, check_batch
 from jointobj.diffusion.likelihood import score_orders
 from jointobj.diffusion.orders import OrderProposal, Orders, check_orders, num_blocks
 from jointobj.diffusion.randomness import multinomial
-from jointobj.objectives.base import LOSSES, LossOutput, check_finite
+from jointobj.objectives.base import LOSSES, LossOutput, Objective, check_finite
 from jointobj.objectives.self_condition import SelfConditioning
 from jointobj.utils.checks import ALL, check_blocks, check_whole_number
 
@@ -67,7 +67,7 @@ def family_metrics(orders: Orders, loglik: torch.Tensor, posterior: torch.Tensor
 
 
 @LOSSES.register("logsum")
-class LogSumOrdersLoss(nn.Module):
+class LogSumOrdersLoss(Objective):
     """`loss_fn(denoiser, batch, generator=None, orders=None) -> LossOutput`.
 
     orders: fixed family list (M = its length), or pass `mixture={family: q}` and `num_orders=M`.
@@ -108,6 +108,10 @@ class LogSumOrdersLoss(nn.Module):
     def min_scorable_tokens(self) -> int:
         """The scorable tokens every row needs: K (each of the K blocks holds one or more)."""
         return 1 if self.blocks == ALL else self.blocks
+
+    def checkpoint_block_forwards(self) -> bool:
+        self.checkpoint = True
+        return True
 
     def extra_repr(self) -> str:
         return f"{self.proposal}, blocks={self.blocks!r}, mode={self.mode!r}, max_rows={self.max_rows}"

@@ -28,7 +28,6 @@ from jointobj.decoding.budget import parse_tokens_per_step
 from jointobj.decoding.registry import DECODERS
 from jointobj.evaluation.run_report import report_run
 from jointobj.model.denoiser import Denoiser
-from jointobj.objectives.logsum import LogSumOrdersLoss
 from jointobj.training.data import load_training_data
 from jointobj.training.embedded import ensure_base
 from jointobj.training.moved_options import MOVED_OPTIONS, moved_option_error
@@ -290,7 +289,7 @@ def run_recipe(argv: list[str] | None = None, default_config: str | Path | None 
     data = load_training_data(data_args.dataset, denoiser.tokenizer, data_args.samples_per_toyset, seed=config.seed,
                               max_length=denoiser.max_positions, vocab_size=denoiser.vocab_size,
                               mask_token_id=None if data_args.allow_mask_token_in_data else denoiser.mask_token_id,
-                              min_response_tokens=min_response_tokens(objective))  # bad rows fail now, not mid-run
+                              min_response_tokens=objective.min_scorable_tokens)  # bad rows fail now, not mid-run
     trainer = JointObjTrainer(denoiser, config, objective, train_dataset=data, processing_class=denoiser.tokenizer)
     settle_gradient_checkpointing(trainer, denoiser)
     trainer.train(resume_from_checkpoint=resume_target(config))
@@ -318,17 +317,10 @@ def settle_gradient_checkpointing(trainer: JointObjTrainer, denoiser: Denoiser) 
         return True
     for name in names:
         setattr(trainer.args, name, False)
-    chunks = [m for m in trainer.objective.modules() if isinstance(m, LogSumOrdersLoss)]
-    for loss in chunks:
-        loss.checkpoint = True
-    fallback = ("checkpointing the log-sum likelihood's block forwards instead" if chunks else
+    has_blocks = trainer.objective.checkpoint_block_forwards()
+    fallback = ("checkpointing the objective's block forwards instead" if has_blocks else
                 f"the {trainer.args.objective} objective has no block forwards to checkpoint, so none is used")
     if trainer.is_world_process_zero():
         print(f"--gradient_checkpointing: {type(denoiser.base_model_for_checkpointing).__name__} does not support "
               f"gradient checkpointing; {fallback}", flush=True)
     return False
-
-
-def min_response_tokens(objective: torch.nn.Module) -> int:
-    """The response tokens every row needs: K for a log-sum over K blocks (each block holds one or more)."""
-    return max((getattr(part, "min_scorable_tokens", 1) for part in objective.modules()), default=1)
