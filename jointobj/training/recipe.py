@@ -318,7 +318,8 @@ def settle_gradient_checkpointing(trainer: JointObjTrainer, denoiser: Denoiser) 
     for name in names:
         setattr(trainer.args, name, False)
     has_blocks = trainer.objective.checkpoint_block_forwards()
-    fallback = ("checkpointing the objective's block forwards instead" if has_blocks else
+    fallback = ("checkpointing the objective's block forwards (the log-sum likelihood's chunks) instead"
+                if has_blocks else
                 f"the {trainer.args.objective} objective has no block forwards to checkpoint, so none is used")
     if trainer.is_world_process_zero():
         print(f"--gradient_checkpointing: {type(denoiser.base_model_for_checkpointing).__name__} does not support "
