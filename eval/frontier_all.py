@@ -25,6 +25,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from jointobj.cli.progress import add_no_progress
 from jointobj.evaluation.benchmark import write_measurements
 from jointobj.evaluation.frontier import TARGET, TARGET_COLUMNS, setting_label, sweep_points, target_status
 from jointobj.evaluation.report import format_table, plot_frontier
@@ -71,6 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default="runs/frontier_all", help="the trained models, one folder per group")
     parser.add_argument("--json", default="runs/frontier_all.json", metavar="FILE")
     parser.add_argument("--plot", default="runs/frontier_all.png", metavar="PNG")
+    add_no_progress(parser)
     args = parser.parse_args(argv)
     unknown = [name for name in args.sets if name not in SETS]
     if unknown:

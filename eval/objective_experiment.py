@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from jointobj import Denoiser, evaluate
+from jointobj.cli.progress import add_no_progress
 from jointobj.evaluation.benchmark import write_measurements
 from jointobj.evaluation.order_nll import order_nll
 from jointobj.evaluation.report import format_table
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/objective_experiment")
     parser.add_argument("--json", default="runs/objective_experiment.json")
+    add_no_progress(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     compared = objectives(args.blocks)

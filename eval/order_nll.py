@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 from jointobj import Denoiser
+from jointobj.cli.progress import add_no_progress
 from jointobj.evaluation.benchmark import write_measurements
 from jointobj.evaluation.order_nll import order_nll
 from jointobj.toysets.builtin import load_toyset
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-rows", type=int, default=256, help="rows per forward")
     parser.add_argument("--trust-remote-code", action="store_true")
+    add_no_progress(parser)
     args = parser.parse_args(argv)
     if args.samples < 1:
         parser.error(f"--samples must be >= 1, got {args.samples}")

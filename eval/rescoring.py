@@ -37,6 +37,7 @@ import time
 
 import torch
 
+from jointobj.cli.progress import add_no_progress
 from jointobj.decoding.energies import build_energy
 from jointobj.decoding.registry import build_decoder
 from jointobj.decoding.rescore import RescoreSpec
@@ -72,6 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=125, help="prompts per batch (x N candidates)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on a shared machine)")
     parser.add_argument("--json", required=True, metavar="FILE")
+    add_no_progress(parser)
     return parser.parse_args(argv)
 
 

@@ -1,4 +1,4 @@
-"""`jointobj eval`: joint validity, fidelity and cost of parallel decoders on the marginal-trap toy sets.
+r"""`jointobj eval`: joint validity, fidelity and cost of parallel decoders on the marginal-trap toy sets.
 
     jointobj eval --oracle --toyset likes_tennis,cities,shuffle_3 \
         --decoder random,l2r,confidence,threshold --tokens-per-step 1,2,4,all \
@@ -53,6 +53,7 @@ import argparse
 
 import torch
 
+from jointobj.cli.progress import add_no_progress
 from jointobj.decoding.budget import parse_tokens_per_step
 from jointobj.decoding.registry import DECODERS, decoder_option_names
 from jointobj.decoding.rescore import RescoreSpec
@@ -97,6 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="with --model: also run the oracle (dashed in the plot)")
     parser.add_argument("--rescore", action="append", default=[], metavar="SPEC",
                         help="energy rescoring, MODE:ENERGY,N[,WHERE] (see above); repeatable, or joined by ';'")
+    add_no_progress(parser)
     args = parser.parse_args(argv)
     args.grid = dict(parse_grid(text) for text in args.grid)  # a malformed grid fails here, with an example
     args.tokens_per_step = [parse_tokens_per_step(k) for k in args.tokens_per_step]  # as is a bad K

@@ -1,4 +1,4 @@
-"""`jointobj lm-eval`: lm-evaluation-harness's command line with the `jointobj` model registered.
+r"""`jointobj lm-eval`: lm-evaluation-harness's command line with the `jointobj` model registered.
 
     jointobj lm-eval --model jointobj --model_args pretrained=runs/agreement,decoder=confidence,tokens_per_step=2 \
         --tasks my_task --include_path my_tasks/
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import sys
 
+from jointobj.cli.progress import take_no_progress
+
 
 def main(argv: list[str] | None = None) -> None:
     try:
@@ -21,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"jointobj lm-eval needs lm-evaluation-harness: pip install 'jointobj[lm-eval]' "
                          f"({error})") from error
     saved = sys.argv
-    sys.argv = ["jointobj lm-eval", *(sys.argv[1:] if argv is None else argv)]
+    sys.argv = ["jointobj lm-eval", *take_no_progress(sys.argv[1:] if argv is None else list(argv))]
     try:
         cli_evaluate()
     finally:

@@ -1,4 +1,4 @@
-"""`jointobj probe`: the frequency-collapse probe, what a model predicts at positions far from any visible token.
+r"""`jointobj probe`: the frequency-collapse probe, what a model predicts at positions far from any visible token.
 
     jointobj probe --model runs/agreement --toyset agreement --masks 32 \
         --json out/collapse.json --plot out/collapse.png
@@ -17,6 +17,7 @@ import argparse
 
 import torch
 
+from jointobj.cli.progress import add_no_progress
 from jointobj.evaluation.probes import mask_run_profile
 from jointobj.evaluation.report import format_table, plot_position_profile, write_json
 from jointobj.toysets.builtin import load_toyset
@@ -36,6 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompt-index", type=int, default=0, help="which of the set's prompts (conditional sets)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--trust-remote-code", action="store_true")
+    add_no_progress(parser)
     return parser.parse_args(argv)
 
 

@@ -1,4 +1,4 @@
-"""jointobj as an lm-evaluation-harness model (the optional `lm-eval` extra: pip install "jointobj[lm-eval]").
+r"""jointobj as an lm-evaluation-harness model (the optional `lm-eval` extra: pip install "jointobj[lm-eval]").
 
     jointobj lm-eval --model jointobj \
         --model_args pretrained=runs/agreement,decoder=threshold,threshold=0.9,tokens_per_step=2 \

@@ -67,6 +67,7 @@ from jointobj.model.loading import (
     given_or_saved_conventions,
     load_model,
     load_tokenizer,
+    quiet_peft,
     recorded_base,
     saved_settings,
 )
@@ -294,7 +295,8 @@ class Denoiser(nn.Module):
             raise ValueError("pass either a LoraConfig or keyword overrides, not both")
         if add_on_names(self.model):  # add-ons (jointobj/model/add_ons.py) train and checkpoint with the adapter
             config.modules_to_save = sorted(set(config.modules_to_save or []) | set(add_on_names(self.model)))
-        self.model = get_peft_model(self.model, config)
+        with quiet_peft():
+            self.model = get_peft_model(self.model, config)
         return self
 
     @property
@@ -394,7 +396,8 @@ class Denoiser(nn.Module):
             denoiser = cls._adapter_base(directory, base, mask_token_id=explicit, trust_remote_code=trust_remote_code,
                                          dtype=dtype, conventions=conventions)
             attach_add_ons(denoiser, add_ons)  # before peft reads the adapter, whose modules_to_save name them
-            denoiser.model = PeftModel.from_pretrained(denoiser.model, str(directory), is_trainable=is_trainable)
+            with quiet_peft():
+                denoiser.model = PeftModel.from_pretrained(denoiser.model, str(directory), is_trainable=is_trainable)
             tokenizer = load_tokenizer(directory, trust_remote_code)  # after the base's remote-code refusal
             if tokenizer is not None:
                 denoiser.tokenizer = tokenizer

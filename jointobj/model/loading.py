@@ -8,8 +8,10 @@ peft (safetensors first; `.bin` through `torch.load(weights_only=True)`).
 from __future__ import annotations
 
 import json
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -17,6 +19,16 @@ from torch import nn
 from jointobj.model.conventions import CONFIG_NAME
 
 ADAPTER_CONFIG = "adapter_config.json"
+
+
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Around our peft calls: peft (0.18) reads `model.is_gradient_checkpointing`, which transformers 5.x
+    renamed `is_activation_checkpointing` with a FutureWarning on every adapter built or loaded. Only that
+    message is silenced; on transformers 4.x the name is current and nothing warns."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def read_json(path: Path) -> dict:

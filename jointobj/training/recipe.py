@@ -153,14 +153,47 @@ def check_moved_flags(argv: list[str]) -> None:
             raise moved_option_error(name, value or None)
 
 
+# transformers 5 renamed these TrainingArguments (the old names warn); 4.x knows only the old ones.
+RENAMED_TRAINING_ARGS = {"gradient_checkpointing": "activation_checkpointing",
+                         "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
+
+
+def installed_name(name: str, known: set[str]) -> str:
+    """The name this transformers knows for a TrainingArguments field given under its old or new name
+    (activation_checkpointing on 5.x, gradient_checkpointing on 4.x), so one YAML runs on both, quietly."""
+    key = name.replace("-", "_")
+    renamed = {**RENAMED_TRAINING_ARGS, **{new: old for old, new in RENAMED_TRAINING_ARGS.items()}}
+    other = renamed.get(key)
+    if other is None:
+        return name
+    new = key if key in RENAMED_TRAINING_ARGS.values() else other
+    old = other if new == key else key
+    return new if new in known else old
+
+
+def _flag_names(argv: list[str], known: set[str]) -> list[str]:
+    """`argv` with renamed TrainingArguments flags (`--gradient_checkpointing[=V]`) under the installed name."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--"):
+            name, equals, value = arg[2:].partition("=")
+            arg = f"--{installed_name(name, known)}{equals}{value}"
+        out.append(arg)
+    return out
+
+
 def parse_recipe_args(argv: list[str] | None, default_config: str | Path | None):
     """(ModelArguments, DataArguments, JointObjConfig) from `--config YAML` then flags (flags win).
 
-    A YAML `null` keeps the field's default (it is not passed on as the string "None")."""
+    The YAML's values become the parser's defaults, checked and converted as the same flags would
+    be, so `--help` shows the values the run will use. A YAML `null` keeps the field's default (it
+    is not passed on as the string "None")."""
     argv = list(sys.argv[1:] if argv is None else argv)
     given, argv = _split_config_flag(argv)
     config_path = given if given is not None else default_config
-    from_yaml: list[str] = []
+    parser = HfArgumentParser((ModelArguments, DataArguments, JointObjConfig), usage=CONFIG_USAGE)
+    known = {action.dest for action in parser._actions}
+    argv = _flag_names(argv, known)
     if config_path is not None:
         path = Path(config_path)
         if not path.exists():
@@ -171,14 +204,21 @@ def parse_recipe_args(argv: list[str] | None, default_config: str | Path | None)
             raise ValueError(f"config {path} is not valid YAML: {error}") from error
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a mapping of argument names to values")
+        from_yaml: list[str] = []
         for key, value in values.items():
             if key in MOVED_OPTIONS:
                 raise moved_option_error(key, value)
             if value is not None:
-                from_yaml += [f"--{key}", _yaml_flag_value(value)]
+                from_yaml += [f"--{installed_name(key, known)}", _yaml_flag_value(value)]
+        parsed, unknown = parser.parse_known_args(from_yaml)
+        if unknown:
+            raise ValueError(f"config {path}: unknown keys {' '.join(a for a in unknown if a.startswith('--'))}; "
+                             "see --help for the known ones")
+        yaml_keys = [installed_name(key, known).replace("-", "_") for key, value in values.items() if value is not None]
+        parser.set_defaults(**{key: getattr(parsed, key) for key in yaml_keys})
+        parser.description = f"Defaults shown are {path}'s values where it sets them."
     check_moved_flags(argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, JointObjConfig), usage=CONFIG_USAGE)
-    return parser.parse_args_into_dataclasses(args=from_yaml + argv, look_for_args_file=False)
+    return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
 
 
 def join_process_group(config: JointObjConfig) -> None:
