@@ -226,9 +226,14 @@ class JointObjLM(LM):
 
 
 def main() -> None:
-    """lm-eval's command line, with the `jointobj` model registered."""
+    """lm-eval's command line, with the `jointobj` model registered and the toy-set tasks found by name."""
+    import sys
+
     from lm_eval.__main__ import cli_evaluate
 
+    from jointobj.evaluation.toyset_tasks import with_task_paths
+
+    sys.argv = [sys.argv[0], *with_task_paths(sys.argv[1:])]
     cli_evaluate()
 
 
