@@ -4,15 +4,16 @@
     add_no_progress(parser)          # --no-progress hides every bar as soon as it is parsed
 
 Progress bars (samples done and their rate, weights loading, lm-eval's requests) show on a terminal.
-`TQDM_DISABLE=1` in the environment hides them too: tqdm reads it when it is imported, so the flag
-also switches off the bars of libraries that tqdm was already imported into (transformers,
-huggingface_hub, datasets) and sets the variable for jointobj's own sampling loop, which reads it
-at each sweep.
+`TQDM_DISABLE=1` in the environment hides them too. tqdm reads it when it is imported, which is
+before any flag is parsed, so the flag makes disable=True tqdm's default itself (a bar that asks to
+show explicitly still shows), switches off transformers', huggingface_hub's and datasets' own
+switches, and sets the variable for jointobj's sampling loop, which reads it at each sweep.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from typing import Any
 
@@ -23,6 +24,12 @@ HELP = "hide progress bars (TQDM_DISABLE=1 does the same)"
 def hide_progress() -> None:
     """Switch off every progress bar from here on (jointobj's, transformers', huggingface_hub's, datasets')."""
     os.environ["TQDM_DISABLE"] = "1"
+    import tqdm.std
+
+    if not getattr(tqdm.std.tqdm.__init__, "hidden_by_jointobj", False):  # lm-eval's bars pass no `disable`
+        quiet = functools.partialmethod(tqdm.std.tqdm.__init__, disable=True)
+        quiet.hidden_by_jointobj = True
+        tqdm.std.tqdm.__init__ = quiet
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()

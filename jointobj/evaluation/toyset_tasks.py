@@ -1,4 +1,4 @@
-"""Toy sets as lm-evaluation-harness tasks: a generation task scored by the set's validator (joint
+r"""Toy sets as lm-evaluation-harness tasks: a generation task scored by the set's validator (joint
 validity, with its 95% Wilson interval) and a log-likelihood task scored against the set's exact law.
 
     jointobj lm-eval --model jointobj --model_args pretrained=runs/logsum,decoder=confidence,tokens_per_step=2 \

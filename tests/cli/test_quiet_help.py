@@ -49,14 +49,18 @@ def test_every_subcommand_takes_no_progress(name, capsys):
 
 
 def test_no_progress_switches_off_the_bars_of_libraries_already_imported(monkeypatch):
+    # Fails if only TQDM_DISABLE is set: tqdm read the environment when it was imported, long before.
+    import tqdm.std
     from transformers.utils import logging as transformers_logging
 
     from jointobj.cli.progress import take_no_progress
 
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setattr(tqdm.std.tqdm, "__init__", tqdm.std.tqdm.__dict__["__init__"])  # restored after
     try:
         assert take_no_progress(["--tasks", "x", "--no-progress"]) == ["--tasks", "x"]
         assert not transformers_logging.is_progress_bar_enabled()
+        assert tqdm.std.tqdm(range(3)).disable  # lm-eval's bars pass no `disable` of their own
         import os
 
         assert os.environ["TQDM_DISABLE"] == "1"  # jointobj's sampling loop reads it at each sweep
