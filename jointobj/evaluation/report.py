@@ -262,12 +262,14 @@ def plot_frontier(rows: Sequence[Mapping[str, Any]], path: str | Path, level: fl
 
 def plot_position_profile(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
     """Entropy and KL to the unigram vs distance from the context (the frequency-collapse probe)."""
-    figure, (left, right) = _figure(2, legend_width=1.2)
+    figure, (left, right) = _figure(2, legend_width=_legend_width(["prediction"]))
     distance = [r["distance"] for r in rows]
     left.plot(distance, [r["entropy"] for r in rows], marker="o", label="prediction")
     left.axhline(rows[0]["unigram_entropy"], color="grey", linestyle="--", label="unigram")
     left.set_ylabel("entropy (nats)")
-    figure.legend(loc="upper right", fontsize="small", frameon=False)  # beside the panels, not over a line
+    left_edge = 1 - (_legend_width(["prediction"]) + 0.05) / figure.get_figwidth()
+    figure.legend(loc="upper left", bbox_to_anchor=(left_edge, 1 - _MARGINS["top"] / figure.get_figheight()),
+                  fontsize="x-small", frameon=False)  # beside the panels, not over a line
     right.plot(distance, [r["kl_to_unigram"] for r in rows], marker="o", color="C1")
     right.set_ylabel("KL(prediction || unigram) (nats)")
     for ax in (left, right):

@@ -338,6 +338,7 @@ def run_recipe(argv: list[str] | None = None, default_config: str | Path | None 
         mark_finished(config.output_dir, trainer.state.global_step)
     rows: list[dict] = []
     if trainer.is_world_process_zero() and embedded and data_args.report_samples > 0:
+        print(f"\n{numerics()}", flush=True)
         rows = report_run(base, Path(config.output_dir), split_names(data_args.dataset),  # as the base read them
                           decoders=data_args.report_decoders.split(","),
                           tokens_per_step=data_args.report_tokens_per_step.split(","),
@@ -365,3 +366,11 @@ def settle_gradient_checkpointing(trainer: JointObjTrainer, denoiser: Denoiser) 
         print(f"--gradient_checkpointing: {type(denoiser.base_model_for_checkpointing).__name__} does not support "
               f"gradient checkpointing; {fallback}", flush=True)
     return False
+
+
+def numerics() -> str:
+    """What the run's figures depend on beside --seed and the code: one seed gives the same figures
+    with the same torch, threads and CPU kernels (README: "Numbers that hold")."""
+    return (f"numerics: torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), "
+            f"{torch.backends.cpu.get_cpu_capability()} kernels; the same seed repeats these figures bit for bit "
+            "only with all three the same")
