@@ -13,6 +13,8 @@ fine-tuned models compared by the joint-validity evaluator.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import sys
 from dataclasses import dataclass, field
@@ -178,7 +180,34 @@ def parse_recipe_args(argv: list[str] | None, default_config: str | Path | None)
                 from_yaml += [f"--{key}", _yaml_flag_value(value)]
     check_moved_flags(argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, JointObjConfig), usage=CONFIG_USAGE)
-    return parser.parse_args_into_dataclasses(args=from_yaml + argv, look_for_args_file=False)
+    args = fractional_warmup(from_yaml + argv)
+    return parser.parse_args_into_dataclasses(args=args, look_for_args_file=False)
+
+
+def fractional_warmup(args: list[str]) -> list[str]:
+    """`--warmup_steps 0.03` (a fraction of the run, as transformers 5 reads a value below 1) as
+    `--warmup_ratio 0.03` on transformers 4.x, whose warmup_steps takes whole steps only and whose
+    warmup_ratio (gone in 5) is that fraction. Unchanged where warmup_steps takes a float."""
+    fields = {field.name: field for field in dataclasses.fields(JointObjConfig)}
+    if "warmup_ratio" not in fields or fields["warmup_steps"].type not in (int, "int"):
+        return args
+    rewritten = list(args)
+    for at, arg in enumerate(rewritten):
+        name, equals, value = arg.partition("=")
+        if not name.startswith("--") or name[2:].replace("-", "_") != "warmup_steps":
+            continue
+        if not equals and at + 1 < len(rewritten):
+            value = rewritten[at + 1]
+        try:
+            fraction = float(value)
+        except ValueError:
+            continue
+        if 0 < fraction < 1:
+            if equals:
+                rewritten[at] = f"--warmup_ratio={value}"
+            else:
+                rewritten[at] = "--warmup_ratio"
+    return rewritten
 
 
 def join_process_group(config: JointObjConfig) -> None:
