@@ -50,6 +50,12 @@ class ModelArguments:
     )
     trust_remote_code: bool = field(default=False,
                                     metadata={"help": "Run modeling code shipped in the model directory."})
+    compat: bool = field(
+        default=True,
+        metadata={"help": "Load remote code written for transformers 4.x (LLaDA's, Dream's) on 5.x through "
+                          "jointobj's compatibility rules (jointobj/model/compat.py; the rules applied are listed in "
+                          "jointobj.json). --no_compat turns them off."},
+    )
     model_dtype: str | None = field(
         default=None,
         metadata={"help": "dtype the weights are loaded in: float32, bfloat16, float16, or auto (the checkpoint's). "
@@ -240,6 +246,7 @@ def load_denoiser(model_args: ModelArguments, path: str | Path, config: JointObj
     """The model to fine-tune, with a LoRA adapter unless lora_r is 0. The path is made absolute, so
     the adapter records a base that loads from any working directory."""
     denoiser = Denoiser.from_pretrained(Path(path).resolve(), trust_remote_code=model_args.trust_remote_code,
+                                        compat=model_args.compat,
                                         mask_token_id=model_args.mask_token_id, dtype=model_dtype(model_args, config))
     if model_args.lora_r > 0:
         targets = model_args.lora_target_modules
