@@ -29,9 +29,9 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["TESTED_TRANSFORMERS", "RULES", "RemoteCodeLoadError", "load_remote_code_model", "remote_code_error", "restore_use_cache",
-           "call_post_init", "accept_tie_weights_keywords", "default_rope_initialiser", "tied_weights_keys_as_mapping",
-           "recompute_rope_inv_freq"]
+__all__ = ["TESTED_TRANSFORMERS", "RULES", "RemoteCodeLoadError", "load_remote_code_model", "remote_code_error",
+           "restore_use_cache", "call_post_init", "accept_tie_weights_keywords", "default_rope_initialiser",
+           "tied_weights_keys_as_mapping", "recompute_rope_inv_freq"]
 
 # The transformers versions CI runs jointobj's tests on: setup.cfg's lower bound and the newest release tested.
 TESTED_TRANSFORMERS = ("4.57.1", "5.25.0")
@@ -181,7 +181,7 @@ def load_remote_code_model(auto_class: Any, directory: Path, config: Any, kwargs
     the model and the names of the rules applied, in the order applied."""
     class_name = _auto_map_class(directory, auto_class)
     enabled = () if not compat else tuple(rule.__name__ for rule in (*CONFIG_RULES, *CLASS_RULES, *MODEL_RULES))
-    applied: list[str] = [rule.__name__ for rule in CONFIG_RULES if rule.__name__ in enabled and rule(config, directory)]
+    applied = [rule.__name__ for rule in CONFIG_RULES if rule.__name__ in enabled and rule(config, directory)]
     model_class = None
     error: BaseException | None = None
     for _ in range(len(CLASS_RULES) + 1):
@@ -234,8 +234,8 @@ def _default_rope_in(model_class: type) -> Iterator[None]:
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     table = {**ROPE_INIT_FUNCTIONS, "default": _default_rope_parameters}
-    modules = {sys.modules[cls.__module__] for cls in model_class.__mro__
-               if cls.__module__ in sys.modules and not cls.__module__.startswith(("transformers.", "torch.", "builtins"))}
+    own = [cls.__module__ for cls in model_class.__mro__ if not cls.__module__.startswith(("transformers.", "torch."))]
+    modules = {sys.modules[name] for name in own if name in sys.modules}
     swapped = [(module, module.ROPE_INIT_FUNCTIONS) for module in modules
                if getattr(module, "ROPE_INIT_FUNCTIONS", None) is ROPE_INIT_FUNCTIONS]
     for module, _ in swapped:

@@ -14,7 +14,6 @@ fine-tuned models compared by the joint-validity evaluator.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import sys
 from dataclasses import dataclass, field

@@ -21,16 +21,17 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_model
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
-from safetensors.torch import save_model
 from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import PreTrainedTokenizerFast
 
 from jointobj.toysets.builtin import toy_tokenizer
 
 KINDS = {"dream_style": ("DreamStyleConfig", "DreamStyleModel"), "llada_style": ("LLaDAStyleConfig", "LLaDAStyleModel"),
-         "dream_legacy": ("DreamLegacyConfig", "DreamLegacyModel"), "llada_legacy": ("LLaDALegacyConfig", "LLaDALegacyModel")}
+         "dream_legacy": ("DreamLegacyConfig", "DreamLegacyModel"),
+         "llada_legacy": ("LLaDALegacyConfig", "LLaDALegacyModel")}
 # The transformers-4.x habits of each legacy kind, each answered by one rule of jointobj.model.compat on 5.x.
 LEGACY_QUIRKS = {
     "llada_legacy": {"no post_init": "call_post_init", "tie_weights() without keywords": "accept_tie_weights_keywords",
@@ -54,27 +55,30 @@ def conventions_tokenizer(with_mask_token: bool) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **special)
 
 
-def save_remote_model(kind: str, directory: Path, seed: int = 0, **config) -> Path:
-    """A tiny untrained model of `kind` ("dream_style" or "llada_style") saved as a remote-code directory."""
+def remote_model(kind: str, seed: int = 0, **config) -> torch.nn.Module:
+    """The tiny untrained model of `kind` (a key of KINDS) that save_remote_model(kind, DIR, seed) saves."""
     config_name, model_name = KINDS[kind]
     config_class = getattr(importlib.import_module(f"remote_models.configuration_{kind}"), config_name)
     model_class = getattr(importlib.import_module(f"remote_models.modeling_{kind}"), model_name)
-    tokenizer = conventions_tokenizer(with_mask_token=kind == "dream_style")
-    mask_id = toy_tokenizer().mask_token_id
-    settings = {"vocab_size": len(tokenizer), "mask_token_id": mask_id, "pad_token_id": tokenizer.pad_token_id,
-                "eos_token_id": tokenizer.eos_token_id, **config}
+    tokenizer = conventions_tokenizer(with_mask_token=kind.startswith("dream"))
+    settings = {"vocab_size": len(tokenizer), "mask_token_id": toy_tokenizer().mask_token_id,
+                "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id, **config}
     torch.manual_seed(seed)
+    with default_rope_for(model_class):
+        return model_class(config_class(**settings))
+
+
+def save_remote_model(kind: str, directory: Path, seed: int = 0, **config) -> Path:
+    """A tiny untrained model of `kind` (a key of KINDS) saved as a remote-code directory."""
+    model = remote_model(kind, seed, **config)
     directory = Path(directory)
     if kind in LEGACY_QUIRKS:
-        with default_rope_for(model_class):
-            model = model_class(config_class(**settings))
         save_legacy(model, directory)
     else:
-        config_class.register_for_auto_class()
-        model_class.register_for_auto_class("AutoModel")
-        model = model_class(config_class(**settings))
+        type(model.config).register_for_auto_class()
+        type(model).register_for_auto_class("AutoModel")
         model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    conventions_tokenizer(with_mask_token=kind.startswith("dream")).save_pretrained(directory)
     return directory
 
 
