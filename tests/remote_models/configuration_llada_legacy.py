@@ -25,3 +25,16 @@ class LLaDALegacyConfig(PretrainedConfig):
         self.weight_tying = weight_tying
         self.mask_token_id = mask_token_id
         super().__init__(use_cache=use_cache, pad_token_id=pad_token_id, eos_token_id=eos_token_id, **kwargs)
+
+    # The usual names, read-only, as LLaDA's config gives them (DeepSpeed's `auto` bucket sizes read hidden_size).
+    @property
+    def hidden_size(self):
+        return self.d_model
+
+    @property
+    def num_attention_heads(self):
+        return self.n_heads
+
+    @property
+    def num_hidden_layers(self):
+        return self.n_layers
