@@ -349,6 +349,11 @@ def settle_gradient_checkpointing(trainer: JointObjTrainer, denoiser: Denoiser) 
     if not any(getattr(trainer.args, name) for name in names):  # transformers 5 renamed it activation_checkpointing
         return False
     if denoiser.supports_gradient_checkpointing:
+        for name in ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"):
+            if hasattr(trainer.args, name) and getattr(trainer.args, name) is None:
+                # Non-reentrant, 5.x's default: 4.x's reentrant default gives a LoRA model (frozen embeddings,
+                # so checkpointed inputs that need no grad) a loss with no grad_fn.
+                setattr(trainer.args, name, {"use_reentrant": False})
         return True
     for name in names:
         setattr(trainer.args, name, False)
