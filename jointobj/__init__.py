@@ -38,6 +38,7 @@ from jointobj.diffusion.orders import ORDERS, OrderProposal, Orders
 from jointobj.evaluation.metrics import Cost, joint_validity, total_variation, tv_noise_floor, wilson_interval
 from jointobj.evaluation.sweep import evaluate, headline
 from jointobj.model.architecture import lora_target_modules
+from jointobj.model.compat import RemoteCodeLoadError
 from jointobj.model.denoiser import Denoiser
 from jointobj.model.energy_head import EnergyHead, attach_energy_head, head_energy
 from jointobj.model.soft_inputs import soft_input_embeddings, soft_state
@@ -77,6 +78,7 @@ __all__ = [
     "Cost",
     "DECODERS",
     "Denoiser",
+    "RemoteCodeLoadError",
     "DiffusionCollator",
     "ENERGIES",
     "Energy",

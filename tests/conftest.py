@@ -28,3 +28,16 @@ def tiny_model_dir(tmp_path_factory):
     from helpers import save_tiny_toy_model
 
     return save_tiny_toy_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_accelerate_environment():
+    """Each test starts with the ACCELERATE_* variables it found: transformers 4.x's TrainingArguments
+    sets ACCELERATE_USE_DEEPSPEED and ACCELERATE_MIXED_PRECISION in os.environ and leaves them, so a
+    DeepSpeed run in one test would turn DeepSpeed (in bf16) on for every later Trainer in the process."""
+    before = {key: value for key, value in os.environ.items() if key.startswith("ACCELERATE_")}
+    yield
+    for key in [key for key in os.environ if key.startswith("ACCELERATE_")]:
+        if key not in before:
+            del os.environ[key]
+    os.environ.update(before)

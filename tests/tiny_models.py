@@ -85,6 +85,7 @@ class TinyDiffusionConfig(PretrainedConfig):
         self.hidden_size = hidden_size
         self.mask_token_id = mask_token_id
         self.max_sequence_length = max_sequence_length
+        kwargs.setdefault("tie_word_embeddings", False)  # 4.x would tie lm_head to wte (its default is True)
         super().__init__(**kwargs)
 
 

@@ -102,6 +102,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow a model directory's own code")
+    parser.add_argument("--no-compat", dest="compat", action="store_false",
+                        help="no compatibility rules for 4.x-era remote code (jointobj/model/compat.py)")
     parser.add_argument("--compare-oracle", action="store_true",
                         help="with --model: also run the oracle (dashed in the plot)")
     parser.add_argument("--rescore", action="append", default=[], metavar="SPEC",
@@ -134,7 +136,8 @@ def load_denoiser(args: argparse.Namespace, toysets: list, model: str | None):
         return OracleDenoiser(*toysets)
     from jointobj.model.denoiser import Denoiser
 
-    denoiser = Denoiser.from_pretrained(model, trust_remote_code=args.trust_remote_code)
+    denoiser = Denoiser.from_pretrained(model, trust_remote_code=args.trust_remote_code,
+                                        compat=args.compat)
     return denoiser.to(args.device).eval()
 
 

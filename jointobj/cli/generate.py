@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow a model directory's own code")
     add_no_progress(parser)
+    parser.add_argument("--no-compat", dest="compat", action="store_false",
+                        help="no compatibility rules for 4.x-era remote code (jointobj/model/compat.py)")
     return parser.parse_args(argv)
 
 
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> list[str]:
              "bound": args.entropy_bound}
     options = {k: v for k, v in given.items() if v is not None and k in decoder_option_names(args.decoder)}
     prompts = read_prompts(args.prompts)
-    denoiser = Denoiser.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    denoiser = Denoiser.from_pretrained(args.model, trust_remote_code=args.trust_remote_code,
+                                        compat=args.compat)
     denoiser = denoiser.to(args.device).eval()
     texts = generate_texts(denoiser, prompts, args.decoder, args.gen_length, args.tokens_per_step, options=options,
                            stop=[_unescape(s) for s in args.stop], seed=args.seed, batch_size=args.batch_size)

@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--trust-remote-code", action="store_true")
     add_no_progress(parser)
+    parser.add_argument("--no-compat", dest="compat", action="store_false",
+                        help="no compatibility rules for 4.x-era remote code (jointobj/model/compat.py)")
     return parser.parse_args(argv)
 
 
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     args = parse_args(argv)
     toyset = load_toyset(args.toyset)
-    denoiser = Denoiser.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).to(args.device).eval()
+    denoiser = Denoiser.from_pretrained(args.model, trust_remote_code=args.trust_remote_code,
+                                        compat=args.compat).to(args.device).eval()
     rows = mask_run_profile(denoiser, toyset, args.masks, prompt_index=args.prompt_index)
     prompt = toyset.describe(toyset.prompts[args.prompt_index])
     write_json(args.json, [{**r, "model": args.model, "toyset": toyset.name, "prompt": prompt} for r in rows])

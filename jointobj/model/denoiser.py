@@ -105,6 +105,7 @@ class Denoiser(nn.Module):
         self.logit_shift, self.logit_shift_source = resolve_logit_shift(logit_shift, config)
         self.eos_token_id = resolve_eos_token_id(eos_token_id, tokenizer, config, self.vocab_size)
         self._warned_padding = False
+        self.compat_rules: tuple[str, ...] = ()  # jointobj/model/compat.py rules applied to load the model
         self.training = model.training  # the wrapper mirrors the model's mode; never changes it
         sharded = zero3_sharded(model)
         if sharded and (check_bidirectional or mask_blind is None):
@@ -121,8 +122,10 @@ class Denoiser(nn.Module):
             check_shift_on_text(self)  # a trained model with a tokenizer: warns if its behaviour says otherwise
 
     def extra_repr(self) -> str:
+        compat = f", compat_rules={list(self.compat_rules)}" if self.compat_rules else ""
         return (f"mask_token_id={self.mask_token_id}, "
-                + describe_settings(self.logit_shift, self.logit_shift_source, self.mask_blind, self.eos_token_id))
+                + describe_settings(self.logit_shift, self.logit_shift_source, self.mask_blind, self.eos_token_id)
+                + compat)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -338,6 +341,8 @@ class Denoiser(nn.Module):
         reads back, and the settings of the model's add-ons, which write their own weights here first
         (jointobj/model/add_ons.py). Written last, so its presence also marks a directory whose save finished."""
         settings: dict[str, Any] = dict(self.settings)
+        if self.compat_rules:  # a record of how the base was loaded (from_pretrained decides afresh)
+            settings["compat_rules"] = list(self.compat_rules)
         add_ons = save_add_ons(self.model, directory)
         if add_ons:
             settings["add_ons"] = add_ons
@@ -357,6 +362,7 @@ class Denoiser(nn.Module):
         dtype: torch.dtype | str | None = None,
         logit_shift: int | str | None = None,
         eos_token_id: int | None = None,
+        compat: bool = True,
     ) -> "Denoiser":
         """Load a local model directory, or an adapter directory on top of its base model.
 
@@ -379,6 +385,11 @@ class Denoiser(nn.Module):
 
         `logit_shift`, `eos_token_id`: as for Denoiser; else the values saved in jointobj.json
         (with the mask-blindness found when it was saved), else decided from the model.
+
+        `compat`: remote code written for transformers 4.x (LLaDA's, Dream's) that fails on 5.x in a
+        known way is loaded through the rules of jointobj/model/compat.py, applied to the loaded
+        classes and config (never to the files); the rules applied are in `compat_rules`, repr() and
+        jointobj.json. False turns them off. A failure no rule answers raises RemoteCodeLoadError.
         """
         directory = Path(path)
         check_directory(directory)
@@ -394,7 +405,7 @@ class Denoiser(nn.Module):
             from peft import PeftModel
 
             denoiser = cls._adapter_base(directory, base, mask_token_id=explicit, trust_remote_code=trust_remote_code,
-                                         dtype=dtype, conventions=conventions)
+                                         dtype=dtype, conventions=conventions, compat=compat)
             attach_add_ons(denoiser, add_ons)  # before peft reads the adapter, whose modules_to_save name them
             with quiet_peft():
                 denoiser.model = PeftModel.from_pretrained(denoiser.model, str(directory), is_trainable=is_trainable)
@@ -402,9 +413,11 @@ class Denoiser(nn.Module):
             if tokenizer is not None:
                 denoiser.tokenizer = tokenizer
         else:
-            model = load_model(directory, trust_remote_code=trust_remote_code, dtype=dtype)  # refuses remote code first
+            model, compat_rules = load_model(directory, trust_remote_code=trust_remote_code, dtype=dtype,
+                                             compat=compat)  # refuses remote code first
             denoiser = cls(model, mask_token_id=explicit, tokenizer=load_tokenizer(directory, trust_remote_code),
                            **conventions)
+            denoiser.compat_rules = compat_rules
             if logit_shift is None and conventions["logit_shift"] is not None:
                 denoiser.logit_shift_source = f"saved in {directory.name}/jointobj.json"
             if lora is not None:
@@ -414,7 +427,8 @@ class Denoiser(nn.Module):
 
     @classmethod
     def _adapter_base(cls, directory: Path, base: Any, *, mask_token_id: int | None, trust_remote_code: bool,
-                      dtype: torch.dtype | str | None, conventions: dict[str, Any]) -> "Denoiser":
+                      dtype: torch.dtype | str | None, conventions: dict[str, Any], compat: bool = True
+                      ) -> "Denoiser":
         """The Denoiser that the adapter in `directory` goes onto, from `base` (a directory, an nn.Module,
         a Denoiser without an adapter, or None for the base recorded in adapter_config.json).
 
@@ -433,7 +447,7 @@ class Denoiser(nn.Module):
         else:
             denoiser = cls.from_pretrained(base, trust_remote_code=trust_remote_code, mask_token_id=mask_token_id,
                                            dtype=dtype, logit_shift=conventions.get("logit_shift"),
-                                           eos_token_id=conventions.get("eos_token_id"))
+                                           eos_token_id=conventions.get("eos_token_id"), compat=compat)
         if denoiser.has_adapter:
             raise ValueError("base already carries an adapter; pass the model it was built on")
         if mask_token_id is not None:

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from jointobj.model.compat import load_remote_code_model, remote_code_error
 from jointobj.model.conventions import CONFIG_NAME
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -98,9 +99,11 @@ def check_directory(directory: Path) -> None:
         )
 
 
-def load_model(directory: Path, *, trust_remote_code: bool = False,
-               dtype: torch.dtype | str | None = None) -> nn.Module:
-    """The masked-LM model in `directory` (a `*ForMaskedLM`, or an `AutoModel` with an LM head via remote code).
+def load_model(directory: Path, *, trust_remote_code: bool = False, dtype: torch.dtype | str | None = None,
+               compat: bool = True) -> tuple[nn.Module, tuple[str, ...]]:
+    """The masked-LM model in `directory` (a `*ForMaskedLM`, or an `AutoModel` with an LM head via
+    remote code), and the names of the compatibility rules applied to load it (jointobj/model/compat.py:
+    remote code written for transformers 4.x, on 5.x; `compat=False` turns them off).
 
     `dtype`: a torch dtype, or "auto" for the checkpoint's own; None leaves it to transformers
     (float32 before 5.0, the checkpoint's dtype from 5.0 on), so pass one to be sure.
@@ -117,15 +120,23 @@ def load_model(directory: Path, *, trust_remote_code: bool = False,
         raise FileNotFoundError(f"{directory} has no config.json; it is not a saved Hugging Face model directory")
     _refuse_remote_code(directory, trust_remote_code, ("config.json",))
     auto_map = read_json(config_path).get("auto_map", {})
-    config = AutoConfig.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
+    remote = bool(auto_map) and trust_remote_code
+    try:
+        config = AutoConfig.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
+    except Exception as error:  # noqa: BLE001 - a remote config's own code failing is named, as a model's is
+        if not remote:
+            raise
+        raise remote_code_error(directory, str(auto_map.get("AutoConfig", "AutoConfig")), error, [], compat) from error
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
     model_type = getattr(config, "model_type", None)
-    if "AutoModelForMaskedLM" in auto_map or model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
-        return AutoModelForMaskedLM.from_pretrained(str(directory), config=config, **kwargs)
-    if "AutoModel" in auto_map:  # LLaDA / Dream register their LM under AutoModel
-        return AutoModel.from_pretrained(str(directory), config=config, **kwargs)
+    masked = "AutoModelForMaskedLM" in auto_map or model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    if masked or "AutoModel" in auto_map:  # LLaDA / Dream register their LM under AutoModel
+        auto_class = AutoModelForMaskedLM if masked else AutoModel
+        if remote and auto_class.__name__ in auto_map:
+            return load_remote_code_model(auto_class, directory, config, kwargs, compat=compat)
+        return auto_class.from_pretrained(str(directory), config=config, **kwargs), ()
     if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ValueError(
             f"{directory} holds a causal LM ({model_type}); masked diffusion needs a bidirectional masked LM "

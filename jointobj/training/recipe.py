@@ -13,6 +13,7 @@ fine-tuned models compared by the joint-validity evaluator.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
@@ -48,6 +49,12 @@ class ModelArguments:
     )
     trust_remote_code: bool = field(default=False,
                                     metadata={"help": "Run modeling code shipped in the model directory."})
+    compat: bool = field(
+        default=True,
+        metadata={"help": "Load remote code written for transformers 4.x (LLaDA's, Dream's) on 5.x through "
+                          "jointobj's compatibility rules (jointobj/model/compat.py; the rules applied are listed in "
+                          "jointobj.json). --no_compat turns them off."},
+    )
     model_dtype: str | None = field(
         default=None,
         metadata={"help": "dtype the weights are loaded in: float32, bfloat16, float16, or auto (the checkpoint's). "
@@ -210,15 +217,42 @@ def parse_recipe_args(argv: list[str] | None, default_config: str | Path | None)
                 raise moved_option_error(key, value)
             if value is not None:
                 from_yaml += [f"--{installed_name(key, known)}", _yaml_flag_value(value)]
+        from_yaml = fractional_warmup(from_yaml)
         parsed, unknown = parser.parse_known_args(from_yaml)
         if unknown:
             raise ValueError(f"config {path}: unknown keys {' '.join(a for a in unknown if a.startswith('--'))}; "
                              "see --help for the known ones")
-        yaml_keys = [installed_name(key, known).replace("-", "_") for key, value in values.items() if value is not None]
+        yaml_keys = [flag[2:].replace("-", "_") for flag in from_yaml[::2]]  # [--name, value] pairs
         parser.set_defaults(**{key: getattr(parsed, key) for key in yaml_keys})
         parser.description = f"Defaults shown are {path}'s values where it sets them."
     check_moved_flags(argv)
-    return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    return parser.parse_args_into_dataclasses(args=fractional_warmup(argv), look_for_args_file=False)
+
+
+def fractional_warmup(args: list[str]) -> list[str]:
+    """`--warmup_steps 0.03` (a fraction of the run, as transformers 5 reads a value below 1) as
+    `--warmup_ratio 0.03` on transformers 4.x, whose warmup_steps takes whole steps only and whose
+    warmup_ratio (gone in 5) is that fraction. Unchanged where warmup_steps takes a float."""
+    fields = {field.name: field for field in dataclasses.fields(JointObjConfig)}
+    if "warmup_ratio" not in fields or fields["warmup_steps"].type not in (int, "int"):
+        return args
+    rewritten = list(args)
+    for at, arg in enumerate(rewritten):
+        name, equals, value = arg.partition("=")
+        if not name.startswith("--") or name[2:].replace("-", "_") != "warmup_steps":
+            continue
+        if not equals and at + 1 < len(rewritten):
+            value = rewritten[at + 1]
+        try:
+            fraction = float(value)
+        except ValueError:
+            continue
+        if 0 < fraction < 1:
+            if equals:
+                rewritten[at] = f"--warmup_ratio={value}"
+            else:
+                rewritten[at] = "--warmup_ratio"
+    return rewritten
 
 
 def join_process_group(config: JointObjConfig) -> None:
@@ -251,6 +285,7 @@ def load_denoiser(model_args: ModelArguments, path: str | Path, config: JointObj
     """The model to fine-tune, with a LoRA adapter unless lora_r is 0. The path is made absolute, so
     the adapter records a base that loads from any working directory."""
     denoiser = Denoiser.from_pretrained(Path(path).resolve(), trust_remote_code=model_args.trust_remote_code,
+                                        compat=model_args.compat,
                                         mask_token_id=model_args.mask_token_id, dtype=model_dtype(model_args, config))
     if model_args.lora_r > 0:
         targets = model_args.lora_target_modules
@@ -355,6 +390,11 @@ def settle_gradient_checkpointing(trainer: JointObjTrainer, denoiser: Denoiser) 
     if not any(getattr(trainer.args, name) for name in names):  # transformers 5 renamed it activation_checkpointing
         return False
     if denoiser.supports_gradient_checkpointing:
+        for name in ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"):
+            if hasattr(trainer.args, name) and getattr(trainer.args, name) is None:
+                # Non-reentrant, 5.x's default: 4.x's reentrant default gives a LoRA model (frozen embeddings,
+                # so checkpointed inputs that need no grad) a loss with no grad_fn.
+                setattr(trainer.args, name, {"use_reentrant": False})
         return True
     for name in names:
         setattr(trainer.args, name, False)

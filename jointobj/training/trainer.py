@@ -165,6 +165,15 @@ class JointObjTrainer(Trainer):
         self._rotate_after_confirmation()  # training ended normally: the last checkpoint holds the result
         return output
 
+    def create_optimizer(self, *args: Any, **kwargs: Any):
+        """transformers' optimizer without its parameter groups that hold no parameter (with LoRA the
+        no-weight-decay group is empty). DeepSpeed's ZeRO optimizer leaves empty groups out, while
+        transformers 4.x builds the LR scheduler on the groups as created; the scheduler then steps one
+        group more than the optimizer has (torch: `zip() argument 2 is longer than argument 1`)."""
+        optimizer = super().create_optimizer(*args, **kwargs)
+        optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]
+        return optimizer
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         denoiser = self.denoiser.routed_through(model)  # model may be the DeepSpeed engine
         try:

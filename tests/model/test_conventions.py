@@ -495,7 +495,7 @@ def test_jointobj_losses_train_the_remote_models(kind, objective, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["dream_style", "llada_style"])
+@pytest.mark.parametrize("kind", ["dream_style", "llada_style", "dream_legacy", "llada_legacy"])
 def test_recipe_runs_two_steps_on_the_remote_models(kind, tmp_path, capsys):
     from jointobj.training.recipe import run_recipe
 
@@ -509,6 +509,6 @@ def test_recipe_runs_two_steps_on_the_remote_models(kind, tmp_path, capsys):
                          "--disable_tqdm", "true"])
     assert result.trainer.state.global_step == 2
     said = capsys.readouterr().out
-    own = kind == "dream_style"  # the LLaDA-style code has no gradient checkpointing: the recipe says so
+    own = kind.startswith("dream")  # the LLaDA-style code has no gradient checkpointing: the recipe says so
     assert ("does not support gradient checkpointing; checkpointing the objective's block forwards" in said) != own
     assert load(tmp_path / "out").settings == result.denoiser.settings

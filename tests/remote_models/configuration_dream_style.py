@@ -22,4 +22,5 @@ class DreamStyleConfig(PretrainedConfig):
         self.max_position_embeddings = max_position_embeddings
         self.rope_theta = rope_theta
         self.mask_token_id = mask_token_id
+        kwargs.setdefault("tie_word_embeddings", False)  # as Dream's; 4.x would tie lm_head otherwise
         super().__init__(pad_token_id=pad_token_id, eos_token_id=eos_token_id, **kwargs)

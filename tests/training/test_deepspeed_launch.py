@@ -67,3 +67,41 @@ def test_two_cpu_ranks_train_and_save_a_reloadable_adapter(zero, objective, mode
     with torch.no_grad():  # the check above can fail: training moved the logits (under ZeRO-3 through the
         # checkpointed log-sum block forwards alone, which reach the weights only with a grad-requiring input)
         assert not torch.allclose(untrained(input_ids=probe["input_ids"]), probe["logits"], atol=1e-4)
+
+
+@pytest.mark.slow  # two launched ranks per model, a few minutes on two CPU cores
+@pytest.mark.parametrize("kind", ["llada_legacy", "dream_legacy"])
+def test_two_cpu_ranks_train_the_4x_style_remote_models_under_zero2(kind, tmp_path):
+    # LLaDA's and Dream's habits (tests/remote_models' *_legacy models, loaded through jointobj's
+    # compatibility rules on transformers 5.x, as they are on 4.57): LoRA, TokenCE + log-sum, ZeRO-2,
+    # two ranks; the adapter reloads in this process with the logits the ranks computed.
+    import transformers
+
+    from remote_models import LEGACY_QUIRKS, save_remote_model
+
+    base = save_remote_model(kind, tmp_path / kind)
+    output_dir = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
+        str(ROOT / "tests" / "launched_recipe.py"), "--config", str(ROOT / "recipes" / "configs" / f"{RECIPE}.yaml"),
+        "--model_name_or_path", str(base), "--trust_remote_code", "--dataset", "likes_tennis,cities",
+        "--samples_per_toyset", "32", "--objective", "mixture",
+        "--objective_kwargs", json.dumps({"logsum": {"blocks": 2, "max_rows": 8}}),
+        "--deepspeed", str(ROOT / "ds_configs" / "zero2.json"), "--output_dir", str(output_dir),
+        "--max_steps", "2", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--save_steps", "2",
+        "--disable_tqdm", "true", "--report_samples", "0",
+    ]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(
+                             [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])})
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    state = json.loads((output_dir / "checkpoint-2" / "trainer_state.json").read_text())
+    losses = [row["loss"] for row in state["log_history"] if "loss" in row]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    five = int(transformers.__version__.split(".")[0]) >= 5
+    recorded = json.loads((output_dir / "jointobj.json").read_text()).get("compat_rules", [])
+    assert set(recorded) == (set(LEGACY_QUIRKS[kind].values()) if five else set())
+    probe = torch.load(output_dir / "probe.pt")
+    reloaded = Denoiser.from_pretrained(output_dir, trust_remote_code=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=probe["input_ids"]), probe["logits"], atol=1e-4, rtol=1e-4)
