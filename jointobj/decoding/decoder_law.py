@@ -104,6 +104,19 @@ class DecoderOrder:
         except TypeError as error:
             raise ValueError(f"decoder order {spec!r}: {error}") from error
 
+    @classmethod
+    def of_decoder(cls, name: str, tokens_per_step: int | None, options: dict[str, Any]) -> "DecoderOrder | None":
+        """The decoder `build_decoder(name, tokens_per_step, **options)` as a DecoderOrder, or None when its
+        law is not this likelihood (not a state-determined policy, T != 1, semi-AR blocks, stop_at_eos)."""
+        if name not in POLICIES or name in NOT_STATE_DETERMINED:
+            return None
+        options = dict(options)
+        if options.pop("temperature", 1.0) != 1.0 or options.pop("block_length", None) is not None \
+                or options.pop("stop_at_eos", False):
+            return None
+        steps = options.pop("steps", None)
+        return cls(name, tuple(sorted(options.items())), None if steps is not None else tokens_per_step, steps)
+
     def __str__(self) -> str:
         parts = [self.policy_name, *(f"{k}={v}" for k, v in self.options)]
         if self.steps is not None:

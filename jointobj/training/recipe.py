@@ -327,8 +327,10 @@ def seed_everything(config: JointObjConfig) -> None:
     (enable_full_determinism if config.full_determinism else set_seed)(config.seed)
 
 
-def run_recipe(argv: list[str] | None = None, default_config: str | Path | None = None) -> RecipeResult:
-    """Parse arguments, (pre)train the base if embedded, fine-tune, save the adapter, report."""
+def run_recipe(argv: list[str] | None = None, default_config: str | Path | None = None,
+               callbacks: list[Any] | None = None) -> RecipeResult:
+    """Parse arguments, (pre)train the base if embedded, fine-tune, save the adapter, report.
+    `callbacks`: extra transformers TrainerCallbacks (e.g. a wall-clock stop for equal-compute runs)."""
     model_args, data_args, config = parse_recipe_args(argv, default_config)
     embedded = model_args.model_name_or_path is None
     base = Path(model_args.base_dir if embedded else model_args.model_name_or_path)
@@ -358,7 +360,8 @@ def run_recipe(argv: list[str] | None = None, default_config: str | Path | None 
                               max_length=denoiser.max_positions, vocab_size=denoiser.vocab_size,
                               mask_token_id=None if data_args.allow_mask_token_in_data else denoiser.mask_token_id,
                               min_response_tokens=min_response_tokens(objective))  # bad rows fail now, not mid-run
-    trainer = JointObjTrainer(denoiser, config, objective, train_dataset=data, processing_class=denoiser.tokenizer)
+    trainer = JointObjTrainer(denoiser, config, objective, train_dataset=data, processing_class=denoiser.tokenizer,
+                              callbacks=callbacks)
     settle_gradient_checkpointing(trainer, denoiser)
     trainer.train(resume_from_checkpoint=resume_target(config))
     trainer.save_model(config.output_dir)  # the adapter only (PEFT format) when LoRA is on, and jointobj.json
