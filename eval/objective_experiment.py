@@ -79,9 +79,9 @@ def decode_points(bound: float) -> list[SweepPoint]:
     points = [SweepPoint("l2r", 1)]
     for steps in (2, 3):
         for name in BUDGET_DECODERS:
-            options = {"entropy_bounded": [(), (("bound", bound),)]}.get(name, [()])
-            for extra in options:
-                points.append(SweepPoint(name, None, tuple(sorted((*extra, ("steps", steps)))), ("steps", *dict(extra))))
+            for extra in {"entropy_bounded": [(), (("bound", bound),)]}.get(name, [()]):
+                options = tuple(sorted((*extra, ("steps", steps))))
+                points.append(SweepPoint(name, None, options, ("steps", *dict(extra))))
     return points
 
 

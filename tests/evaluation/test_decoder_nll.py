@@ -9,8 +9,9 @@ SAMPLES = 2000
 
 
 def test_the_oracle_one_token_per_step_reaches_the_entropy_and_a_budget_pays_for_invalid_mass():
-    rows = {r["decoder"]: r for r in evaluate(OracleDenoiser("agreement"), ["agreement"], ["l2r", "confidence", "random"],
-                                              [1], SAMPLES, decoder_options={"confidence": {"steps": 2}})}
+    rows = evaluate(OracleDenoiser("agreement"), ["agreement"], ["l2r", "confidence", "random"], [1], SAMPLES,
+                    decoder_options={"confidence": {"steps": 2}})
+    rows = {r["decoder"]: r for r in rows}
     assert math.isclose(rows["l2r"]["decoder_nll"], rows["l2r"]["entropy_nats"], abs_tol=1e-4)  # the exact law
     # agreement is uniform on its support, so the decoder's mass on valid answers is |support| exp(-NLL):
     # the probability that it decodes a valid answer, which its samples estimate.
