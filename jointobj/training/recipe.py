@@ -24,16 +24,19 @@ import yaml
 from accelerate import PartialState
 from transformers import HfArgumentParser, enable_full_determinism, set_seed
 
+from jointobj.decoding.decoder_law import parse_decoder_orders
 from jointobj.decoding.registry import DECODERS
 from jointobj.evaluation.frontier import (
     REPORT_GRID,
     TARGET_COLUMNS,
+    SweepPoint,
     parse_tokens_per_step,
     registered_grid,
     setting_label,
     sweep_points,
     target_status,
 )
+from jointobj.evaluation.metrics import validity_fell
 from jointobj.evaluation.report import format_table, plot_frontier, write_json
 from jointobj.evaluation.sweep import evaluate, headline
 from jointobj.model.denoiser import Denoiser
@@ -247,8 +250,9 @@ def report(base_dir: Path, tuned_dir: Path, data_args: DataArguments, config: Jo
         "fine-tuned": Denoiser.from_pretrained(tuned_dir).eval(),
         "oracle": OracleDenoiser(*names),
     }
-    points = sweep_points(data_args.report_decoders.split(","), data_args.report_tokens_per_step.split(","),
-                          grid=registered_grid(REPORT_GRID))
+    points = trained_for_points(config.train_for) + sweep_points(
+        data_args.report_decoders.split(","), data_args.report_tokens_per_step.split(","),
+        grid=registered_grid(REPORT_GRID))
     rows = []
     for label, denoiser in models.items():
         for row in evaluate(denoiser, names, points=points, samples=data_args.report_samples, seed=config.seed):
@@ -257,17 +261,25 @@ def report(base_dir: Path, tuned_dir: Path, data_args: DataArguments, config: Jo
     for row in rows:
         line = table.setdefault((row["toyset"], row["decoder"], setting_label(row)), {
             "toyset": row["toyset"], "decoder": row["decoder"], "setting": setting_label(row),
-            "tv floor": row["tv_floor"]})
+            "tv floor": row["tv_floor"], "cov exact": row["coverage_exact"]})
         line.update({f"{row['model']} tok/step": row["tokens_per_step"], f"{row['model']} valid": row["validity"],
-                     f"{row['model']} tv": row["tv"]})
+                     f"{row['model']} cov": row["coverage"], f"{row['model']} tv": row["tv"]})
+        line[f"{row['model']} n"] = row["samples"]
         if row["model"] == "fine-tuned":
             line["rows/token"] = row["rows_per_token"]
             line["fine-tuned valid 95%"] = f"{row['validity_low']:.3f}-{row['validity_high']:.3f}"  # Wilson
-    per_model = [f"{label} {what}" for label in models for what in ("tok/step", "valid", "tv")]
+    harmed = mark_harm(list(table.values()))
+    per_model = [f"{label} {what}" for label in models for what in ("tok/step", "valid", "cov", "tv")]
     per_model.insert(per_model.index("fine-tuned valid") + 1, "fine-tuned valid 95%")
-    print(f"\nvalidity, TV and tokens per step ({data_args.report_samples} samples per cell; rows/token of the "
-          "fine-tuned model: forward rows per generated token)")
-    print(format_table(list(table.values()), ["toyset", "decoder", "setting", *per_model, "tv floor", "rows/token"]))
+    trained = f"; trained for {config.train_for}, its settings first" if config.train_for else ""
+    print(f"\nvalidity, coverage (beside what exact sampling covers), TV and tokens per step "
+          f"({data_args.report_samples} samples per cell; rows/token of the fine-tuned model: forward rows per "
+          f"generated token{trained}; harm: validity fell from base to fine-tuned by more than 2 standard errors)")
+    print(format_table(list(table.values()), ["toyset", "decoder", "setting", *per_model, "cov exact", "tv floor",
+                                              "rows/token", "harm"]))
+    print(f"\ndo no harm: {len(harmed)} setting(s) fell by more than 2 standard errors"
+          + "".join(f"\n  {h['toyset']} {h['decoder']} {h['setting']}: {h['base valid']:.3f} -> "
+                    f"{h['fine-tuned valid']:.3f}" for h in harmed))
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for label in models:
         for head in headline([r for r in rows if r["model"] == label]):
@@ -288,6 +300,28 @@ def report(base_dir: Path, tuned_dir: Path, data_args: DataArguments, config: Jo
     plot_frontier(rows, out / "report.png")
     print(f"\nreport: {out / 'report.json'}, plot: {out / 'report.png'}, adapter: {out}")
     return rows
+
+
+def trained_for_points(train_for: str | None) -> list[SweepPoint]:
+    """The report's first settings: each decoder trained for, at its budget (a `train_for` spec)."""
+    points = []
+    for order in parse_decoder_orders(train_for or ""):
+        options = order.decoder_options
+        points.append(SweepPoint(order.policy_name, order.tokens_per_step, tuple(sorted(options.items())),
+                                 tuple(options)))
+    return points
+
+
+def mark_harm(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Set `harm` on each report line whose validity fell from base to fine-tuned by more than two
+    standard errors (`validity_fell`); return those lines."""
+    harmed = []
+    for line in lines:
+        if "base valid" in line and "fine-tuned valid" in line and validity_fell(
+                line["base valid"], line["base n"], line["fine-tuned valid"], line["fine-tuned n"]):
+            line["harm"] = "FELL"
+            harmed.append(line)
+    return harmed
 
 
 def check_output_dir(output_dir: str | Path, model_dir: str | Path) -> None:
