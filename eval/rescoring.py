@@ -47,7 +47,8 @@ from jointobj.utils.registry import split_names
 
 SETS = "likes_tennis,cities,shuffle_3,shuffle_6,latin_square_4,sudoku_4,agreement"
 COLUMNS = ["toyset", "decoder", "requested_tokens_per_step", "tokens_per_step", "validity", "validity_low",
-           "validity_high", "tv", "tv_floor", "steps_per_sample", "rows_per_sample", "wall_s"]
+           "validity_high", "coverage", "coverage_exact", "tv", "tv_floor", "steps_per_sample", "rows_per_sample",
+           "wall_s"]
 TARGET_VALIDITY, TARGET_TV_GAP, TARGET_TOKENS_PER_STEP, LONG = 0.99, 0.02, 4.0, 8
 PARTIAL = ("self", "exact")  # energies that marginalise masked positions (the `step` scope)
 

@@ -62,7 +62,8 @@ from jointobj.toysets.builtin import load_toyset
 from jointobj.utils.registry import split_names
 
 COLUMNS = ["toyset", "decoder", "knobs", "requested_tokens_per_step", "tokens_per_step", "validity", "validity_low",
-           "validity_high", "tv", "tv_floor", "coverage", "coverage_exact", "steps_per_sample", "rows_per_sample",
+           "validity_high", "tv", "tv_floor", "coverage", "coverage_exact", "decoder_nll", "entropy_nats",
+           "steps_per_sample", "rows_per_sample",
            "rows_per_token", "wall_s"]
 TARGET_COLUMNS = ["model", "toyset", "met", "reference_validity", "reference_tv", "best_decoder", "best_knobs",
                   "best_tokens_per_step", "best_validity", "best_tv", "best_rows_per_token"]
