@@ -155,7 +155,11 @@ def decoder_blocks(denoiser: nn.Module, batch: Batch, scorable: torch.Tensor,
     input_ids = batch["input_ids"]  # [b, l]
     attention = batch.get("attention_mask")
     mask_id = int(denoiser.mask_token_id)
-    budget = order.budget(scorable.sum(-1))  # [b]
+    lengths = scorable.sum(-1)  # [b]
+    budget = order.budget(lengths)  # [b]
+    # The policy sees the answer as the sampler does: answer position j of row b at column j ([b, n] coordinates)
+    column = torch.where(scorable, scorable.long().cumsum(-1) - 1, -1)  # [b, l] answer column of each position
+    width = int(lengths.max()) if len(lengths) else 0
     block = torch.full_like(input_ids, -1)  # [b, l]
     log_prob = torch.zeros(input_ids.shape[0], dtype=torch.float64, device=input_ids.device)  # [b]
     step = 0
@@ -165,18 +169,25 @@ def decoder_blocks(denoiser: nn.Module, batch: Batch, scorable: torch.Tensor,
             live = open_positions.any(1).nonzero().squeeze(1)  # [a]
             if len(live) == 0:
                 break
-            eligible = open_positions[live]  # [a, l]
-            noisy = input_ids[live].masked_fill(eligible, mask_id)  # [a, l] the state s_k
-            picked = logits_at(denoiser, eligible, input_ids=noisy,
+            is_open = open_positions[live]  # [a, l]
+            noisy = input_ids[live].masked_fill(is_open, mask_id)  # [a, l] the state s_k
+            picked = logits_at(denoiser, is_open, input_ids=noisy,
                                attention_mask=None if attention is None else attention[live])  # [t, V]
             picked = picked.float().index_fill(-1, torch.tensor([mask_id], device=picked.device), EXCLUDED_LOGIT)
-            logits = picked.new_full((*eligible.shape, picked.shape[-1]), EXCLUDED_LOGIT)  # [a, l, V]
-            logits[eligible] = picked  # ineligible positions are never chosen: their logits are not read
+            row, _ = is_open.nonzero(as_tuple=True)  # [t]
+            at = column[live][is_open]  # [t] answer column of each open position
+            logits = picked.new_full((len(live), width, picked.shape[-1]), EXCLUDED_LOGIT)  # [a, n, V]
+            logits[row, at] = picked  # closed columns are never chosen: their logits are not read
+            eligible = torch.zeros(len(live), width, dtype=torch.bool, device=input_ids.device)  # [a, n]
+            eligible[row, at] = True
             quota = step_quota(eligible.sum(1), budget[live] - step)  # [a]
-            commit = order.policy.select(logits, eligible, quota)  # [a, l]
-            token = logits.double().log_softmax(-1).gather(-1, input_ids[live][..., None]).squeeze(-1)  # [a, l]
-            log_prob.index_add_(0, live, token.masked_fill(~commit, 0.0).sum(1))
-            block[live] = torch.where(commit, step, block[live])
+            commit = order.policy.select(logits, eligible, quota)[row, at]  # [t] chosen among the open positions
+            data = input_ids[live][is_open]  # [t]
+            token = picked.double().log_softmax(-1).gather(-1, data[:, None]).squeeze(-1)  # [t]
+            log_prob.index_add_(0, live[row], token.masked_fill(~commit, 0.0))
+            chosen = torch.zeros_like(is_open)  # [a, l]
+            chosen[is_open] = commit
+            block[live] = torch.where(chosen, step, block[live])
             step += 1
     return block, log_prob
 

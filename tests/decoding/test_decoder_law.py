@@ -80,7 +80,7 @@ class DataTokenProbability(ConfidenceTopK):
     teacher-forced pass can see and the sampler cannot) instead of the policy's own score."""
 
     def __init__(self, data: torch.Tensor):
-        self.data = data  # [b, l] the teacher-forced ids (every row stays live under a top-k policy)
+        self.data = data  # [b, n] the teacher-forced answers (every row stays live under a top-k policy)
 
     def scores(self, logits, generator):
         return logits.softmax(-1).gather(-1, self.data[..., None]).squeeze(-1)  # [b, l]
@@ -90,7 +90,7 @@ def test_ranking_by_the_data_tokens_probability_breaks_the_law():
     # The enumeration above has teeth: the same pass with the wrong score is no distribution.
     batch = batch_of(every_answer())
     order = spec("confidence", "steps=2")
-    object.__setattr__(order, "policy", DataTokenProbability(batch["input_ids"]))
+    object.__setattr__(order, "policy", DataTokenProbability(batch["input_ids"][:, 1:]))  # answer columns
     with torch.no_grad():
         loglik = decoder_log_likelihood(sharp_denoiser(), batch, [order])[:, 0]
     assert abs(float(loglik.double().exp().sum()) - 1.0) > 1e-2
