@@ -15,6 +15,11 @@ and learning rate:
 - token_ce    TokenCE continued for as many wall-clock seconds as the slowest of the above took
               (its steps and seconds are printed: equal compute, not equal steps).
 
+With `--plan N`, an order is also planned on the base for each budget (jointobj.decoding.decoder_law.plan_order:
+of l2r, r2l and N random permutations, the one whose decoder law gives the set's answers the highest
+likelihood at that budget) and every model is decoded with it too (`planned`); `--train-planned`
+adds a fine-tune law[planned] for each planned budget of `--train-planned`.
+
 Every model (base, fine-tunes, and the exact oracle) is then decoded at T = 1 at one token per step
 (l2r) and at 2 and 3 steps per answer with confidence, l2r, threshold (0.9) and entropy_bounded
 (0.1 nats and `--bound`): validity with its standard error, coverage beside what exact sampling
@@ -34,7 +39,7 @@ import torch
 from transformers import TrainerCallback
 
 from jointobj import Denoiser
-from jointobj.decoding.decoder_law import DecoderOrder, parse_decoder_orders
+from jointobj.decoding.decoder_law import DecoderOrder, parse_decoder_orders, plan_order
 from jointobj.evaluation.benchmark import write_measurements
 from jointobj.evaluation.frontier import SweepPoint
 from jointobj.evaluation.report import format_table
@@ -85,6 +90,17 @@ def decode_points(bound: float) -> list[SweepPoint]:
     return points
 
 
+def planned_orders(base: Denoiser, toyset, budgets: list[int], candidates: int, seed: int) -> dict[int, DecoderOrder]:
+    """The order planned on the base for each budget (steps per answer), from 256 of the set's examples."""
+    prompts, answers = toyset.sample(256, torch.Generator().manual_seed(seed + 1))  # [256, lp], [256, la]
+    input_ids = torch.cat([prompts, answers], 1)
+    prompt_mask = torch.zeros_like(input_ids, dtype=torch.bool)
+    prompt_mask[:, : prompts.shape[1]] = True
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "prompt_mask": prompt_mask}
+    return {steps: plan_order(base, batch, steps=steps, candidates=candidates,
+                              generator=torch.Generator().manual_seed(seed))[0] for steps in budgets}
+
+
 def fresh_model(directory: Path, toyset, args: argparse.Namespace) -> Path:
     model = tiny_masked_lm("modernbert", vocab_size=len(toyset.tokenizer), hidden_size=args.hidden_size,
                            num_layers=args.num_layers, max_positions=max(8, toyset.length), seed=args.seed)
@@ -119,6 +135,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--bound", type=float, default=0.5, help="a second entropy_bounded bound (nats) to decode with")
+    parser.add_argument("--plan", type=int, default=0, help="random candidate orders of the planned decoder (0: none)")
+    parser.add_argument("--train-planned", default="", help="comma-separated budgets (steps per answer) at which to "
+                        "fine-tune law[planned], e.g. 2,3 (needs --plan)")
     parser.add_argument("--samples", type=int, default=400, help="samples per decoder setting")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/objective_experiment")
@@ -141,8 +160,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
             (root / "base.staging").rename(base)
             train_rows.append({"toyset": name, "model": "base", **record})
         models = {"oracle": OracleDenoiser(toyset), "base": Denoiser.from_pretrained(base).eval()}
+        planned = planned_orders(models["base"], toyset, [2, 3], args.plan, args.seed) if args.plan else {}
+        set_points = points + [SweepPoint("planned", None, tuple(sorted(o.decoder_options.items())), ("steps",))
+                               for o in planned.values()]
+        for steps, order in planned.items():
+            print(f"{name}: order planned on the base at {steps} steps: {order}", flush=True)
+            train_rows.append({"toyset": name, "model": f"plan at {steps} steps", "order": str(order)})
+        trained = [planned[int(s)] for s in args.train_planned.split(",") if s.strip()]
+        set_compared = {**compared, **objectives(trained, 0, args.token_ce_weight)}
         longest = 0.0
-        for label, (objective, kwargs) in compared.items():
+        for label, (objective, kwargs) in set_compared.items():
             models[label], record = train(base, name, root / label, objective, kwargs, args.steps, args.learning_rate,
                                           args)
             longest = max(longest, record["train_s"])
@@ -151,7 +178,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                            args, seconds=longest)
         train_rows.append({"toyset": name, "model": "token_ce (same seconds)", **record})
         for label, denoiser in models.items():
-            for row in evaluate(denoiser, [toyset], points=points, samples=args.samples, seed=args.seed):
+            for row in evaluate(denoiser, [toyset], points=set_points, samples=args.samples, seed=args.seed):
                 rows.append({"model": label, "setting": setting(row), **row})
         write_measurements(args.json, train_rows + rows, config=vars(args))  # a killed run keeps what it has
         print(format_table([r for r in train_rows if r["toyset"] == name], ["toyset", "model", "steps", "train_s"]))
@@ -162,7 +189,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def setting(row: dict) -> str:
-    knobs = " ".join(f"{k}={v}" for k, v in row["options"].items())
+    knobs = " ".join(f"{k}={v}" for k, v in row["options"].items() if k != "order")
     return f"{row['decoder']} {knobs or 'K=1'}"
 
 
