@@ -182,10 +182,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 rows.append({"model": label, "setting": setting(row), **row})
         write_measurements(args.json, train_rows + rows, config=vars(args))  # a killed run keeps what it has
         print(format_table([r for r in train_rows if r["toyset"] == name], ["toyset", "model", "steps", "train_s"]))
-        print(comparison_table([r for r in rows if r["toyset"] == name], list(models)))
+        print(comparison_table([r for r in rows if r["toyset"] == toyset.name], list(models)))
     write_measurements(args.json, train_rows + rows, config=vars(args))
     print(f"wrote {args.json}")
     return train_rows + rows
+
+
+def tables(path: str) -> None:
+    """Print the tables of a JSON this script wrote: `python -c 'import ...; tables("runs/x.json")'`."""
+    data = json.loads(Path(path).read_text())
+    rows = [r for r in data["rows"] if "validity" in r]
+    for name in dict.fromkeys(r["toyset"] for r in rows):
+        mine = [r for r in rows if r["toyset"] == name]
+        print(comparison_table(mine, list(dict.fromkeys(r["model"] for r in mine))))
 
 
 def setting(row: dict) -> str:
