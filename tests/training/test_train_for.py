@@ -45,3 +45,19 @@ def test_yaml_list_and_flag_build_the_objective_and_put_its_settings_first(tmp_p
     points = trained_for_points(config.train_for)
     assert [(p.decoder, p.tokens_per_step, p.knobs) for p in points] == [
         ("confidence", 2, ""), ("entropy_bounded", None, "bound=0.3 steps=2")]
+
+
+@pytest.mark.slow  # pretrains a base, trains, reports
+def test_the_report_evaluates_the_decoder_trained_for_first(tmp_path, capsys):
+    from helpers import load_script
+
+    result = load_script("recipes/logsum.py").main(
+        ["--base_dir", str(tmp_path / "base"), "--base_steps", "5", "--dataset", "likes_tennis", "--report_samples",
+         "8", "--report_decoders", "confidence", "--report_tokens_per_step", "1", "--train_for", "confidence:steps=2",
+         "--output_dir", str(tmp_path / "out"), "--deepspeed", "", "--max_steps", "2", "--per_device_train_batch_size",
+         "4", "--samples_per_toyset", "16", "--save_strategy", "no", "--disable_tqdm", "true"])
+    first = [row for row in result.report if row["model"] == "fine-tuned"][0]
+    assert (first["decoder"], first["options"]) == ("confidence", {"steps": 2})
+    assert first["decoder_nll"] is not None and "coverage" in first
+    printed = capsys.readouterr().out
+    assert "do no harm:" in printed and "fine-tuned cov" in printed
