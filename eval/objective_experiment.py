@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                            args, seconds=longest)
         train_rows.append({"toyset": name, "model": "token_ce (same seconds)", **record})
         for label, denoiser in models.items():
-            for row in evaluate(denoiser, [toyset], points=set_points, samples=args.samples, seed=args.seed):
+            for row in evaluate(denoiser, [toyset], points=set_points, samples=args.samples, seed=args.seed,
+                                decoder_nll=True):
                 rows.append({"model": label, "setting": setting(row), **row})
         write_measurements(args.json, train_rows + rows, config=vars(args))  # a killed run keeps what it has
         print(format_table([r for r in train_rows if r["toyset"] == name], ["toyset", "model", "steps", "train_s"]))

@@ -86,6 +86,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--frontier", metavar="FILE", help="PNG of validity and rows per token vs tokens per step")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--decoder-nll", action="store_true",
+                        help="also the NLL of the set's answers under each decoder run (its exact law; about two "
+                             "decodes more per setting)")
     parser.add_argument("--json", required=True, metavar="FILE")
     parser.add_argument("--plot", metavar="FILE", help="PNG of validity vs tokens per step")
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -135,7 +138,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rescore = [RescoreSpec.parse(spec) for text in args.rescore for spec in text.split(";") if spec.strip()]
     denoiser = load_denoiser(args, toysets)
     sweep = dict(toysets=toysets, decoders=args.decoder, tokens_per_step=args.tokens_per_step, samples=args.samples,
-                 seed=args.seed, decoder_options=options, grid=args.grid, batch_size=args.batch_size, rescore=rescore)
+                 seed=args.seed, decoder_options=options, grid=args.grid, batch_size=args.batch_size, rescore=rescore,
+                 decoder_nll=args.decoder_nll)
     rows = evaluate(denoiser, **sweep)
     label = "oracle" if args.oracle else args.model
     for row in rows:

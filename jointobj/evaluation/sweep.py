@@ -76,7 +76,7 @@ def evaluate(denoiser: Any, toysets: Sequence[str | ToySet], decoders: Sequence[
              decoder_options: Mapping[str, Mapping[str, Any]] | None = None,
              grid: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
              points: Sequence[SweepPoint] | None = None, batch_size: int = 256,
-             tv_repetitions: int = 20, rescore: Sequence[Any] = ()) -> list[dict[str, Any]]:
+             tv_repetitions: int = 20, rescore: Sequence[Any] = (), decoder_nll: bool = False) -> list[dict[str, Any]]:
     """Validity, fidelity and cost for every (toy set, decoder setting), and for each setting rescored
     by every spec in `rescore` (jointobj.decoding.rescore.RescoreSpec, e.g. "sir:self:l2r:all,8,step").
 
@@ -89,8 +89,9 @@ def evaluate(denoiser: Any, toysets: Sequence[str | ToySet], decoders: Sequence[
     (binomial standard error), validity_low / validity_high (95% Wilson interval), tv, tv_floor,
     tv_floor_std (None for conditional sets),
     coverage, coverage_exact (what N exact draws cover; None for conditional sets),
-    decoder_nll / decoder_nll_se (nats per answer: -log P_decoder of the set's own answers for the same
-    prompts, exact for state-determined decoders; None otherwise) beside entropy_nats (H(answer | prompt)),
+    decoder_nll / decoder_nll_se (with `decoder_nll=True`: nats per answer, -log P_decoder of the set's own
+    answers for the same prompts, exact for state-determined decoders; None otherwise or when off: it
+    costs about two decodes more) beside entropy_nats (H(answer | prompt)),
     steps_per_sample, rows_per_sample, rows_per_token (rows_per_sample / gen_length), wall_s;
     options (the decoder's options), knobs (the swept ones as text, '' when only K was swept);
     rescore (the spec, None without rescoring). A
@@ -99,6 +100,7 @@ def evaluate(denoiser: Any, toysets: Sequence[str | ToySet], decoders: Sequence[
     """
     check_whole_number("samples", samples)
     check_whole_number("batch_size", batch_size)
+    law_nll = decoder_nll
     sets = [load_toyset(t) if isinstance(t, str) else t for t in toysets]
     if points is None:
         points = sweep_points(decoders, tokens_per_step, decoder_options, grid)
@@ -119,9 +121,9 @@ def evaluate(denoiser: Any, toysets: Sequence[str | ToySet], decoders: Sequence[
             generator = torch.Generator().manual_seed(seed)
             answers, cost = _sample_all(decoder, denoiser, prompts, toyset.answer_length, generator, batch_size)
             validity = joint_validity(toyset, prompts, answers)
-            law = None if spec is None else False  # a rescored decoder's law is not the decoder's
-            nll = law if law is False else decoder_nll(denoiser, prompts, data_answers, name, k, point.option_dict,
-                                                      batch_size)
+            nll = None  # a rescored decoder's law is not the decoder's
+            if law_nll and spec is None:
+                nll = data_nll(denoiser, prompts, data_answers, name, k, point.option_dict, batch_size)
             rows.append({
                 "toyset": toyset.name,
                 "decoder": name if spec is None else f"{name}+{bound}",
@@ -151,7 +153,7 @@ def evaluate(denoiser: Any, toysets: Sequence[str | ToySet], decoders: Sequence[
     return rows
 
 
-def decoder_nll(denoiser: Any, prompts: torch.Tensor, answers: torch.Tensor, name: str, tokens_per_step: int | None,
+def data_nll(denoiser: Any, prompts: torch.Tensor, answers: torch.Tensor, name: str, tokens_per_step: int | None,
                 options: Mapping[str, Any], batch_size: int = 256) -> tuple[float, float] | None:
     """(mean, standard error) of -log P_decoder(answer | prompt) in nats per answer over data pairs
     [N, lp], [N, la]: the NLL of held-out answers under the decoder itself (its exact law:

@@ -250,31 +250,35 @@ def report(base_dir: Path, tuned_dir: Path, data_args: DataArguments, config: Jo
         "fine-tuned": Denoiser.from_pretrained(tuned_dir).eval(),
         "oracle": OracleDenoiser(*names),
     }
-    points = trained_for_points(config.train_for) + sweep_points(
-        data_args.report_decoders.split(","), data_args.report_tokens_per_step.split(","),
-        grid=registered_grid(REPORT_GRID))
+    trained_for = trained_for_points(config.train_for)
+    points = sweep_points(data_args.report_decoders.split(","), data_args.report_tokens_per_step.split(","),
+                          grid=registered_grid(REPORT_GRID))
     rows = []
     for label, denoiser in models.items():
-        for row in evaluate(denoiser, names, points=points, samples=data_args.report_samples, seed=config.seed):
-            rows.append({"model": label, **row})
+        for group, nll in ((trained_for, True), (points, False)):  # the decoder's NLL where it was trained for
+            if group:
+                rows += [{"model": label, **row} for row in evaluate(
+                    denoiser, names, points=group, samples=data_args.report_samples, seed=config.seed, decoder_nll=nll)]
     table: dict[tuple[str, str, str], dict[str, Any]] = {}
     for row in rows:
         line = table.setdefault((row["toyset"], row["decoder"], setting_label(row)), {
             "toyset": row["toyset"], "decoder": row["decoder"], "setting": setting_label(row),
             "tv floor": row["tv_floor"], "cov exact": row["coverage_exact"]})
         line.update({f"{row['model']} tok/step": row["tokens_per_step"], f"{row['model']} valid": row["validity"],
-                     f"{row['model']} cov": row["coverage"], f"{row['model']} tv": row["tv"]})
+                     f"{row['model']} cov": row["coverage"], f"{row['model']} tv": row["tv"],
+                     f"{row['model']} nll": row["decoder_nll"]})
         line[f"{row['model']} n"] = row["samples"]
         if row["model"] == "fine-tuned":
             line["rows/token"] = row["rows_per_token"]
             line["fine-tuned valid 95%"] = f"{row['validity_low']:.3f}-{row['validity_high']:.3f}"  # Wilson
     harmed = mark_harm(list(table.values()))
-    per_model = [f"{label} {what}" for label in models for what in ("tok/step", "valid", "cov", "tv")]
+    per_model = [f"{label} {what}" for label in models for what in ("tok/step", "valid", "cov", "tv", "nll")]
     per_model.insert(per_model.index("fine-tuned valid") + 1, "fine-tuned valid 95%")
     trained = f"; trained for {config.train_for}, its settings first" if config.train_for else ""
     print(f"\nvalidity, coverage (beside what exact sampling covers), TV and tokens per step "
           f"({data_args.report_samples} samples per cell; rows/token of the fine-tuned model: forward rows per "
-          f"generated token{trained}; harm: validity fell from base to fine-tuned by more than 2 standard errors)")
+          f"generated token{trained}; nll: the decoder's NLL of the set's answers, nats, on the settings trained "
+          f"for; harm: validity fell from base to fine-tuned by more than 2 standard errors)")
     print(format_table(list(table.values()), ["toyset", "decoder", "setting", *per_model, "cov exact", "tv floor",
                                               "rows/token", "harm"]))
     print(f"\ndo no harm: {len(harmed)} setting(s) fell by more than 2 standard errors"
