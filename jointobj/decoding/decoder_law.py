@@ -3,7 +3,7 @@
     order = DecoderOrder.parse("confidence:steps=2")                 # policy, budget
     loglik = decoder_log_likelihood(denoiser, batch, [order])        # [b, 1] nats per answer
 
-For a state-determined policy pi (confidence, margin, entropy, threshold, entropy_bounded, l2r:
+For a state-determined policy pi (confidence, margin, entropy, threshold, entropy_bounded, l2r, planned:
 scores read from the state's own distribution, ties to the lower position) and a step budget,
 the hard-commit sampler (`UnmaskingSampler`, T = 1, one block) outputs x with probability
 
@@ -21,6 +21,9 @@ decoder itself would take:
 2. with grad on, the blocks are scored by the K-block machinery of jointobj/diffusion/likelihood.py
    (`score_blocks`, one row per block, chunked and optionally checkpointed), so the gradient is
    that of sum_k log p(x_{S_k} | s_k) with S fixed: K more forwards.
+
+`plan_order` picks the order a `planned` decoder should follow at a budget: the candidate whose law
+gives the data the highest likelihood (orders that keep coupled positions in different steps).
 
 Budget: `tokens_per_step` K gives ceil(n / K) steps, `steps` S gives min(S, n) (n the row's
 scorable positions: its answer), as the sampler counts them. Adaptive policies (threshold,
@@ -82,7 +85,7 @@ class DecoderOrder:
             raise ValueError(f"the {self.policy_name!r} decoder draws its order independently of the state, so its law "
                              "is a mixture over orders, not one K-block likelihood; use a fixed-order family (l2r, "
                              "r2l, random) with blocks=K, or a state-determined policy (confidence, margin, entropy, "
-                             "threshold, entropy_bounded, l2r)")
+                             "threshold, entropy_bounded, l2r, planned)")
         check_budget_options(self.tokens_per_step, self.steps)
         object.__setattr__(self, "policy", POLICIES.get(self.policy_name)(**dict(self.options)))
 

@@ -170,6 +170,8 @@ class PlannedOrder(UnmaskingPolicy):
     name = "planned"
 
     def __init__(self, order: "str | Sequence[int]" = ""):
+        if isinstance(order, int):  # "order=5" parses as a number
+            order = [order]
         positions = [int(p) for p in order.split("-") if p.strip()] if isinstance(order, str) else list(order)
         if any(p < 0 for p in positions) or len(set(positions)) != len(positions):
             raise ValueError(f"order must list distinct answer positions >= 0, e.g. '4-0-2', got {order!r}")
