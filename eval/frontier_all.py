@@ -25,8 +25,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from jointobj.cli.progress import add_no_progress
 from jointobj.evaluation.benchmark import write_measurements
-from jointobj.evaluation.frontier import TARGET_COLUMNS, setting_label, sweep_points, target_status
+from jointobj.evaluation.frontier import TARGET, TARGET_COLUMNS, setting_label, sweep_points, target_status
 from jointobj.evaluation.report import format_table, plot_frontier
 from jointobj.training.embedded import BASE_SIZE, pretrain_base
 from jointobj.utils.registry import split_names
@@ -71,6 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default="runs/frontier_all", help="the trained models, one folder per group")
     parser.add_argument("--json", default="runs/frontier_all.json", metavar="FILE")
     parser.add_argument("--plot", default="runs/frontier_all.png", metavar="PNG")
+    add_no_progress(parser)
     args = parser.parse_args(argv)
     unknown = [name for name in args.sets if name not in SETS]
     if unknown:
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(format_table(headline_rows(rows), HEAD_COLUMNS))
     status = target_status([r for r in rows if r["model"] == "trained"])
     if status:
-        print("\ntarget (sets of >= 8 answer tokens), trained models")
+        print(f"\n{TARGET.describe()}; trained models")
         print(format_table(status, TARGET_COLUMNS))
     write_measurements(args.json, rows, config=vars(args), target=status)
     plot_frontier(rows, args.plot)

@@ -1,4 +1,4 @@
-"""Joint validity, fidelity and cost of parallel decoders on the marginal-trap toy sets.
+r"""Joint validity, fidelity and cost of parallel decoders on the marginal-trap toy sets.
 
 A thin wrapper over `jointobj eval` (jointobj/cli/eval.py, where the options are documented):
 
@@ -6,13 +6,9 @@ A thin wrapper over `jointobj eval` (jointobj/cli/eval.py, where the options are
         --tokens-per-step 1,2,all --samples 2000 --seed 0 --json out/validity.json
 """
 
-import os
 import sys
 
 from jointobj.cli.eval import main
 
 if __name__ == "__main__":
-    if "--no-progress" in sys.argv:  # progress (samples done, rate) shows on a terminal unless this is given
-        sys.argv.remove("--no-progress")
-        os.environ["TQDM_DISABLE"] = "1"
-    main(sys.argv[1:])
+    main(sys.argv[1:])  # --no-progress among them hides the progress bars

@@ -1,4 +1,4 @@
-"""The smallest tiny model that learns each toy set's joint: one-token-per-step validity >= 0.99.
+r"""The smallest tiny model that learns each toy set's joint: one-token-per-step validity >= 0.99.
 
     python eval/model_sizes.py --toyset likes_tennis,cities,agreement,shuffle_3 \
         --sizes xsmall,small,medium --steps 1200 --samples 400 --json out/model_sizes.json
@@ -20,6 +20,7 @@ import tempfile
 
 import torch
 
+from jointobj.cli.progress import add_no_progress
 from jointobj.evaluation.report import format_table, write_json
 from jointobj.utils.registry import split_names
 
@@ -42,6 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--level", type=float, default=0.99)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", required=True, metavar="FILE")
+    add_no_progress(parser)
     return parser.parse_args(argv)
 
 

@@ -39,6 +39,7 @@ import torch
 from transformers import TrainerCallback
 
 from jointobj import Denoiser
+from jointobj.cli.progress import add_no_progress
 from jointobj.decoding.decoder_law import DecoderOrder, parse_decoder_orders, plan_order
 from jointobj.evaluation.benchmark import write_measurements
 from jointobj.evaluation.frontier import SweepPoint
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/objective_experiment")
     parser.add_argument("--json", default="runs/objective_experiment.json")
+    add_no_progress(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     compared = objectives(parse_decoder_orders(args.train_for), args.blocks, args.token_ce_weight)

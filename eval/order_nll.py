@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 from jointobj import Denoiser
+from jointobj.cli.progress import add_no_progress
 from jointobj.evaluation.benchmark import write_measurements
 from jointobj.evaluation.order_nll import order_nll
 from jointobj.toysets.builtin import load_toyset
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--decoders", default="", help="comma-separated decoders at their budgets, e.g. "
                         "confidence:steps=2,l2r:steps=3: their exact NLL of the answers, one row each")
     parser.add_argument("--trust-remote-code", action="store_true")
+    add_no_progress(parser)
     args = parser.parse_args(argv)
     if args.samples < 1:
         parser.error(f"--samples must be >= 1, got {args.samples}")

@@ -31,8 +31,10 @@ import sys
 import torch
 import yaml
 
+from jointobj.cli.progress import add_no_progress
+from jointobj.decoding.budget import parse_tokens_per_step
 from jointobj.evaluation.report import format_table, write_json
-from jointobj.evaluation.sweep import evaluate, parse_tokens_per_step
+from jointobj.evaluation.sweep import evaluate
 from jointobj.model.denoiser import Denoiser
 from jointobj.toysets.builtin import load_toyset
 
@@ -88,6 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--json", required=True, metavar="FILE")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_no_progress(parser)
     return parser.parse_args(argv)
 
 

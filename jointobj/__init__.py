@@ -37,7 +37,8 @@ from jointobj.diffusion.noise import (
 from jointobj.diffusion.orders import ORDERS, OrderProposal, Orders
 from jointobj.evaluation.metrics import Cost, joint_validity, total_variation, tv_noise_floor, wilson_interval
 from jointobj.evaluation.sweep import evaluate, headline
-from jointobj.model.denoiser import Denoiser, lora_target_modules
+from jointobj.model.architecture import lora_target_modules
+from jointobj.model.denoiser import Denoiser
 from jointobj.model.energy_head import EnergyHead, attach_energy_head, head_energy
 from jointobj.model.soft_inputs import soft_input_embeddings, soft_state
 from jointobj.objectives import (
@@ -46,6 +47,7 @@ from jointobj.objectives import (
     LogSumOrdersLoss,
     LossOutput,
     MixtureLoss,
+    Objective,
     TokenCELoss,
 )
 from jointobj.toysets.builtin import (
@@ -95,6 +97,7 @@ __all__ = [
     "LossOutput",
     "make_toyset",
     "MixtureLoss",
+    "Objective",
     "OracleDenoiser",
     "order_log_likelihood",
     "OrderProposal",

@@ -20,10 +20,11 @@ import time
 
 import torch
 
+from jointobj.cli.progress import add_no_progress
+from jointobj.decoding.budget import parse_tokens_per_step
 from jointobj.decoding.registry import build_decoder
 from jointobj.evaluation.metrics import TimedDenoiser
 from jointobj.evaluation.report import format_table, write_json
-from jointobj.evaluation.sweep import parse_tokens_per_step
 from jointobj.model.denoiser import Denoiser
 from jointobj.model.tiny import tiny_masked_lm
 
@@ -48,6 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="bench_sampler.json", metavar="FILE")
+    add_no_progress(parser)
     return parser.parse_args(argv)
 
 

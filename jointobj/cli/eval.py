@@ -1,4 +1,4 @@
-"""`jointobj eval`: joint validity, fidelity and cost of parallel decoders on the marginal-trap toy sets.
+r"""`jointobj eval`: joint validity, fidelity and cost of parallel decoders on the marginal-trap toy sets.
 
     jointobj eval --oracle --toyset likes_tennis,cities,shuffle_3 \
         --decoder random,l2r,confidence,threshold --tokens-per-step 1,2,4,all \
@@ -7,8 +7,14 @@
     jointobj eval --model runs/agreement --toyset agreement --decoder confidence \
         --tokens-per-step 1,2,all --samples 1000 --seed 0 --json out/model.json --compare-oracle
 
+    jointobj eval --model runs/base --model runs/logsum --compare-oracle --toyset latin_square_3 \
+        --decoder l2r,confidence --tokens-per-step 1,2 --grid "speculative:tokens_per_step=all,drafts=1" \
+        --samples 400 --json out/both.json --frontier out/both.png
+
 `--oracle` decodes with the exact denoiser of the requested sets (the best any model can do
-with each decoder); `--model DIR` loads `Denoiser.from_pretrained(DIR)`. Prints a table and
+with each decoder); `--model DIR` loads `Denoiser.from_pretrained(DIR)`, and repeated (base and
+fine-tuned, say) puts every model on one table (a `model` column), headline and plot, one
+colour per model and one marker per decoder. Prints a table and
 ends with the headline: per decoder and set, the highest tokens per step at which validity
 stays >= 99%. The JSON file is a list of rows (keys: see `jointobj.evaluation.sweep.evaluate`, plus
 model and seed). `--tokens-per-step` for threshold / entropy_bounded is a step budget of
@@ -53,11 +59,13 @@ import argparse
 
 import torch
 
+from jointobj.cli.progress import add_no_progress
+from jointobj.decoding.budget import parse_tokens_per_step
 from jointobj.decoding.registry import DECODERS, decoder_option_names
 from jointobj.decoding.rescore import RescoreSpec
-from jointobj.evaluation.frontier import parse_grid, target_status
+from jointobj.evaluation.frontier import TARGET, TARGET_COLUMNS, parse_grid, target_status
 from jointobj.evaluation.report import format_headline, format_table, plot_frontier, plot_validity, write_json
-from jointobj.evaluation.sweep import evaluate, headline, parse_tokens_per_step
+from jointobj.evaluation.sweep import evaluate, headline
 from jointobj.toysets.builtin import load_toyset
 from jointobj.utils.registry import split_names
 
@@ -65,8 +73,6 @@ COLUMNS = ["toyset", "decoder", "knobs", "requested_tokens_per_step", "tokens_pe
            "validity_high", "tv", "tv_floor", "coverage", "coverage_exact", "decoder_nll", "entropy_nats",
            "steps_per_sample", "rows_per_sample",
            "rows_per_token", "wall_s"]
-TARGET_COLUMNS = ["model", "toyset", "met", "reference_validity", "reference_tv", "best_decoder", "best_knobs",
-                  "best_tokens_per_step", "best_validity", "best_tv", "best_rows_per_token"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -74,7 +80,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--oracle", action="store_true", help="decode with the exact oracle of the toy sets")
-    source.add_argument("--model", metavar="DIR", help="a Denoiser directory (Denoiser.save_pretrained)")
+    source.add_argument("--model", metavar="DIR", action="append",
+                        help="a Denoiser directory (Denoiser.save_pretrained); repeat it to put several models (e.g. "
+                             "base and fine-tuned) on one table, headline and plot")
     parser.add_argument("--toyset", required=True, type=split_names,
                         help="comma-separated toy set names, or import references module:attribute of your own sets "
                              "(jointobj/toysets/user_sets.py)")
@@ -102,10 +110,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="with --model: also run the oracle (dashed in the plot)")
     parser.add_argument("--rescore", action="append", default=[], metavar="SPEC",
                         help="energy rescoring, MODE:ENERGY,N[,WHERE] (see above); repeatable, or joined by ';'")
+    add_no_progress(parser)
     args = parser.parse_args(argv)
     args.grid = dict(parse_grid(text) for text in args.grid)  # a malformed grid fails here, with an example
+    args.tokens_per_step = [parse_tokens_per_step(k) for k in args.tokens_per_step]  # as is a bad K
     if not args.decoder and not args.grid:
         raise ValueError("nothing to evaluate: give --decoder NAMES, --grid NAME:KEY=V1|V2, or both")
+    if args.model and len(set(args.model)) < len(args.model):
+        raise ValueError(f"--model names a directory twice: {', '.join(args.model)}")
     return args
 
 
@@ -118,50 +130,48 @@ def decoder_options(args: argparse.Namespace) -> dict[str, dict]:
     return {name: {k: v for k, v in given.items() if k in decoder_option_names(name)} for name in names}
 
 
-def load_denoiser(args: argparse.Namespace, toysets: list):
+def load_denoiser(args: argparse.Namespace, toysets: list, model: str | None):
+    """The oracle of `toysets` (model None) or the Denoiser in directory `model`."""
     from jointobj.toysets.oracle import OracleDenoiser
 
-    if args.oracle:
+    if model is None:
         return OracleDenoiser(*toysets)
     from jointobj.model.denoiser import Denoiser
 
-    denoiser = Denoiser.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    denoiser = Denoiser.from_pretrained(model, trust_remote_code=args.trust_remote_code)
     return denoiser.to(args.device).eval()
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     toysets = [load_toyset(name) for name in args.toyset]  # unknown names fail here, listing the known ones
-    for k in args.tokens_per_step:
-        parse_tokens_per_step(k)
     options = decoder_options(args)
     rescore = [RescoreSpec.parse(spec) for text in args.rescore for spec in text.split(";") if spec.strip()]
-    denoiser = load_denoiser(args, toysets)
     sweep = dict(toysets=toysets, decoders=args.decoder, tokens_per_step=args.tokens_per_step, samples=args.samples,
                  seed=args.seed, decoder_options=options, grid=args.grid, batch_size=args.batch_size, rescore=rescore,
                  decoder_nll=args.decoder_nll)
-    rows = evaluate(denoiser, **sweep)
-    label = "oracle" if args.oracle else args.model
-    for row in rows:
-        row.update(model=label, seed=args.seed)
-    oracle_rows = None
+    rows = []
+    for model in [None] if args.oracle else args.model:  # one model at a time in memory
+        for row in evaluate(load_denoiser(args, toysets, model), **sweep):
+            rows.append({**row, "model": model or "oracle", "seed": args.seed})
+    oracle_rows = []
     if args.compare_oracle and not args.oracle:
-        from jointobj.toysets.oracle import OracleDenoiser
-
-        oracle_rows = evaluate(OracleDenoiser(*toysets), **sweep)
-        for row in oracle_rows:
-            row.update(model="oracle", seed=args.seed)
-    write_json(args.json, rows + (oracle_rows or []))
-    print(format_table(rows + (oracle_rows or []), (["model"] if oracle_rows else []) + COLUMNS))
+        oracle_rows = [{**row, "model": "oracle", "seed": args.seed}
+                       for row in evaluate(load_denoiser(args, toysets, None), **sweep)]
+    several = len({row["model"] for row in rows + oracle_rows}) > 1
+    write_json(args.json, rows + oracle_rows)
+    print(format_table(rows + oracle_rows, (["model"] if several else []) + COLUMNS))
     if args.plot:
         plot_validity(rows, args.plot, oracle_rows=oracle_rows)
     if args.frontier:
-        plot_frontier(rows + (oracle_rows or []), args.frontier)
+        plot_frontier(rows + oracle_rows, args.frontier)
     print("\nheadline (highest tokens per step with validity >= 99%):")
-    print(format_headline(headline(rows)))
-    status = target_status(rows + (oracle_rows or []))
+    for model in dict.fromkeys(row["model"] for row in rows):
+        if several:
+            print(f"{model}:")
+        print(format_headline(headline([row for row in rows if row["model"] == model])))
+    status = target_status(rows + oracle_rows)
     if status:
-        print("\ntarget (>= 8 answer tokens): >= 4 tokens/step, validity within one SE of l2r K=1, TV within 0.02, "
-              "<= 32 rows per token")
+        print(f"\n{TARGET.describe()}")
         print(format_table(status, TARGET_COLUMNS))
     return rows

@@ -1,4 +1,4 @@
-"""`jointobj generate`: text from a model directory with any decoder, one prompt per line.
+r"""`jointobj generate`: text from a model directory with any decoder, one prompt per line.
 
     echo "<likes_tennis>" | jointobj generate --model runs/likes --decoder confidence --gen-length 3
     jointobj generate --model runs/likes --prompts prompts.txt --decoder threshold --threshold 0.9 \
@@ -17,6 +17,7 @@ import sys
 
 import torch
 
+from jointobj.cli.progress import add_no_progress
 from jointobj.decoding.registry import DECODERS, decoder_option_names
 
 
@@ -38,6 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", metavar="FILE", help="write the answers here (one per line) instead of stdout")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow a model directory's own code")
+    add_no_progress(parser)
     return parser.parse_args(argv)
 
 

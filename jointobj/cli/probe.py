@@ -1,4 +1,4 @@
-"""`jointobj probe`: the frequency-collapse probe, what a model predicts at positions far from any visible token.
+r"""`jointobj probe`: the frequency-collapse probe, what a model predicts at positions far from any visible token.
 
     jointobj probe --model runs/agreement --toyset agreement --masks 32 \
         --json out/collapse.json --plot out/collapse.png
@@ -8,7 +8,7 @@ N mask positions, one forward. Per position (by distance from the context): the 
 tokens with probabilities, the entropy, and KL(prediction || unigram) to the set's
 answer-token unigram distribution. A model that falls back on token frequencies far from
 the context shows the KL going to 0 and the entropy rising to the unigram's. The maths is
-`jointobj.evaluation.sweep.mask_run_profile`; this command prints, plots and saves it.
+`jointobj.evaluation.probes.mask_run_profile`; this command prints, plots and saves it.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import argparse
 
 import torch
 
+from jointobj.cli.progress import add_no_progress
+from jointobj.evaluation.probes import mask_run_profile
 from jointobj.evaluation.report import format_table, plot_position_profile, write_json
-from jointobj.evaluation.sweep import mask_run_profile
 from jointobj.toysets.builtin import load_toyset
 
 COLUMNS = ["distance", "top_tokens", "top_probs", "entropy", "kl_to_unigram"]
@@ -36,6 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompt-index", type=int, default=0, help="which of the set's prompts (conditional sets)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--trust-remote-code", action="store_true")
+    add_no_progress(parser)
     return parser.parse_args(argv)
 
 

@@ -45,7 +45,7 @@ from jointobj.decoding.policies import POLICIES, UnmaskingPolicy
 from jointobj.decoding.sampler import EXCLUDED_LOGIT, answer_budget, check_budget_options, eval_mode, step_quota
 from jointobj.diffusion.batch import Batch, check_batch
 from jointobj.diffusion.likelihood import score_blocks
-from jointobj.model.denoiser import logits_at
+from jointobj.model.architecture import logits_at
 
 __all__ = ["BUDGET_OPTIONS", "DecoderOrder", "decoder_blocks", "decoder_log_likelihood", "parse_decoder_orders",
            "plan_order"]

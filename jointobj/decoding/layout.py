@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from jointobj.model.denoiser import takes_positions
+from jointobj.model.architecture import takes_positions
 
 __all__ = ["AnswerLayout", "normalise_prompts"]
 

@@ -43,7 +43,7 @@ from torch import nn
 
 from jointobj.diffusion.batch import Batch, check_batch
 from jointobj.diffusion.orders import Orders, block_index, check_orders, num_blocks
-from jointobj.model.denoiser import logits_at
+from jointobj.model.architecture import logits_at
 from jointobj.utils.ranks import run_chunks
 
 

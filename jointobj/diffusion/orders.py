@@ -31,7 +31,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from jointobj.diffusion.randomness import multinomial, uniform
-from jointobj.utils.checks import ALL_BLOCKS, check_blocks, check_whole_number
+from jointobj.utils.checks import ALL, check_blocks, check_whole_number
 from jointobj.utils.registry import Registry
 
 OrderSampler = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
@@ -125,7 +125,7 @@ def check_orders(rank: torch.Tensor, scorable: torch.Tensor) -> None:
 def num_blocks(blocks: int | str, lengths: torch.Tensor) -> torch.Tensor:
     """K per row, [b] long: `blocks` itself, or n_b for "all" (exact any-order autoregressive)."""
     blocks = check_blocks(blocks)
-    if blocks == ALL_BLOCKS:
+    if blocks == ALL:
         return lengths.clone()
     short = (lengths < blocks).nonzero().flatten().tolist()
     if short:

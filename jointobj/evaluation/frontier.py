@@ -21,10 +21,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+from jointobj.decoding.budget import parse_tokens_per_step
 from jointobj.decoding.registry import DECODERS
 
-__all__ = ["ALL", "REPORT_GRID", "SweepPoint", "TARGET", "TARGET_COLUMNS", "Target", "parse_grid",
-           "parse_tokens_per_step", "registered_grid", "setting_label", "sweep_points", "target_status"]
+__all__ = ["REPORT_GRID", "SweepPoint", "TARGET", "TARGET_COLUMNS", "Target", "parse_grid", "registered_grid",
+           "setting_label", "sweep_points", "target_status"]
 
 # What the recipes' final report sweeps beside its plain decoders: the speculative decoder (its rate is
 # measured, so it runs once per option set) and the confidence threshold (one step budget, K = 1).
@@ -32,22 +33,6 @@ REPORT_GRID: dict[str, dict[str, list[Any]]] = {
     "speculative": {"tokens_per_step": [None], "drafts": [1]},
     "threshold": {"tokens_per_step": [1], "threshold": [0.9]},
 }
-
-
-ALL = "all"  # K meaning "the whole answer in one step"
-
-
-def parse_tokens_per_step(value: int | str | None) -> int | None:
-    """K as given on a command line or in a list: a whole number >= 1, or 'all' / None (one step)."""
-    if value is None or value == ALL:
-        return None
-    try:
-        k = int(value)
-    except (TypeError, ValueError):
-        k = None
-    if k is None or k != float(value) or k < 1:
-        raise ValueError(f"tokens per step must be a whole number >= 1 or {ALL!r}, got {value!r}")
-    return k
 
 
 @dataclass(frozen=True)
@@ -157,11 +142,18 @@ class Target:
     rows_per_token: float = 32.0
     reference: tuple[str, int] = ("l2r", 1)
 
+    def describe(self) -> str:
+        """The target in one line, as the reports print it above the status table."""
+        name, k = self.reference
+        return (f"target (sets of >= {self.min_answer_tokens} answer tokens): >= {self.tokens_per_step:g} tokens per "
+                f"step, validity within one standard error of the model's own {name} K={k} validity, TV within "
+                f"{self.tv_gap:g} of its TV, <= {self.rows_per_token:g} rows per token")
+
 
 TARGET = Target()
 # target_status's columns as the recipes' report and eval/frontier_all.py print them
-TARGET_COLUMNS = ["model", "toyset", "met", "reference_validity", "best_decoder", "best_knobs", "best_tokens_per_step",
-                  "best_validity", "best_rows_per_token"]
+TARGET_COLUMNS = ["model", "toyset", "met", "reference_validity", "reference_tv", "best_decoder", "best_knobs",
+                  "best_tokens_per_step", "best_validity", "best_tv", "best_rows_per_token"]
 
 
 def _passes(row: Mapping[str, Any], ref: Mapping[str, Any], target: Target) -> bool:

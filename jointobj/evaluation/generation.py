@@ -15,8 +15,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from jointobj.decoding.budget import parse_tokens_per_step
 from jointobj.decoding.registry import build_decoder
-from jointobj.evaluation.frontier import parse_tokens_per_step
 from jointobj.utils.checks import check_whole_number
 
 __all__ = ["cut_at_stop", "generate_texts"]

@@ -1,4 +1,4 @@
-"""jointobj as an lm-evaluation-harness model (the optional `lm-eval` extra: pip install "jointobj[lm-eval]").
+r"""jointobj as an lm-evaluation-harness model (the optional `lm-eval` extra: pip install "jointobj[lm-eval]").
 
     jointobj lm-eval --model jointobj \
         --model_args pretrained=runs/agreement,decoder=threshold,threshold=0.9,tokens_per_step=2 \
@@ -64,10 +64,10 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     raise ImportError("jointobj.evaluation.lm_eval_model needs lm-evaluation-harness: pip install 'jointobj[lm-eval]' "
                       "(or pip install lm-eval)") from error
 
+from jointobj.decoding.budget import parse_tokens_per_step
 from jointobj.decoding.registry import build_decoder, decoder_option_names
 from jointobj.diffusion.likelihood import order_log_likelihood
 from jointobj.diffusion.orders import ORDERS, OrderProposal
-from jointobj.evaluation.frontier import parse_tokens_per_step
 from jointobj.evaluation.generation import generate_texts
 from jointobj.model.denoiser import Denoiser
 from jointobj.toysets.oracle import OracleDenoiser
@@ -226,9 +226,14 @@ class JointObjLM(LM):
 
 
 def main() -> None:
-    """lm-eval's command line, with the `jointobj` model registered."""
+    """lm-eval's command line, with the `jointobj` model registered and the toy-set tasks found by name."""
+    import sys
+
     from lm_eval.__main__ import cli_evaluate
 
+    from jointobj.evaluation.toyset_tasks import with_task_paths
+
+    sys.argv = [sys.argv[0], *with_task_paths(sys.argv[1:])]
     cli_evaluate()
 
 

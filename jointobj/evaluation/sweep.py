@@ -1,5 +1,5 @@
-"""The joint-validity sweep and the mask-run probe, as library functions (the eval/ scripts
-are thin command lines over these).
+"""The joint-validity sweep, as a library function (the eval/ scripts and the CLI are thin command lines
+over it).
 
     from jointobj.evaluation.sweep import evaluate, headline
     rows = evaluate(OracleDenoiser("likes_tennis"), ["likes_tennis"], ["random", "confidence"],
@@ -26,19 +26,17 @@ from typing import Any, Mapping, Sequence
 import torch
 from tqdm import tqdm
 
+from jointobj.decoding.budget import ALL
 from jointobj.decoding.decoder_law import DecoderOrder, decoder_log_likelihood
 from jointobj.decoding.energies import build_energy
 from jointobj.decoding.registry import build_decoder
 from jointobj.decoding.rescore import RescoreSpec
-from jointobj.evaluation.frontier import ALL, SweepPoint, parse_tokens_per_step, sweep_points
+from jointobj.evaluation.frontier import SweepPoint, sweep_points
 from jointobj.evaluation.metrics import (
     Cost,
-    answer_unigram,
     coverage,
-    distribution_entropy,
     expected_coverage,
     joint_validity,
-    kl_divergence,
     total_variation,
     tv_noise_floor,
     wilson_interval,
@@ -46,7 +44,7 @@ from jointobj.evaluation.metrics import (
 from jointobj.toysets.builtin import ToySet, load_toyset
 from jointobj.utils.checks import check_whole_number
 
-__all__ = ["ALL", "evaluate", "headline", "mask_run_profile", "parse_tokens_per_step"]
+__all__ = ["evaluate", "headline"]
 
 VALIDITY_LEVEL = 0.99
 
@@ -203,46 +201,3 @@ def headline(rows: Sequence[Mapping[str, Any]], level: float = VALIDITY_LEVEL) -
             "knobs": None if best is None else best.get("knobs"),
         })
     return out
-
-
-@torch.no_grad()
-def mask_run_profile(denoiser: Any, toyset: ToySet, num_masks: int, prompt_index: int = 0,
-                     top: int = 3) -> list[dict[str, Any]]:
-    """The frequency-collapse probe: a prompt of `toyset` followed by `num_masks` masks, one
-    forward; per masked position (distance d = 1.. from the last visible token): the top
-    tokens with probabilities, the entropy, and KL(p_d || unigram) in nats to the set's
-    answer-token unigram distribution (q floored at 1e-12, see `kl_divergence`). A model
-    whose far positions fall back on token frequencies shows KL -> 0 with distance."""
-    if num_masks < 1:
-        raise ValueError(f"the probe needs at least one mask position, got {num_masks}")
-    if not -len(toyset.prompts) <= prompt_index < len(toyset.prompts):
-        raise ValueError(f"prompt_index {prompt_index} out of range: toy set {toyset.name!r} has "
-                         f"{len(toyset.prompts)} prompts")
-    prompt = toyset.prompts[prompt_index]  # [lp]
-    limit = getattr(denoiser, "max_positions", None)
-    if isinstance(limit, int) and len(prompt) + num_masks > limit:
-        raise ValueError(f"prompt ({len(prompt)}) + {num_masks} masks is longer than the model's {limit} positions; "
-                         f"use at most {limit - len(prompt)} masks")
-    vocab = len(toyset.tokenizer)
-    if getattr(denoiser, "vocab_size", vocab) < vocab:
-        raise ValueError(f"the model has {denoiser.vocab_size} tokens but toy set {toyset.name!r} uses {vocab}; "
-                         "probe a model trained on the toy sets' vocabulary (toy_tokenizer())")
-    device = getattr(denoiser, "device", torch.device("cpu"))
-    ids = torch.cat([prompt, torch.full((num_masks,), int(denoiser.mask_token_id))])[None].to(device)  # [1, lp+N]
-    logits = denoiser(input_ids=ids, attention_mask=torch.ones_like(ids))[0, len(prompt) :]  # [N, V]
-    probs = logits.double().softmax(-1).cpu()  # [N, V]
-    unigram = answer_unigram(toyset)  # [Vt]
-    unigram = torch.cat([unigram, unigram.new_zeros(probs.shape[1] - len(unigram))])  # [V]
-    entropy = distribution_entropy(probs)  # [N]
-    kl = kl_divergence(probs, unigram)  # [N]
-    values, tokens = probs.topk(min(top, probs.shape[1]), dim=-1)  # [N, top]
-    names = toyset.tokenizer.convert_ids_to_tokens
-    unigram_entropy = float(distribution_entropy(unigram))
-    return [{
-        "distance": d + 1,
-        "top_tokens": names(tokens[d].tolist()),
-        "top_probs": values[d].tolist(),
-        "entropy": float(entropy[d]),
-        "kl_to_unigram": float(kl[d]),
-        "unigram_entropy": unigram_entropy,
-    } for d in range(num_masks)]

@@ -27,7 +27,6 @@ logits through `forward`, so none of them re-derives them (see jointobj/model/co
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import warnings
 from pathlib import Path
@@ -38,52 +37,43 @@ from torch import nn
 from transformers.utils import logging
 
 from jointobj.model.add_ons import add_on_names, attach_add_ons, load_add_ons, save_add_ons
+from jointobj.model.architecture import (
+    assert_bidirectional,
+    extract_logits,
+    input_embeddings,
+    lora_target_modules,
+    max_positions,
+    pad_token_id,
+    resolve_mask_token_id,
+    vocab_size,
+)
 from jointobj.model.conventions import (
     CONFIG_NAME,
     LogitShiftMeasurement,
     check_positions,
     check_shift_on_text,
     describe_settings,
-    eval_mode,
     measure_logit_shift,
     normalise_attention_mask,
-    position_offset,
     probe_mask_blind,
     resolve_eos_token_id,
     resolve_logit_shift,
     shift_logits,
     source_positions,
 )
-from jointobj.model.loading import load_masked_lm
+from jointobj.model.loading import (
+    ADAPTER_CONFIG,
+    check_directory,
+    given_or_saved_conventions,
+    load_model,
+    load_tokenizer,
+    quiet_peft,
+    recorded_base,
+    saved_settings,
+)
 from jointobj.utils.ranks import zero3_sharded
 
 logger = logging.get_logger(__name__)
-
-
-_NO_MASK_HELP = (
-    "jointobj needs a mask token id. Pass mask_token_id=... explicitly, or give the tokenizer a mask token "
-    "(tokenizer.add_special_tokens({'mask_token': '[MASK]'}) then model.resize_token_embeddings(len(tokenizer))), "
-    "or set config.mask_token_id (LLaDA and Dream configs carry one)."
-)
-
-
-def resolve_mask_token_id(explicit: int | None, tokenizer: Any = None, config: Any = None) -> int:
-    """The mask id: explicit argument, then tokenizer, then model config, in that order."""
-    for source in (explicit, getattr(tokenizer, "mask_token_id", None), getattr(config, "mask_token_id", None)):
-        if source is not None:
-            return int(source)
-    raise ValueError(_NO_MASK_HELP)
-
-
-def _extract_logits(output: Any) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    if hasattr(output, "logits"):
-        return output.logits
-    if isinstance(output, (tuple, list)):
-        return output[0]
-    raise TypeError(f"the model returned {type(output).__name__}; a Denoiser needs logits (a tensor or an object "
-                    "with .logits)")
 
 
 class Denoiser(nn.Module):
@@ -109,8 +99,8 @@ class Denoiser(nn.Module):
         config = getattr(model, "config", None)
         # Read once from the bare model: once training starts, calls may go through a DeepSpeed engine
         # whose .config is the DeepSpeed config (see routed_through).
-        self.vocab_size = _vocab_size(model)
-        self.max_positions = _max_positions(model)
+        self.vocab_size = vocab_size(model)
+        self.max_positions = max_positions(model)
         self.mask_token_id = resolve_mask_token_id(mask_token_id, tokenizer, config)  # checked by the setter
         self.logit_shift, self.logit_shift_source = resolve_logit_shift(logit_shift, config)
         self.eos_token_id = resolve_eos_token_id(eos_token_id, tokenizer, config, self.vocab_size)
@@ -126,7 +116,7 @@ class Denoiser(nn.Module):
         elif check_bidirectional:
             assert_bidirectional(self)
         self.mask_blind = mask_blind if mask_blind is not None or sharded else probe_mask_blind(
-            model, self.vocab_size, _pad_token_id(tokenizer, config), self.max_positions)
+            model, self.vocab_size, pad_token_id(tokenizer, config), self.max_positions)
         if not sharded:
             check_shift_on_text(self)  # a trained model with a tokenizer: warns if its behaviour says otherwise
 
@@ -186,7 +176,7 @@ class Denoiser(nn.Module):
     @property
     def input_embeddings(self) -> nn.Embedding:
         """The token embedding module; soft inputs are mixtures of its rows."""
-        embedding = _input_embeddings(self.model)
+        embedding = input_embeddings(self.model)
         if embedding is None:
             raise TypeError(
                 f"{type(self.model).__name__} exposes no input embedding (get_input_embeddings()); soft inputs "
@@ -248,7 +238,7 @@ class Denoiser(nn.Module):
             output = self.model(input_ids=input_ids, **kwargs)
         else:
             output = self.model(inputs_embeds=inputs_embeds, **kwargs)
-        return _extract_logits(output)
+        return extract_logits(output)
 
     def _mask_kwargs(self, attention_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
         mask = normalise_attention_mask(attention_mask)
@@ -305,7 +295,8 @@ class Denoiser(nn.Module):
             raise ValueError("pass either a LoraConfig or keyword overrides, not both")
         if add_on_names(self.model):  # add-ons (jointobj/model/add_ons.py) train and checkpoint with the adapter
             config.modules_to_save = sorted(set(config.modules_to_save or []) | set(add_on_names(self.model)))
-        self.model = get_peft_model(self.model, config)
+        with quiet_peft():
+            self.model = get_peft_model(self.model, config)
         return self
 
     @property
@@ -389,128 +380,73 @@ class Denoiser(nn.Module):
         `logit_shift`, `eos_token_id`: as for Denoiser; else the values saved in jointobj.json
         (with the mask-blindness found when it was saved), else decided from the model.
         """
-        saved = Path(path) / CONFIG_NAME
-        add_ons = json.loads(saved.read_text()).get("add_ons", {}) if saved.exists() else {}
-        denoiser = load_masked_lm(
-            cls, Path(path), lora=lora, trust_remote_code=trust_remote_code, mask_token_id=mask_token_id,
-            base=base, is_trainable=is_trainable, dtype=dtype, logit_shift=logit_shift, eos_token_id=eos_token_id,
-            before_adapter=lambda base_denoiser: attach_add_ons(base_denoiser, add_ons),
-        )
+        directory = Path(path)
+        check_directory(directory)
+        saved = saved_settings(directory)
+        # The mask id: explicit, else the one saved beside the weights (jointobj.json), else the tokenizer's / config's.
+        explicit = mask_token_id if mask_token_id is not None else saved.get("mask_token_id")
+        conventions = given_or_saved_conventions(saved, {"logit_shift": logit_shift, "eos_token_id": eos_token_id})
+        add_ons = saved.get("add_ons", {})
+        if (directory / ADAPTER_CONFIG).exists():
+            if lora is not None:
+                raise ValueError(f"{directory} already holds an adapter; load it without lora=, or point at the base "
+                                 "model")
+            from peft import PeftModel
+
+            denoiser = cls._adapter_base(directory, base, mask_token_id=explicit, trust_remote_code=trust_remote_code,
+                                         dtype=dtype, conventions=conventions)
+            attach_add_ons(denoiser, add_ons)  # before peft reads the adapter, whose modules_to_save name them
+            with quiet_peft():
+                denoiser.model = PeftModel.from_pretrained(denoiser.model, str(directory), is_trainable=is_trainable)
+            tokenizer = load_tokenizer(directory, trust_remote_code)  # after the base's remote-code refusal
+            if tokenizer is not None:
+                denoiser.tokenizer = tokenizer
+        else:
+            model = load_model(directory, trust_remote_code=trust_remote_code, dtype=dtype)  # refuses remote code first
+            denoiser = cls(model, mask_token_id=explicit, tokenizer=load_tokenizer(directory, trust_remote_code),
+                           **conventions)
+            if logit_shift is None and conventions["logit_shift"] is not None:
+                denoiser.logit_shift_source = f"saved in {directory.name}/jointobj.json"
+            if lora is not None:
+                denoiser.add_lora(lora)
         load_add_ons(denoiser, path, add_ons)
         return denoiser
 
+    @classmethod
+    def _adapter_base(cls, directory: Path, base: Any, *, mask_token_id: int | None, trust_remote_code: bool,
+                      dtype: torch.dtype | str | None, conventions: dict[str, Any]) -> "Denoiser":
+        """The Denoiser that the adapter in `directory` goes onto, from `base` (a directory, an nn.Module,
+        a Denoiser without an adapter, or None for the base recorded in adapter_config.json).
 
-def takes_positions(denoiser: Any) -> bool:
-    """Whether the denoiser's own class computes logits of chosen positions only (`positions=` on its
-    forward, or __call__ for a plain callable: Denoiser, OracleDenoiser). Wrappers that forward calls and
-    attributes (self-conditioning, counters, recorders) are judged by their own class: full logits."""
-    call = getattr(type(denoiser), "forward", None) or getattr(type(denoiser), "__call__", None)
-    try:
-        return call is not None and "positions" in inspect.signature(call).parameters
-    except (TypeError, ValueError):
-        return False
+        `mask_token_id` (the caller's, else the adapter's saved one) is given to the base, so a base
+        without a mask token of its own loads; so are `conventions` (logit_shift, eos_token_id,
+        mask_blind: the caller's, else the adapter's saved ones; None entries are decided from the
+        base). A Denoiser or module passed as `base` is used as is, not copied: peft injects the
+        adapter's layers into it.
+        """
+        base = recorded_base(directory) if base is None else base
+        conventions = {name: value for name, value in conventions.items() if value is not None}
+        if isinstance(base, cls):
+            denoiser = base
+        elif isinstance(base, nn.Module):
+            denoiser = cls(base, mask_token_id=mask_token_id, check_bidirectional=False, **conventions)
+        else:
+            denoiser = cls.from_pretrained(base, trust_remote_code=trust_remote_code, mask_token_id=mask_token_id,
+                                           dtype=dtype, logit_shift=conventions.get("logit_shift"),
+                                           eos_token_id=conventions.get("eos_token_id"))
+        if denoiser.has_adapter:
+            raise ValueError("base already carries an adapter; pass the model it was built on")
+        if mask_token_id is not None:
+            denoiser.mask_token_id = mask_token_id  # a passed Denoiser's too; checked against the vocabulary
+        denoiser.apply_conventions(conventions)
+        return denoiser
 
-
-def logits_at(denoiser: Any, positions: torch.Tensor, **inputs: Any) -> torch.Tensor:
-    """[t, V] float32 logits of the `positions [b, l]` (bool) only, in row-major order: the lean path
-    of a denoiser that takes `positions=` (`takes_positions`), else its full logits `[b, l, V]` indexed."""
-    if takes_positions(denoiser):
-        return denoiser(**inputs, positions=positions)  # [t, V]
-    return denoiser(**inputs)[positions].float()  # [t, V]
-
-
-def _input_embeddings(model: nn.Module) -> nn.Embedding | None:
-    get = getattr(model, "get_input_embeddings", None)
-    embedding = get() if callable(get) else None
-    return embedding if isinstance(embedding, nn.Embedding) else None
-
-
-def _vocab_size(model: nn.Module) -> int:
-    size = getattr(getattr(model, "config", None), "vocab_size", None)
-    if size is not None:
-        return int(size)
-    embedding = _input_embeddings(model)
-    if embedding is None:
-        raise ValueError(
-            f"cannot tell the vocabulary size of {type(model).__name__}: give it a config with vocab_size "
-            "or a get_input_embeddings() method"
-        )
-    return embedding.num_embeddings
-
-
-def _max_positions(model: nn.Module) -> int | None:
-    """Longest sequence the model takes, where its config says (None: unbounded, e.g. rotary only),
-    less the position rows before position 0 (jointobj.model.conventions.position_offset)."""
-    config = getattr(model, "config", None)
-    for source in (config, model):
-        for name in ("max_position_embeddings", "max_sequence_length", "max_positions"):
-            value = getattr(source, name, None)
-            if isinstance(value, int):
-                return value - position_offset(model)
-    return None
-
-
-def _pad_token_id(tokenizer: Any, config: Any) -> int:
-    for source in (getattr(tokenizer, "pad_token_id", None), getattr(config, "pad_token_id", None)):
-        if isinstance(source, int):
-            return source
-    return 0
-
-
-def lora_target_modules(model: nn.Module) -> list[str] | str:
-    """peft's target table for known architectures, else all linear layers except the vocabulary head."""
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-    from transformers import PreTrainedModel
-
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
-        return list(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type])
-    if isinstance(model, PreTrainedModel):
-        return "all-linear"  # peft leaves the output embedding out for PreTrainedModels
-    token_embedding = _input_embeddings(model)
-    if token_embedding is None:  # else the first embedding registered is the token table
-        token_embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
-    vocab_size = token_embedding.num_embeddings if token_embedding is not None else None
-    # nn.MultiheadAttention reads out_proj.weight directly, so a LoRA wrapped around it would never run.
-    inside_attention = {
-        f"{name}.{child}" if name else child
-        for name, m in model.named_modules()
-        if isinstance(m, nn.MultiheadAttention)
-        for child, _ in m.named_children()
-    }
-    targets = sorted(
-        {
-            name.split(".")[-1]
-            for name, m in model.named_modules()
-            if isinstance(m, nn.Linear) and name not in inside_attention and m.out_features != vocab_size
-        }
-    )
-    if not targets:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear layer LoRA can wrap; pass a LoraConfig with "
-                         "target_modules")
-    return targets
-
-
-@torch.no_grad()
-def assert_bidirectional(denoiser: Denoiser, probe_length: int = 8) -> None:
-    """Refuse causal models, judged by behaviour: a late token must move earlier logits.
-
-    Class names mislead (Dream is a decoder architecture with bidirectional attention), so
-    we change the last token of a probe and look at the logits before it.
-    """
-    limit = denoiser.max_positions or probe_length
-    length = max(2, min(probe_length, limit))
-    generator = torch.Generator().manual_seed(0)
-    probe = torch.randint(0, denoiser.vocab_size, (1, length), generator=generator)
-    changed = probe.clone()
-    changed[0, -1] = (probe[0, -1] + 1) % denoiser.vocab_size
-    with eval_mode(denoiser.model):
-        device = denoiser.device
-        before = denoiser(input_ids=probe.to(device))[0, :-1]  # [l-1, V]
-        after = denoiser(input_ids=changed.to(device))[0, :-1]
-    if torch.allclose(before, after, rtol=0, atol=1e-6):
-        raise ValueError(
-            f"{type(denoiser.model).__name__} looks causal: changing the last token left every earlier logit "
-            "unchanged. Masked diffusion needs bidirectional attention; load a masked LM (BERT, ModernBERT, "
-            "LLaDA, Dream, ...) or disable the causal mask. If you are sure, pass check_bidirectional=False."
-        )
+    def apply_conventions(self, conventions: dict[str, Any]) -> None:
+        """Set saved or given conventions on a built Denoiser (checked as the constructor checks them)."""
+        if conventions.get("logit_shift") is not None:
+            self.logit_shift, _ = resolve_logit_shift(conventions["logit_shift"], None)
+            self.logit_shift_source = "given or saved with the adapter"
+        if conventions.get("eos_token_id") is not None:
+            self.eos_token_id = resolve_eos_token_id(conventions["eos_token_id"], None, None, self.vocab_size)
+        if conventions.get("mask_blind") is not None:
+            self.mask_blind = bool(conventions["mask_blind"])

@@ -1,4 +1,5 @@
-"""What every objective returns, and the registry the trainer picks objectives from."""
+"""What the trainer may ask of an objective (`Objective`), what every objective returns (`LossOutput`), and the
+registry the trainer picks objectives from."""
 
 from __future__ import annotations
 
@@ -21,6 +22,38 @@ class LossOutput:
 
     loss: torch.Tensor
     metrics: dict[str, torch.Tensor | float] = field(default_factory=dict)
+
+
+class Objective(nn.Module):
+    """An objective: `forward(denoiser, batch) -> LossOutput` (the loss to back-propagate and detached metrics
+    to log), plus the three questions the trainer and the recipe ask, never by class or attribute lookup.
+
+    The defaults suit an objective made of parts: each question is put to the Objective sub-modules (a
+    mixture's token-CE and log-sum parts, a wrapper's wrapped objective) and their answers combined; an
+    objective with none answers "nothing to prepare, one scorable token, no block forwards".
+    """
+
+    def parts(self) -> list["Objective"]:
+        """The Objective modules directly inside this one."""
+        return [module for module in self.children() if isinstance(module, Objective)]
+
+    def prepare(self, denoiser: nn.Module) -> None:
+        """Called by the trainer once, before the optimizer exists: attach what the objective trains beside
+        the denoiser (the energy objective's head). Default: prepare each part."""
+        for part in self.parts():
+            part.prepare(denoiser)
+
+    @property
+    def min_scorable_tokens(self) -> int:
+        """The scorable (answer) tokens every training row needs (K for a K-block likelihood); the recipe
+        refuses shorter rows before training. Default: the most any part needs, else 1."""
+        return max((part.min_scorable_tokens for part in self.parts()), default=1)
+
+    def checkpoint_block_forwards(self) -> bool:
+        """Turn on activation checkpointing of the objective's own block forwards (the recipe's fallback for a
+        model without gradient checkpointing of its own); returns whether there were any. Default: each
+        part's (every part is asked)."""
+        return any([part.checkpoint_block_forwards() for part in self.parts()])
 
 
 def check_finite(loss: torch.Tensor, what: str, batch_ids: torch.Tensor) -> None:

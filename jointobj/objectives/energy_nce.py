@@ -36,7 +36,6 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from jointobj.decoding.registry import build_decoder
 from jointobj.diffusion.batch import Batch, check_batch
@@ -48,7 +47,7 @@ from jointobj.model.energy_head import (
     energy_head_module,
     head_energy,
 )
-from jointobj.objectives.base import LOSSES, LossOutput, build_part, check_finite
+from jointobj.objectives.base import LOSSES, LossOutput, Objective, build_part, check_finite
 from jointobj.objectives.token_ce import TokenCELoss
 from jointobj.utils.checks import check_whole_number
 from jointobj.utils.ranks import run_chunks, world_size, zero3_sharded
@@ -90,7 +89,7 @@ def _prompt_lengths(batch: Batch, scorable: torch.Tensor) -> tuple[torch.Tensor,
 
 
 @LOSSES.register("energy")
-class EnergyNCELoss(nn.Module):
+class EnergyNCELoss(Objective):
     """`loss_fn(denoiser, batch, generator=None) -> LossOutput` (module doc).
 
     tokens_per_step: the negative sampler's K (None or "all": the whole answer in one step, EDLM's
@@ -131,6 +130,7 @@ class EnergyNCELoss(nn.Module):
         Refuses ZeRO-3 on several ranks (`check_not_zero3_on_several_ranks`), here and again at
         every step (a model built before the DeepSpeed config is sharded only when DeepSpeed wraps it)."""
         check_not_zero3_on_several_ranks(denoiser)
+        super().prepare(denoiser)  # its token-CE part
         head = energy_head_module(denoiser.model)
         if head is None:
             head = attach_energy_head(denoiser, self.head_width, self.parameterisation)

@@ -48,9 +48,9 @@ from jointobj.diffusion.batch import Batch, check_batch
 from jointobj.diffusion.likelihood import score_blocks
 from jointobj.diffusion.orders import ORDERS, OrderProposal, Orders, block_index, check_orders, num_blocks
 from jointobj.diffusion.randomness import multinomial
-from jointobj.objectives.base import LOSSES, LossOutput, check_finite
+from jointobj.objectives.base import LOSSES, LossOutput, Objective, check_finite
 from jointobj.objectives.self_condition import SelfConditioning
-from jointobj.utils.checks import ALL_BLOCKS, check_blocks, check_whole_number
+from jointobj.utils.checks import ALL, check_blocks, check_whole_number
 
 MODES = ("exact", "sampled")
 
@@ -116,7 +116,7 @@ def order_log_weights(orders: Orders | None, num_decoder_orders: int, block: tor
 
 
 @LOSSES.register("logsum")
-class LogSumOrdersLoss(nn.Module):
+class LogSumOrdersLoss(Objective):
     """`loss_fn(denoiser, batch, generator=None, orders=None) -> LossOutput`.
 
     orders: fixed family list (M = its length), decoder orders among them ("confidence:steps=2"; module
@@ -161,7 +161,11 @@ class LogSumOrdersLoss(nn.Module):
     @property
     def min_scorable_tokens(self) -> int:
         """The scorable tokens every row needs: K of the fixed orders (each of the K blocks holds one or more)."""
-        return 1 if self.blocks == ALL_BLOCKS or self.proposal is None else self.blocks
+        return 1 if self.blocks == ALL or self.proposal is None else self.blocks
+
+    def checkpoint_block_forwards(self) -> bool:
+        self.checkpoint = True
+        return True
 
     def extra_repr(self) -> str:
         decoders = f", decoder_orders={[str(o) for o in self.decoder_orders]}" if self.decoder_orders else ""

@@ -18,14 +18,14 @@ import torch
 from torch import nn
 
 from jointobj.diffusion.batch import Batch
-from jointobj.objectives.base import LOSSES, LossOutput, build_part
+from jointobj.objectives.base import LOSSES, LossOutput, Objective, build_part
 from jointobj.objectives.logsum import LogSumOrdersLoss
 from jointobj.objectives.token_ce import TokenCELoss
 from jointobj.utils.checks import check_fraction
 
 
 @LOSSES.register("mixture")
-class MixtureLoss(nn.Module):
+class MixtureLoss(Objective):
     """`loss_fn(denoiser, batch, generator=None) -> LossOutput`.
 
     token_ce_weight: lambda in [0, 1] (a convex mix; the energy objective's additive weight is

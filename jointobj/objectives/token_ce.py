@@ -20,8 +20,8 @@ from torch import nn
 
 from jointobj.diffusion.batch import Batch, check_batch
 from jointobj.diffusion.noise import SCHEDULES, corrupt, sample_timesteps
-from jointobj.model.denoiser import logits_at
-from jointobj.objectives.base import LOSSES, LossOutput, check_finite
+from jointobj.model.architecture import logits_at
+from jointobj.objectives.base import LOSSES, LossOutput, Objective, check_finite
 from jointobj.objectives.self_condition import SelfConditioning
 
 
@@ -35,7 +35,7 @@ class NoisedBatch:
 
 
 @LOSSES.register("token_ce")
-class TokenCELoss(nn.Module):
+class TokenCELoss(Objective):
     """Masked-diffusion ELBO. `loss_fn(denoiser, batch) -> LossOutput`.
 
     schedule: the masking schedule (linear or cosine). eps: the smallest t drawn. stratified: one t

@@ -1,4 +1,4 @@
-"""Your own toy sets: an exact distribution (or a Dataset) and a validator on the answer text.
+r"""Your own toy sets: an exact distribution (or a Dataset) and a validator on the answer text.
 
     # mysets.py
     from jointobj.toysets.user_sets import make_toyset

@@ -24,24 +24,10 @@ import yaml
 from accelerate import PartialState
 from transformers import HfArgumentParser, enable_full_determinism, set_seed
 
-from jointobj.decoding.decoder_law import parse_decoder_orders
+from jointobj.decoding.budget import parse_tokens_per_step
 from jointobj.decoding.registry import DECODERS
-from jointobj.evaluation.frontier import (
-    REPORT_GRID,
-    TARGET_COLUMNS,
-    SweepPoint,
-    parse_tokens_per_step,
-    registered_grid,
-    setting_label,
-    sweep_points,
-    target_status,
-)
-from jointobj.evaluation.metrics import validity_fell
-from jointobj.evaluation.report import format_table, plot_frontier, write_json
-from jointobj.evaluation.sweep import evaluate, headline
+from jointobj.evaluation.run_report import report_run
 from jointobj.model.denoiser import Denoiser
-from jointobj.objectives.logsum import LogSumOrdersLoss
-from jointobj.toysets.oracle import OracleDenoiser
 from jointobj.training.data import load_training_data
 from jointobj.training.embedded import ensure_base
 from jointobj.training.moved_options import MOVED_OPTIONS, moved_option_error
@@ -167,14 +153,47 @@ def check_moved_flags(argv: list[str]) -> None:
             raise moved_option_error(name, value or None)
 
 
+# transformers 5 renamed these TrainingArguments (the old names warn); 4.x knows only the old ones.
+RENAMED_TRAINING_ARGS = {"gradient_checkpointing": "activation_checkpointing",
+                         "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
+
+
+def installed_name(name: str, known: set[str]) -> str:
+    """The name this transformers knows for a TrainingArguments field given under its old or new name
+    (activation_checkpointing on 5.x, gradient_checkpointing on 4.x), so one YAML runs on both, quietly."""
+    key = name.replace("-", "_")
+    renamed = {**RENAMED_TRAINING_ARGS, **{new: old for old, new in RENAMED_TRAINING_ARGS.items()}}
+    other = renamed.get(key)
+    if other is None:
+        return name
+    new = key if key in RENAMED_TRAINING_ARGS.values() else other
+    old = other if new == key else key
+    return new if new in known else old
+
+
+def _flag_names(argv: list[str], known: set[str]) -> list[str]:
+    """`argv` with renamed TrainingArguments flags (`--gradient_checkpointing[=V]`) under the installed name."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--"):
+            name, equals, value = arg[2:].partition("=")
+            arg = f"--{installed_name(name, known)}{equals}{value}"
+        out.append(arg)
+    return out
+
+
 def parse_recipe_args(argv: list[str] | None, default_config: str | Path | None):
     """(ModelArguments, DataArguments, JointObjConfig) from `--config YAML` then flags (flags win).
 
-    A YAML `null` keeps the field's default (it is not passed on as the string "None")."""
+    The YAML's values become the parser's defaults, checked and converted as the same flags would
+    be, so `--help` shows the values the run will use. A YAML `null` keeps the field's default (it
+    is not passed on as the string "None")."""
     argv = list(sys.argv[1:] if argv is None else argv)
     given, argv = _split_config_flag(argv)
     config_path = given if given is not None else default_config
-    from_yaml: list[str] = []
+    parser = HfArgumentParser((ModelArguments, DataArguments, JointObjConfig), usage=CONFIG_USAGE)
+    known = {action.dest for action in parser._actions}
+    argv = _flag_names(argv, known)
     if config_path is not None:
         path = Path(config_path)
         if not path.exists():
@@ -185,14 +204,21 @@ def parse_recipe_args(argv: list[str] | None, default_config: str | Path | None)
             raise ValueError(f"config {path} is not valid YAML: {error}") from error
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a mapping of argument names to values")
+        from_yaml: list[str] = []
         for key, value in values.items():
             if key in MOVED_OPTIONS:
                 raise moved_option_error(key, value)
             if value is not None:
-                from_yaml += [f"--{key}", _yaml_flag_value(value)]
+                from_yaml += [f"--{installed_name(key, known)}", _yaml_flag_value(value)]
+        parsed, unknown = parser.parse_known_args(from_yaml)
+        if unknown:
+            raise ValueError(f"config {path}: unknown keys {' '.join(a for a in unknown if a.startswith('--'))}; "
+                             "see --help for the known ones")
+        yaml_keys = [installed_name(key, known).replace("-", "_") for key, value in values.items() if value is not None]
+        parser.set_defaults(**{key: getattr(parsed, key) for key in yaml_keys})
+        parser.description = f"Defaults shown are {path}'s values where it sets them."
     check_moved_flags(argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, JointObjConfig), usage=CONFIG_USAGE)
-    return parser.parse_args_into_dataclasses(args=from_yaml + argv, look_for_args_file=False)
+    return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
 
 
 def join_process_group(config: JointObjConfig) -> None:
@@ -234,98 +260,6 @@ def load_denoiser(model_args: ModelArguments, path: str | Path, config: JointObj
             overrides["target_modules"] = targets if targets == "all-linear" else targets.split(",")
         denoiser.add_lora(**overrides)
     return denoiser
-
-
-def report(base_dir: Path, tuned_dir: Path, data_args: DataArguments, config: JointObjConfig) -> list[dict]:
-    """The trap and its cure, printed and written beside the adapter: base, fine-tuned and the exact
-    oracle (the best any model could do with each decoder) on the toy sets, under the plain
-    decoders (report_decoders x report_tokens_per_step) and the frontier's grid (REPORT_GRID in
-    jointobj/evaluation/frontier.py: the speculative decoder, the confidence threshold). Prints one line per
-    (set, decoder setting) with each model's tokens per step, validity and TV, the headline
-    (highest tokens per step with validity >= 0.99) and, for sets of >= 8 answer tokens, the
-    target status; writes report.json (every row) and report.png (the frontier)."""
-    names = split_names(data_args.dataset)  # the toy sets, as the embedded base read them
-    models = {
-        "base": Denoiser.from_pretrained(base_dir).eval(),  # the saved artifacts, as a user reloads them
-        "fine-tuned": Denoiser.from_pretrained(tuned_dir).eval(),
-        "oracle": OracleDenoiser(*names),
-    }
-    trained_for = trained_for_points(config.train_for)
-    points = sweep_points(data_args.report_decoders.split(","), data_args.report_tokens_per_step.split(","),
-                          grid=registered_grid(REPORT_GRID))
-    rows = []
-    for label, denoiser in models.items():
-        for group, nll in ((trained_for, True), (points, False)):  # the decoder's NLL where it was trained for
-            if group:
-                rows += [{"model": label, **row} for row in evaluate(
-                    denoiser, names, points=group, samples=data_args.report_samples, seed=config.seed, decoder_nll=nll)]
-    table: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for row in rows:
-        line = table.setdefault((row["toyset"], row["decoder"], setting_label(row)), {
-            "toyset": row["toyset"], "decoder": row["decoder"], "setting": setting_label(row),
-            "tv floor": row["tv_floor"], "cov exact": row["coverage_exact"]})
-        line.update({f"{row['model']} tok/step": row["tokens_per_step"], f"{row['model']} valid": row["validity"],
-                     f"{row['model']} cov": row["coverage"], f"{row['model']} tv": row["tv"],
-                     f"{row['model']} nll": row["decoder_nll"]})
-        line[f"{row['model']} n"] = row["samples"]
-        if row["model"] == "fine-tuned":
-            line["rows/token"] = row["rows_per_token"]
-            line["fine-tuned valid 95%"] = f"{row['validity_low']:.3f}-{row['validity_high']:.3f}"  # Wilson
-    harmed = mark_harm(list(table.values()))
-    per_model = [f"{label} {what}" for label in models for what in ("tok/step", "valid", "cov", "tv", "nll")]
-    per_model.insert(per_model.index("fine-tuned valid") + 1, "fine-tuned valid 95%")
-    trained = f"; trained for {config.train_for}, its settings first" if config.train_for else ""
-    print(f"\nvalidity, coverage (beside what exact sampling covers), TV and tokens per step "
-          f"({data_args.report_samples} samples per cell; rows/token of the fine-tuned model: forward rows per "
-          f"generated token{trained}; nll: the decoder's NLL of the set's answers, nats, on the settings trained "
-          f"for; harm: validity fell from base to fine-tuned by more than 2 standard errors)")
-    print(format_table(list(table.values()), ["toyset", "decoder", "setting", *per_model, "cov exact", "tv floor",
-                                              "rows/token", "harm"]))
-    print(f"\ndo no harm: {len(harmed)} setting(s) fell by more than 2 standard errors"
-          + "".join(f"\n  {h['toyset']} {h['decoder']} {h['setting']}: {h['base valid']:.3f} -> "
-                    f"{h['fine-tuned valid']:.3f}" for h in harmed))
-    best: dict[tuple[str, str], dict[str, Any]] = {}
-    for label in models:
-        for head in headline([r for r in rows if r["model"] == label]):
-            key = (head["toyset"], head["decoder"])
-            cell = best.setdefault(key, {"toyset": head["toyset"], "decoder": head["decoder"]})
-            cell[label] = head["tokens_per_step"]
-            if label == "fine-tuned":
-                cell["fine-tuned setting"] = head["knobs"] or None
-    print("\nhighest tokens per step with validity >= 0.99 (- : not even at the fewest)")
-    print(format_table(list(best.values()), ["toyset", "decoder", *models, "fine-tuned setting"]))
-    status = target_status([r for r in rows if r["model"] != "oracle"])
-    if status:
-        print("\ntarget (sets of >= 8 answer tokens): >= 4 tokens per step, validity within one standard error of "
-              "the model's own l2r K=1 validity, TV within 0.02 of its TV, <= 32 rows per token")
-        print(format_table(status, TARGET_COLUMNS))
-    out = Path(config.output_dir)
-    write_json(out / "report.json", rows)
-    plot_frontier(rows, out / "report.png")
-    print(f"\nreport: {out / 'report.json'}, plot: {out / 'report.png'}, adapter: {out}")
-    return rows
-
-
-def trained_for_points(train_for: str | None) -> list[SweepPoint]:
-    """The report's first settings: each decoder trained for, at its budget (a `train_for` spec)."""
-    points = []
-    for order in parse_decoder_orders(train_for or ""):
-        options = order.decoder_options
-        points.append(SweepPoint(order.policy_name, order.tokens_per_step, tuple(sorted(options.items())),
-                                 tuple(options)))
-    return points
-
-
-def mark_harm(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Set `harm` on each report line whose validity fell from base to fine-tuned by more than two
-    standard errors (`validity_fell`); return those lines."""
-    harmed = []
-    for line in lines:
-        if "base valid" in line and "fine-tuned valid" in line and validity_fell(
-                line["base valid"], line["base n"], line["fine-tuned valid"], line["fine-tuned n"]):
-            line["harm"] = "FELL"
-            harmed.append(line)
-    return harmed
 
 
 def check_output_dir(output_dir: str | Path, model_dir: str | Path) -> None:
@@ -397,7 +331,7 @@ def run_recipe(argv: list[str] | None = None, default_config: str | Path | None 
     data = load_training_data(data_args.dataset, denoiser.tokenizer, data_args.samples_per_toyset, seed=config.seed,
                               max_length=denoiser.max_positions, vocab_size=denoiser.vocab_size,
                               mask_token_id=None if data_args.allow_mask_token_in_data else denoiser.mask_token_id,
-                              min_response_tokens=min_response_tokens(objective))  # bad rows fail now, not mid-run
+                              min_response_tokens=objective.min_scorable_tokens)  # bad rows fail now, not mid-run
     trainer = JointObjTrainer(denoiser, config, objective, train_dataset=data, processing_class=denoiser.tokenizer,
                               callbacks=callbacks)
     settle_gradient_checkpointing(trainer, denoiser)
@@ -407,7 +341,12 @@ def run_recipe(argv: list[str] | None = None, default_config: str | Path | None 
         mark_finished(config.output_dir, trainer.state.global_step)
     rows: list[dict] = []
     if trainer.is_world_process_zero() and embedded and data_args.report_samples > 0:
-        rows = report(base, Path(config.output_dir), data_args, config)
+        print(f"\n{numerics()}", flush=True)
+        rows = report_run(base, Path(config.output_dir), split_names(data_args.dataset),  # as the base read them
+                          decoders=data_args.report_decoders.split(","),
+                          tokens_per_step=data_args.report_tokens_per_step.split(","),
+                          samples=data_args.report_samples, seed=config.seed, output_dir=config.output_dir,
+                          train_for=config.train_for)
     trainer.accelerator.wait_for_everyone()
     return RecipeResult(trainer, denoiser, config.output_dir, str(base), rows)
 
@@ -423,10 +362,9 @@ def settle_gradient_checkpointing(trainer: JointObjTrainer, denoiser: Denoiser) 
         return True
     for name in names:
         setattr(trainer.args, name, False)
-    chunks = [m for m in trainer.objective.modules() if isinstance(m, LogSumOrdersLoss)]
-    for loss in chunks:
-        loss.checkpoint = True
-    fallback = ("checkpointing the log-sum likelihood's block forwards instead" if chunks else
+    has_blocks = trainer.objective.checkpoint_block_forwards()
+    fallback = ("checkpointing the objective's block forwards (the log-sum likelihood's chunks) instead"
+                if has_blocks else
                 f"the {trainer.args.objective} objective has no block forwards to checkpoint, so none is used")
     if trainer.is_world_process_zero():
         print(f"--gradient_checkpointing: {type(denoiser.base_model_for_checkpointing).__name__} does not support "
@@ -434,6 +372,9 @@ def settle_gradient_checkpointing(trainer: JointObjTrainer, denoiser: Denoiser) 
     return False
 
 
-def min_response_tokens(objective: torch.nn.Module) -> int:
-    """The response tokens every row needs: K for a log-sum over K blocks (each block holds one or more)."""
-    return max((getattr(part, "min_scorable_tokens", 1) for part in objective.modules()), default=1)
+def numerics() -> str:
+    """What the run's figures depend on beside --seed and the code: one seed gives the same figures
+    with the same torch, threads and CPU kernels (README: "Numbers that hold")."""
+    return (f"numerics: torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), "
+            f"{torch.backends.cpu.get_cpu_capability()} kernels; the same seed repeats these figures bit for bit "
+            "only with all three the same")

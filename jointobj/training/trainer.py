@@ -31,7 +31,7 @@ from transformers import Trainer, TrainingArguments
 from jointobj.decoding.decoder_law import parse_decoder_orders
 from jointobj.diffusion.batch import DiffusionCollator
 from jointobj.model.denoiser import Denoiser
-from jointobj.objectives import LOSSES
+from jointobj.objectives import LOSSES, Objective
 from jointobj.training.checkpoints import (
     LATEST_NAME,
     MANIFEST_NAME,
@@ -163,9 +163,11 @@ class JointObjTrainer(Trainer):
                  **kwargs: Any):
         self.denoiser = denoiser
         self.objective = objective if objective is not None else build_objective(args)
-        prepare = getattr(self.objective, "prepare", None)
-        if callable(prepare):  # e.g. the energy objective attaches its head: before the optimizer exists
-            prepare(denoiser)
+        if not isinstance(self.objective, Objective):
+            raise TypeError(f"the objective is a {type(self.objective).__name__}; subclass "
+                            "jointobj.objectives.Objective (its defaults: nothing to prepare, one scorable token, no "
+                            "block forwards) and return a LossOutput from forward(denoiser, batch)")
+        self.objective.prepare(denoiser)  # e.g. the energy objective attaches its head: before the optimizer exists
         if "data_collator" not in kwargs:  # pads answers with EOS for a mask-blind model (see DiffusionCollator)
             kwargs["data_collator"] = DiffusionCollator.for_denoiser(denoiser)
         super().__init__(model=denoiser.model, args=args, **kwargs)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-ALL_BLOCKS = "all"  # K = the row's scorable count: one position per block (exact any-order autoregressive)
+# "all", for a count of positions per step or per block: K blocks of one position each (the exact any-order
+# autoregressive likelihood), or every answer token in one step (tokens per step)
+ALL = "all"
 
 
 def check_whole_number(name: str, value: Any, none_means: str | None = None, minimum: int = 1) -> int | None:
@@ -26,12 +28,12 @@ def check_whole_number(name: str, value: Any, none_means: str | None = None, min
 def check_blocks(blocks: Any) -> int | str:
     """K blocks per order: a whole number >= 1, or 'all' (one position per block). Returns it as given
     ('all') or as an int."""
-    if blocks == ALL_BLOCKS:
-        return ALL_BLOCKS
+    if blocks == ALL:
+        return ALL
     try:
         return check_whole_number("blocks", blocks)
     except ValueError:
-        raise ValueError(f"blocks must be a whole number K >= 1 or {ALL_BLOCKS!r} (K = the scorable length), "
+        raise ValueError(f"blocks must be a whole number K >= 1 or {ALL!r} (K = the scorable length), "
                          f"got {blocks!r}") from None
 
 

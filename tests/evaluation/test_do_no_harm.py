@@ -3,7 +3,7 @@
 import torch
 
 from jointobj.evaluation.metrics import validity_fell
-from jointobj.training.recipe import mark_harm
+from jointobj.evaluation.run_report import mark_harm
 
 N = 400
 

@@ -55,7 +55,7 @@ def test_joint_validity_frontier_sweeps_grids_and_draws_them(tmp_path, capsys):
     assert all(CONTRACT | {"rows_per_token", "options"} <= set(row) for row in rows)
     assert rows[2]["options"]["drafts"] == 1 and png.stat().st_size > 0
     printed = capsys.readouterr().out
-    assert "target (>= 8 answer tokens)" in printed and "latin_square_3" in printed.split("target")[-1]
+    assert "target (sets of >= 8 answer tokens)" in printed and "latin_square_3" in printed.split("target")[-1]
 
 
 def test_joint_validity_needs_a_decoder_or_a_grid(tmp_path):

@@ -143,3 +143,83 @@ def test_lm_eval_runs_a_saved_tiny_model_from_its_command_line(local_tasks, tiny
         env={**__import__("os").environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "jointobj_copy" in done.stdout and "jointobj_likes" in done.stdout
+
+
+# ---------------------------------------------------------------- toy sets as lm-eval tasks (toyset_tasks.py)
+
+
+def _toyset_run(model_args, tasks, metadata, include_path=None):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from jointobj.evaluation.toyset_tasks import TASKS_DIR
+
+    manager = TaskManager(include_path=[str(TASKS_DIR)] + ([str(include_path)] if include_path else []),
+                          metadata=metadata)
+    return lm_eval.simple_evaluate(model="jointobj", model_args=model_args, tasks=tasks,
+                                   task_manager=manager)["results"]
+
+
+@pytest.mark.slow
+def test_a_toy_set_task_scores_joint_validity_with_its_interval(monkeypatch):
+    # One parallel step of the exact oracle on likes_tennis is jointly valid 1/4 of the time (the marginal
+    # trap); l2r one token per step always. exact_match against the one drawn reference would score
+    # neither (a valid answer other than the reference counts as wrong).
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    trap = _toyset_run("oracle=likes_tennis,decoder=random,tokens_per_step=all", ["jointobj_toyset"],
+                       {"toyset": "likes_tennis", "samples": 300, "seed": 0})["jointobj_toyset"]
+    assert trap["validity_low,none"] < 0.25 < trap["validity_high,none"]
+    assert trap["validity_high,none"] - trap["validity_low,none"] < 0.11  # 300 samples: about +-0.05
+    exact = _toyset_run("oracle=likes_tennis,decoder=l2r,tokens_per_step=1", ["jointobj_toyset"],
+                        {"toyset": "likes_tennis", "samples": 50})["jointobj_toyset"]
+    assert exact["validity,none"] == 1.0 and exact["validity_low,none"] > 0.9
+
+
+@pytest.mark.slow
+def test_a_toy_set_likelihood_task_measures_kl_to_the_set(monkeypatch):
+    # The exact oracle's l2r chain rule is the set's law (KL 0); one block is the product of marginals,
+    # (1/2)^3 for every answer of likes_tennis against the set's 1/2: KL = 2 log 2.
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    metadata = {"toyset": "likes_tennis", "samples": 40}
+    exact = _toyset_run("oracle=likes_tennis,blocks=all", ["jointobj_toyset_loglikelihood"], metadata)
+    marginal = _toyset_run("oracle=likes_tennis,blocks=1", ["jointobj_toyset_loglikelihood"], metadata)
+    assert exact["jointobj_toyset_loglikelihood"]["kl_to_set,none"] == pytest.approx(0.0, abs=1e-5)
+    assert marginal["jointobj_toyset_loglikelihood"]["kl_to_set,none"] == pytest.approx(2 * math.log(2), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_jointobj_lm_eval_runs_a_user_sets_task_yaml_beside_a_built_in_one(tmp_path, monkeypatch):
+    # A user's own set through its task YAML (lm-eval's `class:` hook), next to a built-in set by name,
+    # from the command line with --include_path (the toy-set tasks are found by name all the same).
+    from jointobj.cli import main
+
+    (tmp_path / "mysets.py").write_text(textwrap.dedent("""
+        from jointobj.toysets.user_sets import make_toyset
+        pairs = make_toyset("pairs", {"salt pepper": 0.4, "bread butter": 0.35, "fish chips": 0.25})
+    """))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "pairs.yaml").write_text(textwrap.dedent("""
+        task: pairs_validity
+        class: !function jointobj.evaluation.toyset_tasks.ToySetTask
+        dataset_kwargs: {toyset: "mysets:pairs", samples: 60, seed: 0}
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    out = tmp_path / "results"
+    main(["lm-eval", "--model", "jointobj", "--model_args", "oracle=mysets:pairs+cities,decoder=l2r",
+          "--tasks", "pairs_validity,jointobj_toyset", "--metadata", '{"toyset": "cities", "samples": 30}',
+          "--include_path", str(tasks), "--output_path", str(out), "--no-progress"])
+    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
+    assert results["pairs_validity"]["validity,none"] == 1.0 and results["pairs_validity"]["sample_len"] == 60
+    assert results["jointobj_toyset"]["validity,none"] == 1.0 and results["jointobj_toyset"]["sample_len"] == 30
+
+
+def test_a_toy_set_answer_with_a_foreign_word_or_the_wrong_length_is_invalid():
+    from jointobj.evaluation.toyset_tasks import score_validity
+
+    doc = {"toyset": "likes_tennis", "prompt": "<likes_tennis>"}
+    assert score_validity(doc, ["he likes apple"])["validity"] == 1.0
+    assert score_validity(doc, ["he likes tennis"])["validity"] == 0.0  # the trap
+    assert score_validity(doc, ["he likes"])["validity"] == 0.0
+    assert score_validity(doc, ["he likes zebras"])["validity"] == 0.0  # not a token of the set

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from jointobj.decoding.budget import parse_tokens_per_step
 from jointobj.evaluation.metrics import (
     Cost,
     answer_unigram,
@@ -15,7 +16,7 @@ from jointobj.evaluation.metrics import (
     total_variation,
     tv_noise_floor,
 )
-from jointobj.evaluation.sweep import headline, parse_tokens_per_step
+from jointobj.evaluation.sweep import headline
 from jointobj.toysets.builtin import load_toyset
 
 

@@ -510,5 +510,5 @@ def test_recipe_runs_two_steps_on_the_remote_models(kind, tmp_path, capsys):
     assert result.trainer.state.global_step == 2
     said = capsys.readouterr().out
     own = kind == "dream_style"  # the LLaDA-style code has no gradient checkpointing: the recipe says so
-    assert ("does not support gradient checkpointing; checkpointing the log-sum" in said) != own
+    assert ("does not support gradient checkpointing; checkpointing the objective's block forwards" in said) != own
     assert load(tmp_path / "out").settings == result.denoiser.settings

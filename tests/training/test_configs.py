@@ -51,3 +51,43 @@ def test_deepspeed_json_that_does_not_parse_is_named(tmp_path):
 def test_missing_deepspeed_json_points_at_ds_configs(tmp_path):
     with pytest.raises(FileNotFoundError, match="see ds_configs/"):
         JointObjConfig(output_dir=str(tmp_path), deepspeed=str(tmp_path / "zero9.json"))
+
+
+def test_help_shows_the_values_the_yaml_sets(capsys):
+    # Fails while --help shows the dataclass defaults (base_steps 1200, three sets) instead of the YAML's.
+    import yaml
+
+    path = ROOT / "recipes" / "configs" / "logsum.yaml"
+    with pytest.raises(SystemExit):
+        parse_recipe_args(["--help"], default_config=path)
+    shown = " ".join(capsys.readouterr().out.split())
+    values = yaml.safe_load(path.read_text())
+    for key in ("base_steps", "dataset", "max_steps", "learning_rate", "report_decoders"):
+        flag = re.search(rf"--{key} .*?\(default: (.*?)\)", shown)
+        assert flag and flag.group(1).replace(" ", "") == str(values[key]), (key, flag and flag.group(1))
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)
+def test_recipe_yaml_parses_without_deprecation_warnings(path, tmp_path):
+    # Fails while logsum_llada.yaml's gradient_checkpointing reaches transformers 5 under its deprecated name.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        parse_recipe_args(["--config", str(path), "--output_dir", str(tmp_path)], None)
+
+
+@pytest.mark.parametrize("name", ["gradient_checkpointing", "activation_checkpointing"])
+def test_either_name_of_activation_checkpointing_turns_it_on_quietly(name, tmp_path):
+    import dataclasses
+    import warnings
+
+    from transformers import TrainingArguments
+
+    from jointobj.training.recipe import installed_name
+
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        _, _, config = parse_recipe_args([f"--{name}", "--output_dir", str(tmp_path), "--report_to", "none"], None)
+    assert getattr(config, installed_name("activation_checkpointing", fields)) is True

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from jointobj.evaluation.run_report import trained_for_points
 from jointobj.objectives import LogSumOrdersLoss
-from jointobj.training.recipe import parse_recipe_args, trained_for_points
+from jointobj.training.recipe import parse_recipe_args
 from jointobj.training.trainer import build_objective, objective_kwargs_for
 
 ROOT = Path(__file__).resolve().parents[2]

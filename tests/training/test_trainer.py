@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from jointobj import Denoiser, LossOutput
+from jointobj import Denoiser, LossOutput, Objective
 from jointobj.model.tiny import tiny_masked_lm
 from jointobj.toysets.builtin import load_toyset, toy_tokenizer
 from jointobj.training.trainer import LATEST, JointObjConfig, JointObjTrainer, build_objective, latest_checkpoint
@@ -76,7 +76,7 @@ def test_objective_metrics_reach_the_logs(tmp_path):
     assert len(logged) == 2 and all("masked_nll" in row and "masked_fraction" in row for row in logged)
 
 
-class SometimesReports(torch.nn.Module):
+class SometimesReports(Objective):
     """Token CE plus metric `every` = 1 on every call and `odd` = the call number on odd calls only."""
 
     def __init__(self, objective):
@@ -101,7 +101,7 @@ def test_a_metric_absent_on_some_steps_is_averaged_over_the_steps_that_report_it
     assert [row["odd"] for row in logged] == [2.0, 6.0] and [row["every"] for row in logged] == [1.0, 1.0]
 
 
-class NaNAtStep(torch.nn.Module):
+class NaNAtStep(Objective):
     """Wraps an objective; returns NaN from the given step on (as an exploding run would)."""
 
     def __init__(self, objective, trainer_state, step):
@@ -126,7 +126,7 @@ def test_nan_loss_stops_with_the_step_and_batch_and_keeps_the_checkpoint(tmp_pat
     assert latest_checkpoint(settings.output_dir).endswith("checkpoint-2")
 
 
-class NaNAtCall(torch.nn.Module):
+class NaNAtCall(Objective):
     """Wraps an objective; its `call`-th forward (counting from 1) gives a NaN loss."""
 
     def __init__(self, objective, call):
