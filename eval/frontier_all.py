@@ -51,7 +51,7 @@ GRID: dict[str, dict[str, list[Any]]] = {
 TEMPERATURE = {"l2r": {"temperature": 1.0}, "confidence": {"temperature": 1.0},
                "speculative": {"order": "l2r", "temperature": 1.0}, "threshold": {"temperature": 1.0}}
 ROW_COLUMNS = ["model", "toyset", "decoder", "setting", "tokens_per_step", "validity", "validity_low",
-               "validity_high", "tv", "tv_floor", "rows_per_token"]
+               "validity_high", "coverage", "coverage_exact", "tv", "tv_floor", "rows_per_token"]
 HEAD_COLUMNS = ["toyset", "answer_tokens", "trained l2r K=1", "trained spec tok/step", "trained spec valid",
                 "oracle spec tok/step", "oracle spec valid"]
 

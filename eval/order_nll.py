@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--samples", type=int, default=256, help="examples drawn from the toy set")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-rows", type=int, default=256, help="rows per forward")
+    parser.add_argument("--decoders", default="", help="comma-separated decoders at their budgets, e.g. "
+                        "confidence:steps=2,l2r:steps=3: their exact NLL of the answers, one row each")
     parser.add_argument("--trust-remote-code", action="store_true")
     add_no_progress(parser)
     args = parser.parse_args(argv)
@@ -38,13 +40,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     denoiser = Denoiser.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).eval()
     toyset = load_toyset(args.toyset)
-    rows = order_nll(denoiser, toyset, args.samples, args.seed, args.max_rows)
+    decoders = [name for name in args.decoders.split(",") if name.strip()]
+    rows = order_nll(denoiser, toyset, args.samples, args.seed, args.max_rows, decoders=decoders)
     entropy = toyset.entropy()
     print(f"toy set {toyset.name}: {args.samples} samples, answer length {toyset.answer_length}, "
           f"H(answer | prompt) = {entropy:.4f} nats; model {args.model}")
-    print(f"{'order':<8} {'NLL (nats/seq)':>15} {'± se':>8} {'gap to H':>9}")
+    width = max(8, *(len(row["order"]) for row in rows))
+    print(f"{'order':<{width}} {'NLL (nats/seq)':>15} {'± se':>8} {'gap to H':>9}")
     for row in rows:
-        print(f"{row['order']:<8} {row['nll_nats']:>15.4f} {row['se']:>8.4f} {row['gap_nats']:>9.4f}")
+        print(f"{row['order']:<{width}} {row['nll_nats']:>15.4f} {row['se']:>8.4f} {row['gap_nats']:>9.4f}")
     write_measurements(args.json, rows, model=str(args.model), toyset=toyset.name, samples=args.samples, seed=args.seed,
                blocks="all", entropy_nats=entropy)
     print(f"wrote {args.json}")

@@ -49,7 +49,8 @@ from jointobj.utils.registry import split_names
 
 SETS = "likes_tennis,cities,shuffle_3,shuffle_6,latin_square_4,sudoku_4,agreement"
 COLUMNS = ["toyset", "decoder", "requested_tokens_per_step", "tokens_per_step", "validity", "validity_low",
-           "validity_high", "tv", "tv_floor", "steps_per_sample", "rows_per_sample", "wall_s"]
+           "validity_high", "coverage", "coverage_exact", "tv", "tv_floor", "steps_per_sample", "rows_per_sample",
+           "wall_s"]
 # The frontier's Target, with the sweep's absolute validity level (0.99) in place of the model's own l2r K=1 validity:
 # the oracle rescored by its own exact energy has no training gap to keep within
 TARGET_VALIDITY, TARGET_TV_GAP, TARGET_TOKENS_PER_STEP, LONG = (VALIDITY_LEVEL, TARGET.tv_gap, TARGET.tokens_per_step,

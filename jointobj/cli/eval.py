@@ -70,7 +70,8 @@ from jointobj.toysets.builtin import load_toyset
 from jointobj.utils.registry import split_names
 
 COLUMNS = ["toyset", "decoder", "knobs", "requested_tokens_per_step", "tokens_per_step", "validity", "validity_low",
-           "validity_high", "tv", "tv_floor", "coverage", "coverage_exact", "steps_per_sample", "rows_per_sample",
+           "validity_high", "tv", "tv_floor", "coverage", "coverage_exact", "decoder_nll", "entropy_nats",
+           "steps_per_sample", "rows_per_sample",
            "rows_per_token", "wall_s"]
 
 
@@ -93,6 +94,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--frontier", metavar="FILE", help="PNG of validity and rows per token vs tokens per step")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--decoder-nll", action="store_true",
+                        help="also the NLL of the set's answers under each decoder run (its exact law; about two "
+                             "decodes more per setting)")
     parser.add_argument("--json", required=True, metavar="FILE")
     parser.add_argument("--plot", metavar="FILE", help="PNG of validity vs tokens per step")
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -147,7 +151,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     options = decoder_options(args)
     rescore = [RescoreSpec.parse(spec) for text in args.rescore for spec in text.split(";") if spec.strip()]
     sweep = dict(toysets=toysets, decoders=args.decoder, tokens_per_step=args.tokens_per_step, samples=args.samples,
-                 seed=args.seed, decoder_options=options, grid=args.grid, batch_size=args.batch_size, rescore=rescore)
+                 seed=args.seed, decoder_options=options, grid=args.grid, batch_size=args.batch_size, rescore=rescore,
+                 decoder_nll=args.decoder_nll)
     rows = []
     for model in [None] if args.oracle else args.model:  # one model at a time in memory
         for row in evaluate(load_denoiser(args, toysets, model), **sweep):

@@ -1,6 +1,7 @@
 """Decoders: unmasking policies, the hard-commit parallel sampler, soft-state decoding, energy
 rescoring, and decoders by name."""
 
+from jointobj.decoding.decoder_law import DecoderOrder, decoder_log_likelihood
 from jointobj.decoding.layout import AnswerLayout
 from jointobj.decoding.policies import (
     POLICIES,
@@ -41,6 +42,7 @@ __all__ = [
     "ConfidenceThreshold",
     "ConfidenceTopK",
     "Decoder",
+    "DecoderOrder",
     "EntropyBounded",
     "EntropyTopK",
     "LeftToRightTopK",
@@ -57,6 +59,7 @@ __all__ = [
     "UnmaskingSampler",
     "best_of_n",
     "build_decoder",
+    "decoder_log_likelihood",
     "gumbel_max",
     "sampling_importance_resampling",
     "steps_for",

@@ -21,7 +21,7 @@ earlier). Ties are broken towards the lower position (stable sort), deterministi
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import torch
 
@@ -36,6 +36,7 @@ __all__ = [
     "EntropyTopK",
     "LeftToRightTopK",
     "MarginTopK",
+    "PlannedOrder",
     "RandomTopK",
     "UnmaskingPolicy",
     "max_probability",
@@ -157,6 +158,35 @@ class EntropyTopK(UnmaskingPolicy):
 
     def scores(self, logits, generator):
         return -token_entropy(logits)  # [b, L]
+
+
+@POLICIES.register("planned")
+class PlannedOrder(UnmaskingPolicy):
+    """A fixed order of the answer's positions, K at a time: `order` lists answer positions (0-based)
+    first to last, as a sequence or text "4-0-2" (positions not listed follow, left to right). The
+    order a plan chose (jointobj.decoding.decoder_law.plan_order: the candidate whose decoder law gives
+    the data the highest likelihood at the budget), so that coupled positions land in different steps."""
+
+    name = "planned"
+
+    def __init__(self, order: "str | Sequence[int]" = ""):
+        if isinstance(order, int):  # "order=5" parses as a number
+            order = [order]
+        positions = [int(p) for p in order.split("-") if p.strip()] if isinstance(order, str) else list(order)
+        if any(p < 0 for p in positions) or len(set(positions)) != len(positions):
+            raise ValueError(f"order must list distinct answer positions >= 0, e.g. '4-0-2', got {order!r}")
+        self.order = "-".join(map(str, positions))
+        self._positions = positions
+
+    def scores(self, logits, generator):
+        b, length, _ = logits.shape
+        rank = torch.arange(length, dtype=torch.float32, device=logits.device) + length  # unlisted: after, l2r
+        listed = torch.tensor([p for p in self._positions if p < length], dtype=torch.long, device=logits.device)
+        rank[listed] = torch.arange(len(listed), dtype=torch.float32, device=logits.device)
+        return (-rank).expand(b, length)  # [b, L]
+
+    def __repr__(self) -> str:
+        return f"PlannedOrder(order={self.order!r})"
 
 
 # ---------------------------------------------------------------- adaptive policies

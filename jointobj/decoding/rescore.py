@@ -65,13 +65,13 @@ from jointobj.decoding.sampler import (
     EXCLUDED_LOGIT,
     SampleOutput,
     UnmaskingSampler,
-    _ceil_div,
     block_budget,
     eval_mode,
     gumbel_max,
     gumbel_noise,
     layout_request,
     resolve_eos,
+    step_quota,
 )
 from jointobj.utils.checks import check_whole_number
 from jointobj.utils.registry import Registry
@@ -347,7 +347,7 @@ class InLoopRescoring:
             if len(live) == 0:
                 break
             g, m = gen[live], masked[live]  # [a, L], [a, L]
-            quota = _ceil_div(m.sum(1), (budget - denoising[live]).clamp(min=1))  # [a] ceil(open / steps left)
+            quota = step_quota(m.sum(1), budget - denoising[live])  # [a] ceil(open / steps left)
             if ahead is None:  # the marginals forward: its own sequential step
                 logits = layout.answer_logits(denoiser, live, input_ids=layout.compose(g, live))  # [a, L, V]
                 logits = logits.index_fill(-1, mask_index, EXCLUDED_LOGIT)

@@ -83,7 +83,7 @@ from jointobj.utils.checks import check_whole_number
 
 __all__ = ["EXCLUDED_LOGIT", "SampleOutput", "UnmaskingSampler", "block_budget", "check_request", "check_steps",
            "check_temperature", "eval_mode", "finish_sample", "gumbel_max", "gumbel_noise", "layout_request",
-           "resolve_eos", "start_answer", "steps_for", "trim_at_eos", "uniform"]
+           "resolve_eos", "start_answer", "step_quota", "steps_for", "trim_at_eos", "uniform"]
 
 # Logit given to the mask token: finite so entropies stay finite, exp() of it is exactly 0.
 EXCLUDED_LOGIT = -1e9
@@ -255,6 +255,21 @@ def _ceil_div(a: torch.Tensor, b: torch.Tensor | int) -> torch.Tensor:
     return -torch.div(-a, b, rounding_mode="floor")
 
 
+def step_quota(left: torch.Tensor, steps_left: torch.Tensor) -> torch.Tensor:
+    """The quota of a step: [a] open positions, [a] steps left in their block -> [a] ceil(left / steps
+    left), at least one step left counted (LLaDA's even spread; adaptive policies' floor). Every decoder
+    that follows a step budget, and the decoder-order likelihood (decoder_law.py), take it from here."""
+    return _ceil_div(left, steps_left.clamp(min=1))  # [a]
+
+
+def answer_budget(lengths: torch.Tensor, tokens_per_step: int | None, steps: int | None = None) -> torch.Tensor:
+    """[n] positions of each block (or answer) -> [n] its steps: min(S, B) with `steps` = S, else
+    ceil(B / K), one step with K = None."""
+    if steps is not None:
+        return lengths.clamp(max=steps)
+    return lengths.clamp(max=1) if tokens_per_step is None else _ceil_div(lengths, tokens_per_step)
+
+
 def check_steps(steps: int | None, gen_length: int, block_length: int | None = None) -> None:
     """`steps` per block must lie in 1..B, B the block's positions (the answer's without blocks)."""
     if steps is None:
@@ -277,9 +292,7 @@ def block_budget(gen_length: int, tokens_per_step: int | None, block_length: int
     block = block_length or gen_length
     block_id = torch.arange(gen_length, device=device) // block  # [L]
     sizes = torch.bincount(block_id)  # [nb]
-    if steps is not None:
-        return block_id, sizes.clamp(max=steps)  # [L], [nb]
-    return block_id, _ceil_div(sizes, tokens_per_step or block)  # [L], [nb]
+    return block_id, answer_budget(sizes, tokens_per_step or block, steps)  # [L], [nb]
 
 
 def steps_for(gen_length: int, tokens_per_step: int | None, block_length: int | None = None,
@@ -431,7 +444,7 @@ class UnmaskingSampler:
                 left = eligible.sum(1)  # [a]
                 same = block_now == (current_block if every else current_block[live])
                 spent = torch.where(same, used if every else used[live], 0)  # [a]
-                quota = _ceil_div(left, (budget[block_now] - spent).clamp(min=1))  # [a]
+                quota = step_quota(left, budget[block_now] - spent)  # [a]
 
                 x = layout.compose(gen if every else gen[live], live)  # [a, P+L]
                 logits = layout.answer_logits(denoiser, live, input_ids=x)  # [a, L, V]

@@ -55,6 +55,7 @@ class BlockPlan:
     batch_row    [R] long         R = M * sum_b K_b rows, ordered by (batch row, order, block)
     order        [R] long
     step         [R] long         the block k this row scores
+    exclude_mask [b, M] bool | None  orders scored as the sampler draws: softmax without [MASK]
 
     Rows are kept as index triples and built per chunk (`inputs`), so b*M*K copies of the
     sequence never sit in memory together.
@@ -64,6 +65,7 @@ class BlockPlan:
     batch_row: torch.Tensor
     order: torch.Tensor
     step: torch.Tensor
+    exclude_mask: torch.Tensor | None = None  # [b, M] bool: renormalise that order's tokens without [MASK]
 
     @property
     def num_rows(self) -> int:
@@ -89,13 +91,20 @@ def plan_blocks(orders: Orders, blocks: int | str, lengths: torch.Tensor | None 
     lengths [b]: scorable positions per row (default: counted from the orders' ranks).
     """
     lengths = orders.lengths if lengths is None else lengths  # [b]
-    per_order = num_blocks(blocks, lengths)  # [b] K_b
-    batch, num_orders = orders.rank.shape[:2]
-    counts = per_order.repeat_interleave(num_orders)  # [b*M] blocks of each (row, order)
+    num_blocks(blocks, lengths)  # K <= n_b for every row, or a clear error
+    return plan_from_blocks(block_index(orders.rank, lengths, blocks))
+
+
+def plan_from_blocks(block: torch.Tensor, exclude_mask: torch.Tensor | None = None) -> BlockPlan:
+    """The forwards of orders given by their blocks: block [b, M, l] long, 0 .. K_bm - 1 on row b's
+    scorable positions (every block non-empty), -1 elsewhere. K may differ between rows and orders
+    (a decoder's own blocks, jointobj/decoding/decoder_law.py, or `block_index` of ranks)."""
+    batch, num_orders = block.shape[:2]
+    counts = (block.amax(-1) + 1).flatten()  # [b*M] K of each (row, order)
     group = torch.arange(batch * num_orders, device=counts.device).repeat_interleave(counts)  # [R]
     starts = counts.cumsum(0) - counts  # [b*M]
     step = torch.arange(len(group), device=counts.device) - starts[group]  # [R]
-    return BlockPlan(block_index(orders.rank, lengths, blocks), group // num_orders, group % num_orders, step)
+    return BlockPlan(block, group // num_orders, group % num_orders, step, exclude_mask)
 
 
 def _score_chunk(denoiser: nn.Module, plan: BlockPlan, input_ids: torch.Tensor, attention: torch.Tensor | None,
@@ -112,6 +121,11 @@ def _score_chunk(denoiser: nn.Module, plan: BlockPlan, input_ids: torch.Tensor, 
                        attention_mask=None if attention is None else attention[owner])  # [t, V], t = r * l / K
     row, position = targets.nonzero(as_tuple=True)  # [t] each, the row-major order of `picked`
     clean = input_ids[owner[row], position]  # [t]
+    if plan.exclude_mask is not None:  # those orders' tokens renormalised without [MASK], as the sampler draws
+        excluded = plan.exclude_mask[owner, plan.order[rows]][row]  # [t]
+        mask_column = torch.full_like(picked[:, :1], denoiser.mask_token_id, dtype=torch.long)  # [t, 1]
+        kept = picked.gather(-1, mask_column).masked_fill(excluded[:, None], -torch.inf)  # [t, 1]
+        picked = picked.scatter(-1, mask_column, kept)  # [t, V] (out of place: keeps the graph)
     token = picked.gather(-1, clean[:, None]).squeeze(-1) - picked.logsumexp(dim=-1)  # [t]
     return torch.zeros(len(owner), dtype=token.dtype, device=token.device).index_add(0, row, token)  # [r]
 
@@ -162,15 +176,40 @@ def score_orders(
     scorable [b, l] is `check_batch(batch)`, and `orders` are permutations of it (drawn by
     OrderProposal, or passed through `check_orders`). Returns l_o(x) [b, M].
     """
+    plan = plan_blocks(orders, blocks, scorable.sum(-1))
+    return score_plan(denoiser, batch, plan, max_rows=max_rows, checkpoint=checkpoint, sync_ranks=sync_ranks)
+
+
+def score_blocks(
+    denoiser: nn.Module,
+    batch: Batch,
+    block: torch.Tensor,
+    *,
+    exclude_mask: torch.Tensor | None = None,
+    max_rows: int | None = None,
+    checkpoint: bool = False,
+    sync_ranks: bool | None = None,
+) -> torch.Tensor:
+    """The K-block likelihood of orders given by their blocks (`plan_from_blocks`): [b, M].
+
+    block [b, M, l]: block of each scorable position (-1 elsewhere); exclude_mask [b, M] bool: score
+    that order's tokens with softmax without [MASK] (the sampler's law) instead of the whole vocabulary."""
+    return score_plan(denoiser, batch, plan_from_blocks(block, exclude_mask), max_rows=max_rows,
+                      checkpoint=checkpoint, sync_ranks=sync_ranks)
+
+
+def score_plan(denoiser: nn.Module, batch: Batch, plan: BlockPlan, *, max_rows: int | None = None,
+               checkpoint: bool = False, sync_ranks: bool | None = None) -> torch.Tensor:
+    """Run a plan's forwards in chunks and sum each (row, order)'s blocks: [b, M]."""
     input_ids = batch["input_ids"]  # [b, l]
     attention = batch.get("attention_mask")
-    plan = plan_blocks(orders, blocks, scorable.sum(-1))
+    batch_size, num_orders = plan.block.shape[:2]
     score_rows = functools.partial(_score_chunk, denoiser, plan, input_ids, attention)  # (rows, anchor) -> [r]
     flat = run_chunks(score_rows, plan.num_rows, input_ids.shape[0] if max_rows is None else max_rows,
                       model=denoiser, device=input_ids.device, checkpoint=checkpoint, sync_ranks=sync_ranks)  # [R]
-    group = plan.batch_row * orders.num_orders + plan.order  # [R]
-    total = torch.zeros(orders.rank.shape[0] * orders.num_orders, dtype=flat.dtype, device=flat.device)
-    loglik = rearrange(total.index_add(0, group, flat), "(b m) -> b m", m=orders.num_orders)  # [b, M]
+    group = plan.batch_row * num_orders + plan.order  # [R]
+    total = torch.zeros(batch_size * num_orders, dtype=flat.dtype, device=flat.device)
+    loglik = rearrange(total.index_add(0, group, flat), "(b m) -> b m", m=num_orders)  # [b, M]
     check_loglik(loglik, input_ids)
     return loglik
 

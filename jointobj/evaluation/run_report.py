@@ -9,58 +9,77 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from jointobj.decoding.decoder_law import parse_decoder_orders
 from jointobj.evaluation.frontier import (
     REPORT_GRID,
     TARGET,
     TARGET_COLUMNS,
+    SweepPoint,
     registered_grid,
     setting_label,
     sweep_points,
     target_status,
 )
+from jointobj.evaluation.metrics import validity_fell
 from jointobj.evaluation.report import format_table, plot_frontier, write_json
 from jointobj.evaluation.sweep import evaluate, headline
 from jointobj.model.denoiser import Denoiser
 from jointobj.toysets.oracle import OracleDenoiser
 
-__all__ = ["report_run"]
+__all__ = ["mark_harm", "report_run", "trained_for_points"]
 
 
 def report_run(base_dir: str | Path, tuned_dir: str | Path, toysets: Sequence[str], *, decoders: Sequence[str],
                tokens_per_step: Sequence[int | str | None], samples: int, seed: int,
-               output_dir: str | Path) -> list[dict]:
+               output_dir: str | Path, train_for: str | None = None) -> list[dict]:
     """The trap and its cure, printed and written beside the adapter: base, fine-tuned and the exact
     oracle (the best any model could do with each decoder) on the toy sets, under the plain
     decoders (report_decoders x report_tokens_per_step) and the frontier's grid (REPORT_GRID in
     jointobj/evaluation/frontier.py: the speculative decoder, the confidence threshold). Prints one line per
     (set, decoder setting) with each model's tokens per step, validity and TV, the headline
     (highest tokens per step with validity >= 0.99) and, for sets of >= 8 answer tokens, the
-    target status; writes report.json (every row) and report.png (the frontier)."""
+    target status; writes report.json (every row) and report.png (the frontier).
+
+    `train_for` (decoder specs, jointobj/decoding/decoder_law.py): those settings come first, with each
+    model's decoder NLL of the set's answers. Every line shows coverage beside what exact sampling
+    covers, and `harm` = FELL where validity fell from base to fine-tuned by more than 2 standard errors."""
     models = {
         "base": Denoiser.from_pretrained(base_dir).eval(),  # the saved artifacts, as a user reloads them
         "fine-tuned": Denoiser.from_pretrained(tuned_dir).eval(),
         "oracle": OracleDenoiser(*toysets),
     }
+    trained_for = trained_for_points(train_for)
     points = sweep_points(decoders, tokens_per_step, grid=registered_grid(REPORT_GRID))
     rows = []
     for label, denoiser in models.items():
-        for row in evaluate(denoiser, toysets, points=points, samples=samples, seed=seed):
-            rows.append({"model": label, **row})
+        for group, nll in ((trained_for, True), (points, False)):  # the decoder's NLL where it was trained for
+            if group:
+                rows += [{"model": label, **row} for row in evaluate(denoiser, toysets, points=group, samples=samples,
+                                                                     seed=seed, decoder_nll=nll)]
     table: dict[tuple[str, str, str], dict[str, Any]] = {}
     for row in rows:
         line = table.setdefault((row["toyset"], row["decoder"], setting_label(row)), {
             "toyset": row["toyset"], "decoder": row["decoder"], "setting": setting_label(row),
-            "tv floor": row["tv_floor"]})
+            "tv floor": row["tv_floor"], "cov exact": row["coverage_exact"]})
         line.update({f"{row['model']} tok/step": row["tokens_per_step"], f"{row['model']} valid": row["validity"],
-                     f"{row['model']} tv": row["tv"]})
+                     f"{row['model']} cov": row["coverage"], f"{row['model']} tv": row["tv"],
+                     f"{row['model']} nll": row["decoder_nll"], f"{row['model']} n": row["samples"]})
         if row["model"] == "fine-tuned":
             line["rows/token"] = row["rows_per_token"]
             line["fine-tuned valid 95%"] = f"{row['validity_low']:.3f}-{row['validity_high']:.3f}"  # Wilson
-    per_model = [f"{label} {what}" for label in models for what in ("tok/step", "valid", "tv")]
+    harmed = mark_harm(list(table.values()))
+    per_model = [f"{label} {what}" for label in models for what in ("tok/step", "valid", "cov", "tv", "nll")]
     per_model.insert(per_model.index("fine-tuned valid") + 1, "fine-tuned valid 95%")
-    print(f"\nvalidity, TV and tokens per step ({samples} samples per cell; rows/token of the "
-          "fine-tuned model: forward rows per generated token)")
-    print(format_table(list(table.values()), ["toyset", "decoder", "setting", *per_model, "tv floor", "rows/token"]))
+    trained = f"; trained for {train_for}, its settings first" if train_for else ""
+    print(f"\nvalidity, coverage (beside what exact sampling covers), TV and tokens per step ({samples} samples per "
+          f"cell; rows/token of the fine-tuned model: forward rows per generated token{trained}; nll: the decoder's "
+          "NLL of the set's answers, nats, on the settings trained for; harm: validity fell from base to fine-tuned "
+          "by more than 2 standard errors)")
+    print(format_table(list(table.values()), ["toyset", "decoder", "setting", *per_model, "cov exact", "tv floor",
+                                              "rows/token", "harm"]))
+    print(f"\ndo no harm: {len(harmed)} setting(s) fell by more than 2 standard errors"
+          + "".join(f"\n  {h['toyset']} {h['decoder']} {h['setting']}: {h['base valid']:.3f} -> "
+                    f"{h['fine-tuned valid']:.3f}" for h in harmed))
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for label in models:
         for head in headline([r for r in rows if r["model"] == label]):
@@ -80,3 +99,25 @@ def report_run(base_dir: str | Path, tuned_dir: str | Path, toysets: Sequence[st
     plot_frontier(rows, out / "report.png")
     print(f"\nreport: {out / 'report.json'}, plot: {out / 'report.png'}, adapter: {out}")
     return rows
+
+
+def trained_for_points(train_for: str | None) -> list[SweepPoint]:
+    """The report's first settings: each decoder trained for, at its budget (a `train_for` spec)."""
+    points = []
+    for order in parse_decoder_orders(train_for or ""):
+        options = order.decoder_options
+        points.append(SweepPoint(order.policy_name, order.tokens_per_step, tuple(sorted(options.items())),
+                                 tuple(options)))
+    return points
+
+
+def mark_harm(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Set `harm` on each report line whose validity fell from base to fine-tuned by more than two
+    standard errors (`validity_fell`); return those lines."""
+    harmed = []
+    for line in lines:
+        if "base valid" in line and "fine-tuned valid" in line and validity_fell(
+                line["base valid"], line["base n"], line["fine-tuned valid"], line["fine-tuned n"]):
+            line["harm"] = "FELL"
+            harmed.append(line)
+    return harmed

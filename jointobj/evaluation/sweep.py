@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from jointobj.decoding.budget import ALL
+from jointobj.decoding.decoder_law import DecoderOrder, decoder_log_likelihood
 from jointobj.decoding.energies import build_energy
 from jointobj.decoding.registry import build_decoder
 from jointobj.decoding.rescore import RescoreSpec
@@ -73,7 +74,7 @@ def evaluate(denoiser: Any, toysets: Sequence[str | ToySet], decoders: Sequence[
              decoder_options: Mapping[str, Mapping[str, Any]] | None = None,
              grid: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
              points: Sequence[SweepPoint] | None = None, batch_size: int = 256,
-             tv_repetitions: int = 20, rescore: Sequence[Any] = ()) -> list[dict[str, Any]]:
+             tv_repetitions: int = 20, rescore: Sequence[Any] = (), decoder_nll: bool = False) -> list[dict[str, Any]]:
     """Validity, fidelity and cost for every (toy set, decoder setting), and for each setting rescored
     by every spec in `rescore` (jointobj.decoding.rescore.RescoreSpec, e.g. "sir:self:l2r:all,8,step").
 
@@ -86,6 +87,9 @@ def evaluate(denoiser: Any, toysets: Sequence[str | ToySet], decoders: Sequence[
     (binomial standard error), validity_low / validity_high (95% Wilson interval), tv, tv_floor,
     tv_floor_std (None for conditional sets),
     coverage, coverage_exact (what N exact draws cover; None for conditional sets),
+    decoder_nll / decoder_nll_se (with `decoder_nll=True`: nats per answer, -log P_decoder of the set's own
+    answers for the same prompts, exact for state-determined decoders; None otherwise or when off: it
+    costs about two decodes more) beside entropy_nats (H(answer | prompt)),
     steps_per_sample, rows_per_sample, rows_per_token (rows_per_sample / gen_length), wall_s;
     options (the decoder's options), knobs (the swept ones as text, '' when only K was swept);
     rescore (the spec, None without rescoring). A
@@ -94,6 +98,7 @@ def evaluate(denoiser: Any, toysets: Sequence[str | ToySet], decoders: Sequence[
     """
     check_whole_number("samples", samples)
     check_whole_number("batch_size", batch_size)
+    law_nll = decoder_nll
     sets = [load_toyset(t) if isinstance(t, str) else t for t in toysets]
     if points is None:
         points = sweep_points(decoders, tokens_per_step, decoder_options, grid)
@@ -104,7 +109,7 @@ def evaluate(denoiser: Any, toysets: Sequence[str | ToySet], decoders: Sequence[
     specs = [RescoreSpec.parse(spec) for spec in rescore]
     rows = []
     for toyset in sets:
-        prompts, _ = toyset.sample(samples, torch.Generator().manual_seed(seed))  # [N, lp]
+        prompts, data_answers = toyset.sample(samples, torch.Generator().manual_seed(seed))  # [N, lp], [N, la]
         floor = tv_noise_floor(toyset, samples, repetitions=tv_repetitions, seed=seed)
         energies = {spec: build_energy(spec.energy, denoiser=denoiser, toysets=[toyset]) for spec in specs}
         for point, spec in ((p, spec) for p in points for spec in [None, *specs]):
@@ -114,6 +119,9 @@ def evaluate(denoiser: Any, toysets: Sequence[str | ToySet], decoders: Sequence[
             generator = torch.Generator().manual_seed(seed)
             answers, cost = _sample_all(decoder, denoiser, prompts, toyset.answer_length, generator, batch_size)
             validity = joint_validity(toyset, prompts, answers)
+            nll = None  # a rescored decoder's law is not the decoder's
+            if law_nll and spec is None:
+                nll = data_nll(denoiser, prompts, data_answers, name, k, point.option_dict, batch_size)
             rows.append({
                 "toyset": toyset.name,
                 "decoder": name if spec is None else f"{name}+{bound}",
@@ -130,6 +138,9 @@ def evaluate(denoiser: Any, toysets: Sequence[str | ToySet], decoders: Sequence[
                 "tv_floor_std": None if floor is None else floor.std,
                 "coverage": coverage(toyset, answers),
                 "coverage_exact": expected_coverage(toyset, samples),
+                "decoder_nll": None if not nll else nll[0],
+                "decoder_nll_se": None if not nll else nll[1],
+                "entropy_nats": toyset.entropy(),
                 "steps_per_sample": cost.steps_per_sample,
                 "rows_per_sample": cost.rows_per_sample,
                 "rows_per_token": cost.rows_per_sample / toyset.answer_length,
@@ -138,6 +149,29 @@ def evaluate(denoiser: Any, toysets: Sequence[str | ToySet], decoders: Sequence[
                 "knobs": point.knobs,
             })
     return rows
+
+
+def data_nll(denoiser: Any, prompts: torch.Tensor, answers: torch.Tensor, name: str, tokens_per_step: int | None,
+                options: Mapping[str, Any], batch_size: int = 256) -> tuple[float, float] | None:
+    """(mean, standard error) of -log P_decoder(answer | prompt) in nats per answer over data pairs
+    [N, lp], [N, la]: the NLL of held-out answers under the decoder itself (its exact law:
+    jointobj/decoding/decoder_law.py). None for decoders whose law is not that likelihood (random,
+    T != 1, semi-AR blocks, rescoring). Read it against the set's entropy H(answer | prompt)."""
+    order = DecoderOrder.of_decoder(name, tokens_per_step, dict(options))
+    if order is None:
+        return None
+    device = getattr(denoiser, "device", torch.device("cpu"))
+    values = []
+    for p, a in zip(prompts.split(batch_size), answers.split(batch_size)):
+        input_ids = torch.cat([p, a], 1).to(device)  # [n, lp + la]
+        prompt_mask = torch.zeros_like(input_ids, dtype=torch.bool)
+        prompt_mask[:, : p.shape[1]] = True
+        batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "prompt_mask": prompt_mask}
+        with torch.no_grad():
+            values.append(-decoder_log_likelihood(denoiser, batch, [order])[:, 0].double().cpu())
+    nll = torch.cat(values)  # [N]
+    se = float(nll.std()) / math.sqrt(len(nll)) if len(nll) > 1 else float("nan")
+    return float(nll.mean()), se
 
 
 def headline(rows: Sequence[Mapping[str, Any]], level: float = VALIDITY_LEVEL) -> list[dict[str, Any]]:

@@ -14,6 +14,15 @@ does best gets most of it.
   re-run with grad. The loss value is still the exact one; its gradient -grad l_{o*} is an
   unbiased estimate of the exact gradient at about 1/M of the backward cost.
 
+Decoder-driven orders. An entry of `orders` written as a decoder ("confidence:tokens_per_step=2",
+"threshold:threshold=0.7:steps=3", "entropy_bounded:bound=0.3:steps=2"; a policy name alone is one
+token per step) is the order that decoder itself takes on the data at its budget
+(jointobj/decoding/decoder_law.py): its blocks come from the policy at each teacher-forced state
+(K forwards without grad), its tokens are scored without [MASK], and l_o is then exactly
+log P_decoder(x). Fixed families (l2r, r2l, random) keep `blocks` and the whole-vocabulary
+softmax; the two scales differ by sum log(1 - p([MASK])), about 0 for a trained model. With decoder
+orders the order set is fixed and every weight is 1/M (no `mixture`, no `prior`).
+
 `self_condition_prob = p > 0`: with probability p per step every block forward reads the
 model's own detached predictions for its masked positions as soft states (an extra forward
 without grad per block row; see `jointobj.objectives.self_condition`). The states depend only on
@@ -27,14 +36,17 @@ enumeration). Reading order: this file, then jointobj/diffusion/likelihood.py.
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
+from jointobj.decoding.decoder_law import DecoderOrder, decoder_blocks
+from jointobj.decoding.policies import POLICIES
 from jointobj.diffusion.batch import Batch, check_batch
-from jointobj.diffusion.likelihood import score_orders
-from jointobj.diffusion.orders import OrderProposal, Orders, check_orders, num_blocks
+from jointobj.diffusion.likelihood import score_blocks
+from jointobj.diffusion.orders import ORDERS, OrderProposal, Orders, block_index, check_orders, num_blocks
 from jointobj.diffusion.randomness import multinomial
 from jointobj.objectives.base import LOSSES, LossOutput, Objective, check_finite
 from jointobj.objectives.self_condition import SelfConditioning
@@ -48,29 +60,67 @@ def logsum_nll(log_weights: torch.Tensor, loglik: torch.Tensor) -> torch.Tensor:
     return -torch.logsumexp(log_weights + loglik, dim=-1)
 
 
-def family_metrics(orders: Orders, loglik: torch.Tensor, posterior: torch.Tensor) -> dict[str, torch.Tensor]:
+def family_metrics(orders: Orders | None, loglik: torch.Tensor, posterior: torch.Tensor,
+                   decoder_orders: Sequence[DecoderOrder] = (), lengths: torch.Tensor | None = None
+                   ) -> dict[str, torch.Tensor]:
     """Detached per-family scalars: posterior mass (batch mean) and log-likelihood per token.
 
     A family with no order in this batch (possible under a mixture proposal) has posterior
     mass 0 and no `loglik_per_token_<family>` entry at all (a NaN would turn the trainer's
-    averaged log line into NaN).
+    averaged log line into NaN). Decoder orders (the last columns) are families of their own,
+    named by their spec.
     """
-    per_token = loglik.detach() / orders.lengths[:, None]  # [b, M]
+    lengths = orders.lengths if lengths is None else lengths  # [b]
+    per_token = loglik.detach() / lengths[:, None]  # [b, M]
     metrics = {}
-    for f, name in enumerate(orders.names):
-        mine = orders.family == f  # [b, M]
-        metrics[f"posterior_{name}"] = (posterior * mine).sum(-1).mean()
-        if mine.any():
-            metrics[f"loglik_per_token_{name}"] = per_token[mine].mean()
+    fixed = 0 if orders is None else orders.num_orders
+    if orders is not None:
+        for f, name in enumerate(orders.names):
+            mine = orders.family == f  # [b, Mf]
+            metrics[f"posterior_{name}"] = (posterior[:, :fixed] * mine).sum(-1).mean()
+            if mine.any():
+                metrics[f"loglik_per_token_{name}"] = per_token[:, :fixed][mine].mean()
+    for d, order in enumerate(decoder_orders):
+        metrics[f"posterior_{order}"] = posterior[:, fixed + d].mean()
+        metrics[f"loglik_per_token_{order}"] = per_token[:, fixed + d].mean()
     metrics["effective_orders"] = (1.0 / (posterior**2).sum(-1)).mean()  # 1 when r is one-hot, M when flat
     return metrics
+
+
+def split_orders(orders: Sequence[str] | None) -> tuple[list[str], list[DecoderOrder]]:
+    """An order list -> (fixed families, decoder orders): an entry with options (':') or a decoding
+    policy's name that is no fixed family is a decoder order; "l2r" alone stays the fixed family."""
+    if orders is None:
+        return [], []
+    if isinstance(orders, str) or len(orders) < 1:
+        raise ValueError(f"orders must be a non-empty list of order families (M >= 1), e.g. ['l2r', 'r2l', "
+                         f"'random'] or ['confidence:tokens_per_step=2', 'l2r'], got {orders!r}")
+    fixed, decoders = [], []
+    for entry in orders:
+        if isinstance(entry, DecoderOrder) or ":" in entry or entry in POLICIES and entry not in ORDERS:
+            decoders.append(DecoderOrder.parse(entry))
+        elif entry in ORDERS:
+            fixed.append(entry)
+        else:
+            raise ValueError(f"unknown order {entry!r}; known: {', '.join(ORDERS.names())} (fixed families) or a "
+                             f"decoder, {', '.join(POLICIES.names())}, written as 'confidence:tokens_per_step=2'")
+    return fixed, decoders
+
+
+def order_log_weights(orders: Orders | None, num_decoder_orders: int, block: torch.Tensor) -> torch.Tensor:
+    """[b, M] log w: the proposal's weights for the fixed orders, and with decoder orders (a fixed list
+    of M slots) log(1/M) for every slot."""
+    if num_decoder_orders == 0:
+        return orders.log_weights
+    return torch.full(block.shape[:2], -math.log(block.shape[1]), device=block.device)
 
 
 @LOSSES.register("logsum")
 class LogSumOrdersLoss(Objective):
     """`loss_fn(denoiser, batch, generator=None, orders=None) -> LossOutput`.
 
-    orders: fixed family list (M = its length), or pass `mixture={family: q}` and `num_orders=M`.
+    orders: fixed family list (M = its length), decoder orders among them ("confidence:steps=2"; module
+    doc), or pass `mixture={family: q}` and `num_orders=M`.
     prior: family -> weight (default: the proposal, i.e. w_m = 1/M). blocks: K per order (a whole
     number, 1 <= K <= every row's scorable count) or "all" (K = n, exact any-order autoregressive).
     mode: "exact" or "sampled". max_rows: rows per forward (default: the batch size).
@@ -95,8 +145,12 @@ class LogSumOrdersLoss(Objective):
         seed: int = 0,
     ):
         super().__init__()
-        self.proposal = OrderProposal(None if mixture is not None else orders, mixture=mixture,
-                                      num_orders=num_orders, prior=prior)
+        fixed, self.decoder_orders = split_orders(orders if mixture is None else None)
+        if self.decoder_orders and (mixture is not None or prior is not None):
+            raise ValueError(f"decoder orders {[str(o) for o in self.decoder_orders]} go in a fixed order list with "
+                             "weights 1/M; drop `mixture` / `prior`")
+        self.proposal = None if not fixed and mixture is None else OrderProposal(
+            fixed if mixture is None else None, mixture=mixture, num_orders=num_orders, prior=prior)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.blocks, self.mode = check_blocks(blocks), mode
@@ -106,47 +160,63 @@ class LogSumOrdersLoss(Objective):
 
     @property
     def min_scorable_tokens(self) -> int:
-        """The scorable tokens every row needs: K (each of the K blocks holds one or more)."""
-        return 1 if self.blocks == ALL else self.blocks
+        """The scorable tokens every row needs: K of the fixed orders (each of the K blocks holds one or more)."""
+        return 1 if self.blocks == ALL or self.proposal is None else self.blocks
 
     def checkpoint_block_forwards(self) -> bool:
         self.checkpoint = True
         return True
 
     def extra_repr(self) -> str:
-        return f"{self.proposal}, blocks={self.blocks!r}, mode={self.mode!r}, max_rows={self.max_rows}"
+        decoders = f", decoder_orders={[str(o) for o in self.decoder_orders]}" if self.decoder_orders else ""
+        return f"{self.proposal}{decoders}, blocks={self.blocks!r}, mode={self.mode!r}, max_rows={self.max_rows}"
 
-    def _loglik(self, denoiser: nn.Module, batch: Batch, scorable: torch.Tensor, orders: Orders) -> torch.Tensor:
-        return score_orders(denoiser, batch, scorable, orders, self.blocks, max_rows=self.max_rows,
+    def _blocks(self, denoiser: nn.Module, batch: Batch, scorable: torch.Tensor,
+                orders: Orders | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(block [b, M, l] of every order, fixed ones then decoder ones; exclude_mask [b, M]: the
+        decoder orders, scored without [MASK])."""
+        parts = [] if orders is None else [block_index(orders.rank, scorable.sum(-1), self.blocks)]  # [b, Mf, l]
+        parts += [decoder_blocks(denoiser, batch, scorable, order)[0][:, None] for order in self.decoder_orders]
+        block = torch.cat(parts, 1)  # [b, M, l]
+        exclude = torch.zeros(block.shape[:2], dtype=torch.bool, device=block.device)  # [b, M]
+        exclude[:, block.shape[1] - len(self.decoder_orders):] = True
+        return block, exclude
+
+    def _loglik(self, denoiser: nn.Module, batch: Batch, block: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
+        return score_blocks(denoiser, batch, block, exclude_mask=exclude, max_rows=self.max_rows,
                             checkpoint=self.checkpoint)  # [b, M]; batch and orders were checked in forward
 
     def forward(self, denoiser: nn.Module, batch: Batch, generator: torch.Generator | None = None,
                 orders: Orders | None = None) -> LossOutput:
         """`orders` overrides the proposal (e.g. to score a fixed set); else they are drawn with `generator`."""
         scorable = check_batch(batch)  # [b, l]
-        num_blocks(self.blocks, scorable.sum(-1))  # fail before any forward if K > n for some row
-        if orders is None:
-            orders = self.proposal.sample(scorable, generator)  # permutations by construction
-        else:
-            check_orders(orders.rank, scorable)
+        if self.proposal is not None:
+            num_blocks(self.blocks, scorable.sum(-1))  # fail before any forward if K > n for some row
+            if orders is None:
+                orders = self.proposal.sample(scorable, generator)  # permutations by construction
+            else:
+                check_orders(orders.rank, scorable)
+        block, exclude = self._blocks(denoiser, batch, scorable, orders)  # [b, M, l], [b, M]
+        log_weights = order_log_weights(orders, len(self.decoder_orders), block)  # [b, M]
         num_tokens = scorable.sum()
         model = self.self_condition.wrap(denoiser, generator)  # the same choice for every forward of the step
         if self.mode == "exact":
-            loglik = self._loglik(model, batch, scorable, orders)  # [b, M]
-            nll = logsum_nll(orders.log_weights, loglik)  # [b]
+            loglik = self._loglik(model, batch, block, exclude)  # [b, M]
+            nll = logsum_nll(log_weights, loglik)  # [b]
             loss = nll.sum() / num_tokens
         else:
             with torch.no_grad():
-                loglik = self._loglik(model, batch, scorable, orders)  # [b, M]
-            nll = logsum_nll(orders.log_weights, loglik)  # [b]
-            posterior = torch.softmax(orders.log_weights + loglik, dim=-1)  # [b, M]
+                loglik = self._loglik(model, batch, block, exclude)  # [b, M]
+            nll = logsum_nll(log_weights, loglik)  # [b]
+            posterior = torch.softmax(log_weights + loglik, dim=-1)  # [b, M]
             pick = multinomial(posterior, 1, generator).squeeze(-1)  # [b]
-            drawn = self._loglik(model, batch, scorable, orders.select(pick))  # [b, 1], with grad
+            rows = torch.arange(len(pick), device=pick.device)
+            drawn = self._loglik(model, batch, block[rows, pick][:, None], exclude[rows, pick][:, None])  # [b, 1]
             surrogate = -drawn.sum() / num_tokens  # its gradient: -grad l_{o*}
             loss = nll.sum() / num_tokens + (surrogate - surrogate.detach())  # value: exact; gradient: sampled
         check_finite(loss, "logsum loss", batch["input_ids"])
         with torch.no_grad():
-            posterior = torch.softmax(orders.log_weights + loglik, dim=-1)  # [b, M]
-            metrics = family_metrics(orders, loglik, posterior)
+            posterior = torch.softmax(log_weights + loglik, dim=-1)  # [b, M]
+            metrics = family_metrics(orders, loglik, posterior, self.decoder_orders, scorable.sum(-1))
         metrics.update(self.self_condition.metrics(model))
         return LossOutput(loss, metrics)

@@ -334,8 +334,10 @@ def seed_everything(config: JointObjConfig) -> None:
     (enable_full_determinism if config.full_determinism else set_seed)(config.seed)
 
 
-def run_recipe(argv: list[str] | None = None, default_config: str | Path | None = None) -> RecipeResult:
-    """Parse arguments, (pre)train the base if embedded, fine-tune, save the adapter, report."""
+def run_recipe(argv: list[str] | None = None, default_config: str | Path | None = None,
+               callbacks: list[Any] | None = None) -> RecipeResult:
+    """Parse arguments, (pre)train the base if embedded, fine-tune, save the adapter, report.
+    `callbacks`: extra transformers TrainerCallbacks (e.g. a wall-clock stop for equal-compute runs)."""
     model_args, data_args, config = parse_recipe_args(argv, default_config)
     embedded = model_args.model_name_or_path is None
     base = Path(model_args.base_dir if embedded else model_args.model_name_or_path)
@@ -365,7 +367,8 @@ def run_recipe(argv: list[str] | None = None, default_config: str | Path | None 
                               max_length=denoiser.max_positions, vocab_size=denoiser.vocab_size,
                               mask_token_id=None if data_args.allow_mask_token_in_data else denoiser.mask_token_id,
                               min_response_tokens=objective.min_scorable_tokens)  # bad rows fail now, not mid-run
-    trainer = JointObjTrainer(denoiser, config, objective, train_dataset=data, processing_class=denoiser.tokenizer)
+    trainer = JointObjTrainer(denoiser, config, objective, train_dataset=data, processing_class=denoiser.tokenizer,
+                              callbacks=callbacks)
     settle_gradient_checkpointing(trainer, denoiser)
     trainer.train(resume_from_checkpoint=resume_target(config))
     trainer.save_model(config.output_dir)  # the adapter only (PEFT format) when LoRA is on, and jointobj.json
@@ -377,7 +380,8 @@ def run_recipe(argv: list[str] | None = None, default_config: str | Path | None 
         rows = report_run(base, Path(config.output_dir), split_names(data_args.dataset),  # as the base read them
                           decoders=data_args.report_decoders.split(","),
                           tokens_per_step=data_args.report_tokens_per_step.split(","),
-                          samples=data_args.report_samples, seed=config.seed, output_dir=config.output_dir)
+                          samples=data_args.report_samples, seed=config.seed, output_dir=config.output_dir,
+                          train_for=config.train_for)
     trainer.accelerator.wait_for_everyone()
     return RecipeResult(trainer, denoiser, config.output_dir, str(base), rows)
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainingArguments
 
+from jointobj.decoding.decoder_law import parse_decoder_orders
 from jointobj.diffusion.batch import DiffusionCollator
 from jointobj.model.denoiser import Denoiser
 from jointobj.objectives import LOSSES, Objective
@@ -63,6 +64,14 @@ class JointObjConfig(TrainingArguments):
                           "objective's class (jointobj.objectives: TokenCELoss, LogSumOrdersLoss, MixtureLoss, "
                           "EnergyNCELoss) documents its own; its `seed` defaults to --seed."},
     )
+    train_for: str | None = field(
+        default=None,
+        metadata={"help": "Decoders and budgets to train for, comma-separated decoder specs (a list in YAML): e.g. "
+                          "'confidence:tokens_per_step=2' or 'confidence:steps=2,threshold:threshold=0.7:steps=3'. "
+                          "The log-sum's orders (objective logsum, or mixture's logsum part) become exactly those "
+                          "decoders' own orders at their budgets, whose likelihood is the decoder's law "
+                          "(jointobj/decoding/decoder_law.py); the recipe's report evaluates them first."},
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep prompt_mask: the objective needs it."})
     overwrite_output_dir: bool = field(
         default=False,
@@ -73,6 +82,8 @@ class JointObjConfig(TrainingArguments):
 
     def __post_init__(self) -> None:
         self.objective_kwargs = parse_objective_kwargs(self.objective_kwargs)
+        if self.train_for:
+            self.objective_kwargs = objective_kwargs_for(self.objective, self.objective_kwargs, self.train_for)
         build_objective(self)  # the objective's constructor checks its name and every value, now, not at step 1
         if isinstance(self.deepspeed, str) and self.deepspeed:
             check_deepspeed_config(self.deepspeed)
@@ -96,6 +107,23 @@ def parse_objective_kwargs(value: dict | str | None) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"objective_kwargs must be a mapping of argument names to values, got {value!r}")
     return value
+
+
+def objective_kwargs_for(objective: str, kwargs: dict, train_for: str) -> dict:
+    """The objective's kwargs with its log-sum orders set to the decoders of `train_for` (their specs, checked):
+    `orders` of logsum, `logsum.orders` of mixture; a proposal mixture or prior there is dropped (decoder
+    orders take weights 1/M). Other objectives have no orders to set and are refused."""
+    orders = [str(order) for order in parse_decoder_orders(train_for)]
+    if not orders:
+        raise ValueError(f"train_for {train_for!r} names no decoder; e.g. 'confidence:tokens_per_step=2'")
+    drop = ("mixture", "num_orders", "prior")
+    if objective == "logsum":
+        return {**{k: v for k, v in kwargs.items() if k not in drop}, "orders": orders}
+    if objective == "mixture":
+        part = dict(kwargs.get("logsum") or {})
+        return {**kwargs, "logsum": {**{k: v for k, v in part.items() if k not in drop}, "orders": orders}}
+    raise ValueError(f"train_for trains the log-sum's orders: use --objective mixture (TokenCE + the decoders' "
+                     f"likelihood, the recipe's default) or logsum, not {objective!r}")
 
 
 def build_objective(config: JointObjConfig) -> torch.nn.Module:

@@ -38,3 +38,13 @@ def test_the_oracle_scores_every_order_at_the_exact_log_probability(script, name
     expected = float(-toyset.log_prob(prompts, answers).mean())
     for row in rows:
         assert row["nll_nats"] == pytest.approx(expected, abs=1e-4), row["order"]
+
+
+def test_a_decoder_row_is_its_exact_law(script):
+    # Under the oracle the one-token-per-step decoders are the chain rule (NLL = -log p), and a two-step
+    # decoder puts mass off the support, so its NLL of the data is higher.
+    toyset = load_toyset("agreement")
+    rows = {r["order"]: r for r in script.order_nll(OracleDenoiser(toyset), toyset, samples=64, seed=3,
+                                                    decoders=["confidence", "confidence:steps=2"])}
+    assert rows["confidence"]["nll_nats"] == pytest.approx(rows["l2r"]["nll_nats"], abs=1e-4)
+    assert rows["confidence:steps=2"]["nll_nats"] > rows["l2r"]["nll_nats"] + 0.5

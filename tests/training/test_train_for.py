@@ -1,0 +1,64 @@
+"""train_for: the recipe trains the decoders it names at their budgets and reports them first."""
+
+from pathlib import Path
+
+import pytest
+
+from jointobj.evaluation.run_report import trained_for_points
+from jointobj.objectives import LogSumOrdersLoss
+from jointobj.training.recipe import parse_recipe_args
+from jointobj.training.trainer import build_objective, objective_kwargs_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_default_mixture_trains_the_decoders_named_and_keeps_its_other_options():
+    kwargs = {"token_ce_weight": 0.5, "logsum": {"orders": ["l2r", "r2l"], "blocks": "all", "mode": "sampled"}}
+    got = objective_kwargs_for("mixture", kwargs, "confidence:tokens_per_step=2,threshold:threshold=0.7:steps=3")
+    assert got == {"token_ce_weight": 0.5, "logsum": {"orders": ["confidence:tokens_per_step=2",
+                                                                  "threshold:threshold=0.7:steps=3"],
+                                                       "blocks": "all", "mode": "sampled"}}
+    assert objective_kwargs_for("logsum", {"mixture": {"l2r": 1}, "num_orders": 2}, "margin") == {"orders": ["margin"]}
+
+
+@pytest.mark.parametrize("objective, train_for, words", [
+    ("token_ce", "confidence:steps=2", "use --objective mixture"),
+    ("mixture", "random:steps=2", "independently of the state"),
+    ("mixture", ",", "names no decoder"),
+])
+def test_what_cannot_be_trained_for_is_refused(objective, train_for, words):
+    with pytest.raises(ValueError, match=words):
+        objective_kwargs_for(objective, {}, train_for)
+
+
+def test_yaml_list_and_flag_build_the_objective_and_put_its_settings_first(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"output_dir: {tmp_path}\nreport_to: none\nobjective: mixture\n"
+                    "train_for: ['confidence:tokens_per_step=2', 'entropy_bounded:bound=0.3:steps=2']\n")
+    _, _, config = parse_recipe_args(["--config", str(path)], None)
+    logsum = [m for m in build_objective(config).modules() if isinstance(m, LogSumOrdersLoss)][0]
+    assert [str(o) for o in logsum.decoder_orders] == ["confidence:tokens_per_step=2",
+                                                       "entropy_bounded:bound=0.3:steps=2"]
+    assert logsum.proposal is None  # only the decoders trained for
+    _, _, flagged = parse_recipe_args(["--config", str(ROOT / "recipes/configs/logsum.yaml"), "--output_dir",
+                                       str(tmp_path), "--train_for", "confidence:tokens_per_step=2"], None)
+    assert flagged.objective_kwargs["logsum"]["orders"] == ["confidence:tokens_per_step=2"]
+    points = trained_for_points(config.train_for)
+    assert [(p.decoder, p.tokens_per_step, p.knobs) for p in points] == [
+        ("confidence", 2, ""), ("entropy_bounded", None, "bound=0.3 steps=2")]
+
+
+@pytest.mark.slow  # pretrains a base, trains, reports
+def test_the_report_evaluates_the_decoder_trained_for_first(tmp_path, capsys):
+    from helpers import load_script
+
+    result = load_script("recipes/logsum.py").main(
+        ["--base_dir", str(tmp_path / "base"), "--base_steps", "5", "--dataset", "likes_tennis", "--report_samples",
+         "8", "--report_decoders", "confidence", "--report_tokens_per_step", "1", "--train_for", "confidence:steps=2",
+         "--output_dir", str(tmp_path / "out"), "--deepspeed", "", "--max_steps", "2", "--per_device_train_batch_size",
+         "4", "--samples_per_toyset", "16", "--save_strategy", "no", "--disable_tqdm", "true"])
+    first = [row for row in result.report if row["model"] == "fine-tuned"][0]
+    assert (first["decoder"], first["options"]) == ("confidence", {"steps": 2})
+    assert first["decoder_nll"] is not None and "coverage" in first
+    printed = capsys.readouterr().out
+    assert "do no harm:" in printed and "fine-tuned cov" in printed
