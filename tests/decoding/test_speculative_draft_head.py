@@ -49,6 +49,7 @@ def _trained(order="l2r") -> CoupledLogits:
     key = str(order)
     if key not in _TRAINED:
         denoiser = CoupledLogits(seed=7)
+        torch.manual_seed(0)
         attach_draft_head(denoiser, vocab_size=VOCAB, max_positions=16, width=32, layers=2, heads=4)
         train_draft_head(denoiser, torch.zeros(1, 1, dtype=torch.long), LENGTH, steps=150, samples=512,
                          learning_rate=3e-3, order=order, seed=0)
@@ -120,6 +121,7 @@ def test_greedy_head_drafts_give_the_one_token_per_step_ids(order, trained):
 
 def test_training_raises_the_draft_likelihood_and_the_acceptance():
     denoiser = CoupledLogits(seed=11)  # strong coupling: marginals far from the conditionals
+    torch.manual_seed(0)  # the head's initialisation, whatever ran before
     attach_draft_head(denoiser, vocab_size=VOCAB, max_positions=16, width=32, layers=2, heads=4)
     prompt = torch.zeros(1, 1, dtype=torch.long)
     held_out = run(SpeculativeDecoder(temperature=1.0), denoiser, LENGTH, 512, seed=99).gen_ids  # own samples
@@ -142,7 +144,8 @@ def test_training_raises_the_draft_likelihood_and_the_acceptance():
     report = train_draft_head(denoiser, prompt, LENGTH, steps=150, samples=512, seed=0)
     after_kl = draft_loss(head, targets, cuts)[1]
     assert likelihood() > before_likelihood + 0.3, (before_likelihood, likelihood())
-    assert after_kl["acceptance"] > before_kl["acceptance"] + 0.1, (before_kl, after_kl)
+    # the expected rejection rate of a drafted token (1 - sum min(p, q)) at least halves
+    assert 1 - after_kl["acceptance"] < 0.5 * (1 - before_kl["acceptance"]), (before_kl, after_kl)
     # 3000 samples: the rate's standard error is below 0.01 here; the gain is far above it
     assert rate() > before_rate + 0.1, (before_rate, rate())
     assert report["history"][-1][1] < report["history"][0][1]  # the training KL fell
