@@ -95,6 +95,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--wall-sets", type=split_names, default=None, help="default: --sets")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--replot", nargs="+", default=None, metavar="JSON",
+                        help="only draw --plot from the rate rows of these JSONs (a later file's (model, set) rows "
+                             "replace an earlier one's) and exit")
     parser.add_argument("--json", default="runs/draft_head.json", metavar="FILE")
     parser.add_argument("--plot", default="runs/draft_head.png", metavar="PNG")
     return parser.parse_args(argv)
@@ -285,8 +288,27 @@ def wall_rows(name: str, denoiser, args) -> tuple[list[dict], list[dict]]:
     return rows, equal
 
 
+def replot(paths: list[str], plot: str) -> list[dict]:
+    """The frontier of several runs' rate rows on one picture; later files win for a (model, set)."""
+    import json
+
+    rows: dict[tuple[str, str], list[dict]] = {}
+    for path in paths:
+        found: dict[tuple[str, str], list[dict]] = {}
+        for row in json.loads(Path(path).read_text())["rows"]:
+            if row["part"] == "rate":
+                found.setdefault((row["model"], row["toyset"]), []).append(row)
+        rows.update(found)
+    flat = [row for group in rows.values() for row in group]
+    plot_frontier(flat, plot)
+    print(f"wrote {plot} from {len(flat)} rows")
+    return flat
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    if args.replot:
+        return replot(args.replot, args.plot)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     start = time.perf_counter()

@@ -41,6 +41,8 @@ def test_oracle_smoke_measures_every_draft_decoder(tmp_path, capsys):
     assert head["head_parameters"] > 0 and head["head_flops_per_token"] > 0
     assert len(json.loads(js.read_text())["rows"]) == len(rows) and png.stat().st_size > 0
     assert "spec head N=4" in capsys.readouterr().out
+    redrawn = script().main(["--replot", str(js), str(js), "--plot", str(tmp_path / "again.png")])
+    assert len(redrawn) == len(rate) and (tmp_path / "again.png").stat().st_size > 0  # a repeated file replaces
 
 
 @pytest.mark.slow
