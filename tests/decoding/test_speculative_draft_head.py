@@ -156,3 +156,17 @@ def test_draft_head_without_a_head_is_a_clear_error():
         run(SpeculativeDecoder(draft="head"), CoupledLogits(), LENGTH, 2)
     with pytest.raises(ValueError, match="unknown draft"):
         build_decoder("speculative", draft="tree")
+
+
+def test_head_drafts_keep_the_law_of_semi_autoregressive_blocks():
+    from test_speculative import empirical_tv, enumerate_order_law
+
+    from jointobj.decoding.speculative import verification_order
+
+    denoiser = _with_head()
+    out = run(SpeculativeDecoder(order="r2l", block_length=2, drafts=2, temperature=1.0, draft="head"), denoiser,
+              LENGTH, 4000, seed=3)
+    order = verification_order("r2l", 1, LENGTH, 2, None, "cpu")[0].tolist()
+    answers, log_p = enumerate_order_law(denoiser, torch.tensor([0]), LENGTH, order, 1.0)
+    tv, tolerance = empirical_tv(answers, log_p, out.gen_ids)
+    assert tv <= tolerance, (tv, tolerance)
