@@ -18,13 +18,15 @@ from test_speculative import (
     CoupledLogits,
     ResamplesFromTarget,
     check_exact,
+    empirical_tv,
+    enumerate_order_law,
     greedy_one_token_per_step,
     order_of,
     run,
 )
 
 from jointobj.decoding import build_decoder
-from jointobj.decoding.speculative import SpeculativeDecoder
+from jointobj.decoding.speculative import SpeculativeDecoder, verification_order
 from jointobj.model.draft_head import attach_draft_head, find_draft_head
 from jointobj.objectives.draft_distillation import distillation_targets, draft_loss
 from jointobj.training.draft_head import train_draft_head
@@ -159,10 +161,6 @@ def test_draft_head_without_a_head_is_a_clear_error():
 
 
 def test_head_drafts_keep_the_law_of_semi_autoregressive_blocks():
-    from test_speculative import empirical_tv, enumerate_order_law
-
-    from jointobj.decoding.speculative import verification_order
-
     denoiser = _with_head()
     out = run(SpeculativeDecoder(order="r2l", block_length=2, drafts=2, temperature=1.0, draft="head"), denoiser,
               LENGTH, 4000, seed=3)
