@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from jointobj.cli.progress import add_no_progress
 from jointobj.decoding.registry import build_decoder
 from jointobj.evaluation.benchmark import time_interleaved, write_measurements
 from jointobj.evaluation.metrics import wilson_interval
@@ -100,6 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "replace an earlier one's) and exit")
     parser.add_argument("--json", default="runs/draft_head.json", metavar="FILE")
     parser.add_argument("--plot", default="runs/draft_head.png", metavar="PNG")
+    add_no_progress(parser)
     return parser.parse_args(argv)
 
 
