@@ -40,6 +40,7 @@ from jointobj.evaluation.sweep import evaluate, headline
 from jointobj.model.architecture import lora_target_modules
 from jointobj.model.compat import RemoteCodeLoadError
 from jointobj.model.denoiser import Denoiser
+from jointobj.model.draft_head import DraftHead, attach_draft_head
 from jointobj.model.energy_head import EnergyHead, attach_energy_head, head_energy
 from jointobj.model.soft_inputs import soft_input_embeddings, soft_state
 from jointobj.objectives import (
@@ -66,6 +67,7 @@ from jointobj.utils.registry import Registry
 __version__ = "0.1.0"
 
 __all__ = [
+    "attach_draft_head",
     "attach_energy_head",
     "Batch",
     "best_of_n",
@@ -80,6 +82,7 @@ __all__ = [
     "Denoiser",
     "RemoteCodeLoadError",
     "DiffusionCollator",
+    "DraftHead",
     "ENERGIES",
     "Energy",
     "EnergyCost",

@@ -41,6 +41,17 @@ on the residual and the committed token has law p_j exactly (multi-candidate spe
 sampling, Yang et al. 2024). A rejected token has zero residual mass afterwards, so no draft
 survives a residual draw and the round ends there.
 
+Learned drafts (`draft="head"`): the denoiser's draft head (jointobj/model/draft_head.py, an add-on)
+drafts the window token by token from the committed tokens and the proposal logits above, each slot
+conditioned on the head's own earlier drafts: q_j = q(. | context, x_<j) instead of the marginal. The
+rule is unchanged, with that q_j: while the drafts before j are accepted they are the committed
+history, so q_j and p_j condition on the same prefix and the committed token has law p_j exactly.
+With N drafts each is an independent draw from the head; the drafts alive at j share the accepted
+prefix, hence the same q_j, and their slot-j tokens are i.i.d. from it given that prefix, so the
+recursive rejection above holds as it is (a sampled tree of the head's branches, prefix rows
+shared). In the first round slot 0's target is the first marginal itself (p_0 is that row), no
+longer equal to the head's q_0, so it is tested like any other slot.
+
 T = 0: drafts are argmax q and a draft is accepted iff it is argmax p_j, else argmax p_j is
 committed: the same ids as the one-token-per-step greedy decoder in the same order.
 
@@ -77,11 +88,13 @@ from jointobj.decoding.sampler import (
     uniform,
 )
 from jointobj.diffusion.orders import ORDERS
+from jointobj.model.draft_head import find_draft_head
 from jointobj.utils.checks import check_whole_number
 
 __all__ = ["SpeculativeDecoder", "verification_order"]
 
 _NAMED_ORDERS = ("l2r", "r2l", "random")
+DRAFTS = ("marginals", "head")  # where the drafts come from
 
 
 def verification_order(order: str | Sequence[int], b: int, length: int, block_length: int | None,
@@ -118,13 +131,14 @@ class SpeculativeDecoder:
     drafts         N >= 1 independent drafts verified together (multi-draft recursive rejection)
     temperature    T >= 0 of the target (and of the proposal); 0 = greedy
     block_length   semi-autoregressive blocks (None: one block)
+    draft          "marginals" (independent drafts from the proposal) | "head" (the denoiser's draft head)
     """
 
     name = "speculative"
 
     def __init__(self, tokens_per_step: int | None = None, *, order: str | Sequence[int] = "l2r",
                  draft_length: int | None = None, drafts: int = 1, temperature: float = 1.0,
-                 block_length: int | None = None):
+                 block_length: int | None = None, draft: str = "marginals"):
         check_whole_number("tokens_per_step", tokens_per_step, "a measured rate")
         check_whole_number("draft_length", draft_length, "the rest of the block")
         check_whole_number("drafts", drafts)
@@ -133,6 +147,9 @@ class SpeculativeDecoder:
         if isinstance(order, str) and order not in _NAMED_ORDERS:
             raise ValueError(f"unknown verification order {order!r}; use one of {', '.join(_NAMED_ORDERS)} "
                              "or an explicit permutation of range(gen_length)")
+        if draft not in DRAFTS:
+            raise ValueError(f"unknown draft {draft!r}; use one of {', '.join(DRAFTS)}")
+        self.draft = draft
         self.order = order if isinstance(order, str) else tuple(int(i) for i in order)
         self.draft_length = None if draft_length is None else int(draft_length)
         self.drafts = int(drafts)
@@ -141,7 +158,7 @@ class SpeculativeDecoder:
 
     def __repr__(self) -> str:
         return (f"SpeculativeDecoder(order={self.order!r}, draft_length={self.draft_length}, drafts={self.drafts}, "
-                f"temperature={self.temperature}, block_length={self.block_length})")
+                f"temperature={self.temperature}, block_length={self.block_length}, draft={self.draft!r})")
 
     # ------------------------------------------------------------ the rejection rule (tests inject broken ones)
 
@@ -179,6 +196,37 @@ class SpeculativeDecoder:
         accepted = token >= 0
         fallback = (target.log() + gumbel_noise(target.shape, generator, target.device)).argmax(-1)  # [a] ~ target
         return torch.where(accepted, token, fallback), accepted
+
+    # ------------------------------------------------------------ learned drafts
+
+    @staticmethod
+    def _draft_with_head(head, gen: torch.Tensor, perm: torch.Tensor, committed: torch.Tensor,
+                         positions: torch.Tensor, q_logits: torch.Tensor, n: int, temperature: float,
+                         generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The head drafts N windows per row, token by token.
+
+        gen [a, L] answers, perm [a, L] orders, committed [a] c, positions [a, w] the window, q_logits [a, w, V]
+        the proposal -> (drafted [a, N, w], q [a, N, w, V] float64: each draft's conditional at each slot, the law
+        its token was drawn from; None at T = 0, where the drafts are the head's greedy window, N times)."""
+        a, w, vocab = q_logits.shape
+        draws = 1 if temperature == 0 else n
+        logits, state = head.prefill(gen.gather(1, perm), perm, committed, positions, q_logits)  # [a, V]
+        if draws > 1:
+            state, logits = state.repeat(draws), logits.repeat_interleave(draws, 0)  # [a N, V]
+        drafted = torch.empty(a * draws, w, dtype=torch.long, device=gen.device)
+        q = None if temperature == 0 else torch.empty(a * draws, w, vocab, dtype=torch.float64, device=gen.device)
+        for j in range(w):
+            if j:
+                logits = head.step(state, j, drafted[:, j - 1])  # [a N, V]
+            if temperature == 0:
+                drafted[:, j] = logits.argmax(-1)
+                continue
+            log_q = _tempered_log_probs(logits, temperature)  # [a N, V]
+            q[:, j] = log_q.exp()
+            drafted[:, j] = (log_q + gumbel_noise(log_q.shape, generator, gen.device)).argmax(-1)
+        if temperature == 0:
+            return drafted[:, None].expand(a, n, w), None
+        return drafted.view(a, n, w), q.view(a, n, w, vocab)
 
     # ------------------------------------------------------------ the loop
 
@@ -221,6 +269,13 @@ class SpeculativeDecoder:
         block = self.block_length or length
         window = self.draft_length or length
         temperature = self.temperature
+        head = None
+        if self.draft == "head":
+            head = find_draft_head(denoiser)
+            if head is None:
+                raise ValueError("draft='head' needs a draft head on the denoiser: attach one "
+                                 "(jointobj.model.draft_head.attach_draft_head), train it "
+                                 "(jointobj.training.draft_head), or load a directory saved with one")
 
         log_prob = torch.zeros(b, dtype=torch.float64, device=device)
         row_steps = torch.ones(b, dtype=torch.long, device=device)
@@ -251,15 +306,20 @@ class SpeculativeDecoder:
                 vocab = proposal.shape[-1]
                 q_logits = proposal[live, :w]  # [a, w, V] the marginals at positions
 
-                # draft N windows from q
-                if temperature == 0:
+                # draft N windows: from q (the marginals, shared by every draft: q [a, 1, w, V]) or from the head
+                # (each draft its own conditionals: q [a, N, w, V]); q is None at T = 0
+                if head is not None:
+                    drafted, q = self._draft_with_head(head, ids[live], perm[live], c, positions, q_logits, n,
+                                                       temperature, generator)
+                elif temperature == 0:
                     drafted = q_logits.argmax(-1)[:, None].expand(a, n, w)  # [a, N, w]
                     q = None
                 else:
                     log_q = _tempered_log_probs(q_logits, temperature)  # [a, w, V]
-                    q = log_q.exp()
+                    q = log_q.exp()[:, None]  # [a, 1, w, V]
                     noise = gumbel_noise((a, n, w, vocab), generator, device)  # [a, N, w, V]
                     drafted = (log_q[:, None] + noise).argmax(-1)  # [a, N, w]
+                if temperature > 0:
                     u = uniform((a, n, w), generator, device)  # [a, N, w]
 
                 # rows: (draft n, slot j) shows the drafts of n before j. Drafts that agree before j share
@@ -303,8 +363,10 @@ class SpeculativeDecoder:
                         picked = verified[row.clamp(min=0), 0]  # [a, V] the conditional at positions[:, j]
                         p_logits = torch.where((row >= 0)[:, None], picked, p_logits)
                     log_p = p_logits if temperature == 0 else _tempered_log_probs(p_logits, temperature)  # [a, V]
-                    token, accepted = self._verify_position(log_p, None if q is None else q[:, j], drafted[:, :, j],
-                                                            alive, None if q is None else u[:, :, j], generator)
+                    # the alive drafts share the accepted prefix, so the lead's q_j is every candidate's
+                    q_j = None if q is None else q[rows_index, lead.clamp(max=q.shape[1] - 1), j]  # [a, V]
+                    token, accepted = self._verify_position(log_p, q_j, drafted[:, :, j], alive,
+                                                            None if q is None else u[:, :, j], generator)
                     who, where = rows_index[act], positions[act, j]  # the rows that commit position j now
                     gen[who, where] = token[act]
                     if temperature > 0:
@@ -336,4 +398,4 @@ def speculative_decoder(tokens_per_step: int | None = None, **options) -> Specul
     return SpeculativeDecoder(tokens_per_step, **options)
 
 
-speculative_decoder.option_names = {"order", "draft_length", "drafts", "temperature", "block_length"}
+speculative_decoder.option_names = {"order", "draft_length", "drafts", "temperature", "block_length", "draft"}

@@ -20,6 +20,7 @@ An add-on registered here is attached by its own module (e.g. `jointobj.model.en
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ from torch import nn
 from jointobj.utils.ranks import zero3_sharded
 from jointobj.utils.registry import Registry
 
-__all__ = ["ADD_ONS", "AddOn", "add_on_names", "attach_add_ons", "called_module", "load_add_ons", "save_add_ons"]
+__all__ = ["ADD_ONS", "AddOn", "add_on_names", "attach_add_ons", "called_module", "load_add_ons", "put_on_model",
+           "trained_add_on",
+           "save_add_ons"]
 
 
 class AddOn(nn.Module):
@@ -54,6 +57,53 @@ def called_module(model: nn.Module, name: str) -> nn.Module | None:
     return min(found, key=lambda item: len(item[0]))[1] if found else None
 
 
+def put_on_model(denoiser: Any, name: str, module: AddOn) -> AddOn:
+    """Put a fresh add-on on the denoiser's bare model as `name` and make it trainable and saved.
+
+    Before `add_lora` it is a plain submodule (add_lora lists it in modules_to_save); after it, it is
+    added to the adapter's modules_to_save here, so peft trains it and saves it with the adapter."""
+    if not denoiser.has_adapter:
+        setattr(denoiser.model, name, module)
+        return module
+    peft_model = denoiser.model
+    setattr(peft_model.get_base_model(), name, module)
+    adapter = peft_model.active_adapter
+    config = peft_model.peft_config[adapter]
+    _train_and_save_with_adapter(peft_model, adapter, config, name)
+    config.modules_to_save = sorted(set(config.modules_to_save or []) | {name})
+    return module
+
+
+def _train_and_save_with_adapter(peft_model: nn.Module, adapter: str, config: Any, name: str) -> None:
+    """Wrap the freshly attached add-on `name` as one of the adapter's modules_to_save (trained, and saved
+    in the adapter's weights), as peft does for the modules a LoraConfig lists.
+
+    peft's public route is `peft.utils.set_additional_trainable_modules`; it is given a copy of the
+    config that lists only this add-on, so the adapter's other extra modules are not wrapped twice.
+    Older peft has only the private `_set_trainable`; if neither exists, a clear error.
+    """
+    try:
+        from peft.utils import set_additional_trainable_modules
+    except ImportError:
+        set_additional_trainable_modules = None
+    if set_additional_trainable_modules is not None:
+        only_this = copy.copy(config)
+        only_this.modules_to_save = [name]
+        for field in ("modules_to_tie", "trainable_token_indices"):  # handled when the adapter was built
+            if hasattr(only_this, field):
+                setattr(only_this, field, None)
+        set_additional_trainable_modules(peft_model, only_this, {}, adapter)
+        return
+    try:
+        from peft.utils.other import _set_trainable
+    except ImportError as error:
+        raise ImportError(
+            f"this peft version offers no way to add a module to an existing adapter's modules_to_save; attach the "
+            f"{name} before add_lora (it then goes through LoraConfig.modules_to_save), or upgrade peft"
+        ) from error
+    _set_trainable(peft_model, adapter, module_names=[name], inference_mode=config.inference_mode)
+
+
 def _trained(module: nn.Module) -> nn.Module:
     """Through peft's ModulesToSaveWrapper, the active adapter's copy (the one trained); else the module."""
     copies = getattr(module, "modules_to_save", None)
@@ -62,6 +112,12 @@ def _trained(module: nn.Module) -> nn.Module:
     active = getattr(module, "active_adapter", None)
     active = active[0] if isinstance(active, (list, tuple)) else active
     return copies[active] if active in copies else next(iter(copies.values()))
+
+
+def trained_add_on(model: nn.Module, name: str) -> nn.Module | None:
+    """The add-on `name` itself, to call its methods: through peft's wrapper, the copy the adapter trains."""
+    module = called_module(model, name)
+    return None if module is None else _trained(module)
 
 
 def _instance(model: nn.Module, name: str) -> AddOn | None:

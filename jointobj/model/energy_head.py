@@ -24,13 +24,12 @@ define p(x) ∝ exp(-E(x)) on their own.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import nn
 
-from jointobj.model.add_ons import ADD_ONS, AddOn, called_module
+from jointobj.model.add_ons import ADD_ONS, AddOn, called_module, put_on_model
 
 __all__ = ["ENERGY_HEAD", "PARAMETERISATIONS", "EnergyHead", "attach_energy_head", "energy_head_module",
            "energy_head_settings", "find_energy_head", "head_energy", "model_hidden_size", "pooled_hidden_states"]
@@ -133,46 +132,7 @@ def attach_energy_head(denoiser: Any, width: int | None = None, parameterisation
     if find_energy_head(denoiser.model) is not None:
         raise ValueError("the model already has an energy head; one model carries one head")
     head = EnergyHead(actual, width, parameterisation, trained_against).to(denoiser.device)
-    if not denoiser.has_adapter:
-        setattr(denoiser.model, ENERGY_HEAD, head)
-        return head
-    peft_model = denoiser.model
-    setattr(peft_model.get_base_model(), ENERGY_HEAD, head)
-    adapter = peft_model.active_adapter
-    config = peft_model.peft_config[adapter]
-    _train_and_save_with_adapter(peft_model, adapter, config)
-    config.modules_to_save = sorted(set(config.modules_to_save or []) | {ENERGY_HEAD})
-    return head
-
-
-def _train_and_save_with_adapter(peft_model: nn.Module, adapter: str, config: Any) -> None:
-    """Wrap the freshly attached head as one of the adapter's modules_to_save (trained, and saved
-    in the adapter's weights), as peft does for the modules a LoraConfig lists.
-
-    peft's public route is `peft.utils.set_additional_trainable_modules`; it is given a copy of the
-    config that lists only the head, so the adapter's other extra modules are not wrapped twice.
-    Older peft has only the private `_set_trainable`; if neither exists, a clear error.
-    """
-    try:
-        from peft.utils import set_additional_trainable_modules
-    except ImportError:
-        set_additional_trainable_modules = None
-    if set_additional_trainable_modules is not None:
-        only_head = copy.copy(config)
-        only_head.modules_to_save = [ENERGY_HEAD]
-        for name in ("modules_to_tie", "trainable_token_indices"):  # handled when the adapter was built
-            if hasattr(only_head, name):
-                setattr(only_head, name, None)
-        set_additional_trainable_modules(peft_model, only_head, {}, adapter)
-        return
-    try:
-        from peft.utils.other import _set_trainable
-    except ImportError as error:
-        raise ImportError(
-            "this peft version offers no way to add a module to an existing adapter's modules_to_save; attach the "
-            "energy head before add_lora (it then goes through LoraConfig.modules_to_save), or upgrade peft"
-        ) from error
-    _set_trainable(peft_model, adapter, module_names=[ENERGY_HEAD], inference_mode=config.inference_mode)
+    return put_on_model(denoiser, ENERGY_HEAD, head)
 
 
 # ---------------------------------------------------------------- the energy

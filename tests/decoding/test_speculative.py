@@ -95,8 +95,8 @@ EXACTNESS_CASES = [
 ]
 
 
-def check_exact(decoder, order, length, temperature, samples, seed=0):
-    denoiser = CoupledLogits(seed=7)
+def check_exact(decoder, order, length, temperature, samples, seed=0, denoiser=None):
+    denoiser = CoupledLogits(seed=7) if denoiser is None else denoiser
     out = run(decoder, denoiser, length, samples, seed)
     answers, log_p = enumerate_order_law(denoiser, torch.tensor([0]), length, order_of(order, length), temperature)
     tv, tolerance = empirical_tv(answers, log_p, out.gen_ids)
