@@ -6,6 +6,10 @@
     jointobj probe --help        frequency collapse far from the context (jointobj/cli/probe.py)
     jointobj bench --help        sampler throughput and overhead (jointobj/cli/bench.py)
     jointobj lm-eval --help      lm-evaluation-harness with the jointobj model (jointobj/cli/harness.py)
+    jointobj report RUN_DIR      (re)write a finished recipe run's report (jointobj/cli/report.py)
+
+A mistake in what you gave ends in one `jointobj: error: ...` line (exit status 2) naming a log file
+with the traceback; `--debug` prints the traceback instead.
 
 Toy sets are named (`likes_tennis`) or given by import reference (`mysets:dates`, see
 jointobj/toysets/user_sets.py) wherever a command takes `--toyset`.
@@ -18,6 +22,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from jointobj.utils.errors import run_command
+
 # subcommand -> (module under jointobj.cli, one-line summary); modules are imported only when run
 SUBCOMMANDS = {
     "eval": ("eval", "joint validity, fidelity and cost of decoders on toy sets (oracle or a model directory)"),
@@ -25,6 +31,7 @@ SUBCOMMANDS = {
     "probe": ("probe", "frequency collapse: what a model predicts far from any visible token"),
     "bench": ("bench", "sampler throughput and its overhead beside the forward, on a tiny model"),
     "lm-eval": ("harness", "lm-evaluation-harness with the jointobj model registered (the lm_eval extra)"),
+    "report": ("report", "(re)write the report of a finished recipe run: base, fine-tuned and oracle"),
 }
 
 
@@ -49,10 +56,6 @@ def main(argv: list[str] | None = None):
 
 
 def console_main() -> int:
-    """Entry point of the `jointobj` console script: a bad request prints its message instead of a traceback."""
-    try:
-        main()
-    except ValueError as error:
-        print(f"jointobj: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    """Entry point of the `jointobj` console script: a user's mistake ends in one `jointobj: error:` line, its
+    traceback in a log file it names (`--debug` shows it instead); see jointobj.utils.errors."""
+    return run_command(main, sys.argv[1:])

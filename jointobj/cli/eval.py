@@ -66,7 +66,8 @@ from jointobj.decoding.rescore import RescoreSpec
 from jointobj.evaluation.frontier import TARGET, TARGET_COLUMNS, parse_grid, target_status
 from jointobj.evaluation.report import format_headline, format_table, plot_frontier, plot_validity, write_json
 from jointobj.evaluation.sweep import evaluate, headline
-from jointobj.toysets.builtin import load_toyset
+from jointobj.toysets.combined import load_toysets
+from jointobj.utils.errors import user_errors
 from jointobj.utils.registry import split_names
 
 COLUMNS = ["toyset", "decoder", "knobs", "requested_tokens_per_step", "tokens_per_step", "validity", "validity_low",
@@ -140,14 +141,14 @@ def load_denoiser(args: argparse.Namespace, toysets: list, model: str | None):
         return OracleDenoiser(*toysets)
     from jointobj.model.denoiser import Denoiser
 
-    denoiser = Denoiser.from_pretrained(model, trust_remote_code=args.trust_remote_code,
-                                        compat=args.compat)
+    with user_errors():  # a missing or unusable model directory is the user's to fix
+        denoiser = Denoiser.from_pretrained(model, trust_remote_code=args.trust_remote_code, compat=args.compat)
     return denoiser.to(args.device).eval()
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
-    toysets = [load_toyset(name) for name in args.toyset]  # unknown names fail here, listing the known ones
+    toysets = load_toysets(args.toyset)  # on one vocabulary; unknown names fail here, listing the known ones
     options = decoder_options(args)
     rescore = [RescoreSpec.parse(spec) for text in args.rescore for spec in text.split(";") if spec.strip()]
     sweep = dict(toysets=toysets, decoders=args.decoder, tokens_per_step=args.tokens_per_step, samples=args.samples,

@@ -41,7 +41,8 @@ from jointobj.evaluation.metrics import (
     tv_noise_floor,
     wilson_interval,
 )
-from jointobj.toysets.builtin import ToySet, load_toyset
+from jointobj.toysets.builtin import ToySet
+from jointobj.toysets.combined import load_toysets
 from jointobj.utils.checks import check_whole_number
 
 __all__ = ["evaluate", "headline"]
@@ -99,7 +100,7 @@ def evaluate(denoiser: Any, toysets: Sequence[str | ToySet], decoders: Sequence[
     check_whole_number("samples", samples)
     check_whole_number("batch_size", batch_size)
     law_nll = decoder_nll
-    sets = [load_toyset(t) if isinstance(t, str) else t for t in toysets]
+    sets = load_toysets(toysets, tokenizer=getattr(denoiser, "tokenizer", None))  # the ids the model writes
     if points is None:
         points = sweep_points(decoders, tokens_per_step, decoder_options, grid)
     if not points:

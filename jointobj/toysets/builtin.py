@@ -16,6 +16,7 @@ by import reference (`--toyset mysets:dates`); `register_toyset` registers a Dat
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import re
@@ -29,6 +30,7 @@ from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import PreTrainedTokenizerFast
 
 from jointobj.toysets import builders
+from jointobj.utils.errors import UserError
 from jointobj.utils.registry import Registry
 
 __all__ = [
@@ -199,7 +201,8 @@ class ToySet:
 
     def describe(self, ids: torch.Tensor) -> str:
         """Ids -> space-joined tokens, for messages."""
-        return " ".join(self.tokenizer.convert_ids_to_tokens(torch.as_tensor(ids).tolist()))
+        tokens = self.tokenizer.convert_ids_to_tokens(torch.as_tensor(ids).tolist())
+        return " ".join(f"<id {i}>" if t is None else t for i, t in zip(torch.as_tensor(ids).tolist(), tokens))
 
     # ------------------------------------------------------------------ distribution
 
@@ -265,9 +268,11 @@ class ToySet:
             raise ValueError(f"{len(prompt_ids)} prompts but {len(answer_ids)} answers; pass one prompt per answer")
         unfinished = {self.tokenizer.mask_token_id, self.tokenizer.pad_token_id} - {None}
         tokens = self.tokenizer.convert_ids_to_tokens
+        size = len(self.tokenizer)
         out = []
         for prompt, answer in zip(prompt_ids.tolist(), answer_ids.tolist()):
-            done = not unfinished & set(answer)
+            named = all(0 <= i < size for i in answer)  # a model's id this set's vocabulary cannot name: invalid
+            done = named and not unfinished & set(answer)
             out.append(done and bool(self.validator(tokens(prompt), tokens(answer))))
         return torch.tensor(out, dtype=torch.bool)
 
@@ -396,37 +401,57 @@ def resolve_toyset_reference(reference: str) -> ToySet:
 
     module_name, _, attribute = reference.partition(":")
     if not module_name or not attribute or ":" in attribute:
-        raise ValueError(f"toy set reference {reference!r} is not 'package.module:attribute' (e.g. mysets:dates)")
+        raise UserError(f"toy set reference {reference!r} is not 'package.module:attribute' (e.g. mysets:dates)")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_sets(reference, module_name)
     except ModuleNotFoundError as error:
         if error.name is None or not f"{module_name}.".startswith(f"{error.name}."):  # the module's own import failed
-            raise ValueError(f"toy set reference {reference!r}: importing module {module_name!r} failed: "
-                             f"{error}") from error
+            raise UserError(f"toy set reference {reference!r}: importing module {module_name!r} failed: "
+                            f"{error}") from error
         if os.getcwd() in sys.path:
             module = None
         else:
             sys.path.append(os.getcwd())
-            module = importlib.util.find_spec(module_name.split(".")[0]) and importlib.import_module(module_name)
+            module = importlib.util.find_spec(module_name.split(".")[0]) and _import_sets(reference, module_name)
         if module is None:
-            raise ValueError(
+            raise UserError(
                 f"toy set reference {reference!r}: no module {module_name!r} ({error}); make it importable: run from "
                 "the directory holding it, add that directory to PYTHONPATH, or install its package"
             ) from error
     value: Any = module
     for part in attribute.split("."):
         if not hasattr(value, part):
-            sets = sorted(k for k, v in vars(module).items() if isinstance(v, ToySet))
-            raise ValueError(f"toy set reference {reference!r}: module {module_name!r} "
-                             f"({getattr(module, '__file__', '?')}) has no attribute {attribute!r}; its toy sets: "
-                             f"{', '.join(sets) or 'none'}")
+            sets = public_toysets(module)
+            close = difflib.get_close_matches(attribute, sets, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(f'{module_name}:{name}' for name in close)}? " if close else ""
+            raise UserError(f"toy set reference {reference!r}: module {module_name!r} "
+                            f"({getattr(module, '__file__', '?')}) has no attribute {attribute!r}; {hint}its toy "
+                            f"sets: {', '.join(sets) or 'none'}")
         value = getattr(value, part)
     if callable(value) and not isinstance(value, ToySet):
         value = value()
     if not isinstance(value, ToySet):
-        raise ValueError(f"toy set reference {reference!r}: {module_name}.{attribute} is a {type(value).__name__}, "
+        raise UserError(f"toy set reference {reference!r}: {module_name}.{attribute} is a {type(value).__name__}, "
                          "not a ToySet (or a function returning one); build it with jointobj.make_toyset")
     return value
+
+
+def _import_sets(reference: str, module_name: str):
+    """Import the user's module; a ValueError while it builds its sets (make_toyset's checks) is theirs to fix."""
+    import importlib
+
+    try:
+        return importlib.import_module(module_name)
+    except UserError:
+        raise
+    except ValueError as error:
+        raise UserError(f"toy set reference {reference!r}: building the sets of module {module_name!r} failed: "
+                        f"{error}") from error
+
+
+def public_toysets(module: Any) -> list[str]:
+    """The toy sets a module offers by name: its ToySet attributes, private ones (leading _) left out."""
+    return sorted(k for k, v in vars(module).items() if isinstance(v, ToySet) and not k.startswith("_"))
 
 
 def toyset_from_dataset(name: str, dataset: datasets.Dataset, validator: Validator, tokenizer=None) -> ToySet:

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from jointobj.toysets.builtin import ToySet, load_toyset, shared_tokenizer
+from jointobj.toysets.builtin import ToySet
+from jointobj.toysets.combined import load_toysets
 
 __all__ = ["IMPOSSIBLE_LOGIT", "OracleDenoiser"]
 
@@ -55,8 +56,8 @@ class OracleDenoiser(nn.Module):
         super().__init__()
         if not toysets:
             raise ValueError("OracleDenoiser needs at least one toy set, e.g. OracleDenoiser(load_toyset('cities'))")
-        sets = [load_toyset(t) if isinstance(t, str) else t for t in toysets]
-        self.tokenizer = shared_tokenizer(sets)  # the largest; the others' ids agree with it, or a ValueError
+        sets = load_toysets(toysets)  # on one vocabulary (jointobj.toysets.combined)
+        self.tokenizer = sets[0].tokenizer
         self.vocab_size = len(self.tokenizer)
         self.mask_token_id = self.tokenizer.mask_token_id
         if self.mask_token_id is None:

@@ -48,7 +48,7 @@ from transformers import PreTrainedTokenizerFast
 
 from jointobj.toysets.builtin import SPECIAL_TOKENS, ToySet, toy_tokenizer, toyset_from_dataset
 
-__all__ = ["TextValidator", "extended_tokenizer", "make_toyset"]
+__all__ = ["TextValidator", "extended_tokenizer", "is_word_level", "make_toyset"]
 
 TextValidator = Callable[[str, str], bool]  # (answer_text, prompt_text) -> valid
 SEP = "[SEP]"
@@ -71,7 +71,7 @@ def extended_tokenizer(words, base: PreTrainedTokenizerFast | None = None) -> Pr
                                    mask_token="[MASK]", sep_token="[SEP]")
 
 
-def _is_word_level(tokenizer: Any) -> bool:
+def is_word_level(tokenizer: Any) -> bool:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     return backend is not None and isinstance(backend.model, WordLevel)
 
@@ -132,7 +132,7 @@ def _check_total(name: str, table: dict[tuple[str, str], float], normalise: bool
 def _encode(name: str, texts: list[str], tokenizer: Any, extend: bool) -> tuple[Any, list[list[int]]]:
     """(tokenizer, ids of every text); the word-level tokenizer is extended to unknown words, or they are refused."""
     words = {word for text in texts for word in text.split()}
-    word_level = _is_word_level(tokenizer)
+    word_level = is_word_level(tokenizer)
     unknown = sorted(words - set(tokenizer.get_vocab())) if word_level else []
     if unknown and extend:
         tokenizer = extended_tokenizer(unknown, tokenizer)

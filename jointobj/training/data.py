@@ -32,6 +32,7 @@ from typing import Any
 import datasets
 
 from jointobj.toysets.builtin import TOYSETS, load_toyset
+from jointobj.toysets.combined import load_toysets
 
 FIELDS_HELP = "rows need 'input_ids' (optionally 'prompt_mask'), or 'prompt' and 'response', or 'text'"
 SHAPES = {("input_ids",): "input_ids", ("prompt", "response"): "prompt/response", ("text",): "text"}
@@ -74,9 +75,12 @@ def _known_toyset(name: str) -> bool:
 
 
 def toy_training_data(names: list[str], samples_per_set: int, seed: int = 0,
-                      max_length: int | None = None, **checks: Any) -> datasets.Dataset:
-    """Samples from each named toy set (each checked, see check_rows), concatenated and shuffled."""
-    parts = [load_toyset(name).dataset(samples_per_set, seed=seed + i) for i, name in enumerate(names)]
+                      max_length: int | None = None, tokenizer: Any = None, **checks: Any) -> datasets.Dataset:
+    """Samples from each named toy set (each checked, see check_rows), concatenated and shuffled. The sets
+    share one vocabulary: `tokenizer`'s (the model's) when word-level, else the one combined from the
+    sets (jointobj.toysets.combined)."""
+    sets = load_toysets(names, tokenizer=tokenizer)
+    parts = [toyset.dataset(samples_per_set, seed=seed + i) for i, toyset in enumerate(sets)]
     for name, part in zip(names, parts):
         check_rows(part, f"toy set {name!r}", max_length, **checks)
     return datasets.concatenate_datasets(parts).shuffle(seed=seed)
@@ -260,7 +264,7 @@ def load_training_data(spec: str, tokenizer: Any, samples_per_toyset: int = 2000
     checks = {"vocab_size": vocab_size, "mask_token_id": mask_token_id, "min_response_tokens": min_response_tokens}
     if _is_toy_spec(spec):
         return toy_training_data([name.strip() for name in spec.split(",")], samples_per_toyset, seed, max_length,
-                                 **checks)
+                                 tokenizer, **checks)
     path = Path(spec)
     if not path.exists():
         raise ValueError(

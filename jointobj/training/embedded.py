@@ -36,9 +36,11 @@ from filelock import FileLock
 from jointobj.model.conventions import CONFIG_NAME
 from jointobj.model.denoiser import Denoiser
 from jointobj.model.tiny import tiny_masked_lm
-from jointobj.toysets.builtin import load_toyset, shared_tokenizer
+from jointobj.toysets.builtin import load_toyset
+from jointobj.toysets.combined import combined_tokenizer
 from jointobj.training.data import load_training_data
 from jointobj.training.trainer import JointObjConfig, JointObjTrainer
+from jointobj.utils.errors import UserError
 from jointobj.utils.ranks import configure_cpu_ranks
 from jointobj.utils.registry import split_names
 
@@ -52,10 +54,13 @@ _LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "
 
 def toy_suite_length(dataset: str) -> int:
     """Longest sequence among the named toy sets; a clear error if the dataset is not toy sets."""
+    names = split_names(dataset)
     try:
-        return max(load_toyset(name).length for name in split_names(dataset))
+        return max(load_toyset(name).length for name in names)
     except ValueError as error:
-        raise ValueError(
+        if not (Path(dataset).exists() or dataset.endswith((".json", ".jsonl"))):
+            raise  # a set name or reference with a mistake: its own message says what is wrong
+        raise UserError(
             f"the embedded base is pretrained on toy sets, but the dataset is {dataset!r} ({error}); "
             "pass --model_name_or_path DIR to fine-tune your own model on your own data"
         ) from error
@@ -146,7 +151,7 @@ def _train_into(staging: Path, dataset: str, steps: int, learning_rate: float, s
                 seed: int, size: str) -> None:
     configure_cpu_ranks()
     length = toy_suite_length(dataset)
-    tokenizer = shared_tokenizer([load_toyset(name) for name in split_names(dataset)])  # user sets: extended
+    tokenizer = combined_tokenizer([load_toyset(name) for name in split_names(dataset)])  # user sets: one vocabulary
     model = tiny_masked_lm("modernbert", vocab_size=len(tokenizer), size=size, max_positions=max(32, length),
                            seed=seed)
     denoiser = Denoiser(model, tokenizer=tokenizer)

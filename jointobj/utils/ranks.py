@@ -26,6 +26,16 @@ __all__ = ["accelerator_available", "chunks_on_every_rank", "collective_device",
            "world_size", "zero3_sharded"]
 
 
+def launcher_rank() -> int:
+    """This process's global rank as a launcher set it (RANK, else LOCAL_RANK; 0 without a launcher):
+    readable before any process group exists."""
+    for name in ("RANK", "LOCAL_RANK"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 def world_size() -> int:
     """Ranks in the initialised default group; 1 when there is none."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
