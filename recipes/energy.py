@@ -32,7 +32,7 @@ keyword arguments) go in --objective_kwargs, JSON on the command line.
 
 from pathlib import Path
 
-from jointobj.training.recipe import RecipeResult, run_recipe
+from jointobj.training.recipe import RecipeResult, recipe_main, run_recipe
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "energy.yaml"
 
@@ -42,4 +42,4 @@ def main(argv: list[str] | None = None) -> RecipeResult:
 
 
 if __name__ == "__main__":
-    main()
+    recipe_main(DEFAULT_CONFIG)  # a user's mistake: one `jointobj: error:` line, not a traceback

@@ -20,7 +20,7 @@ is a flag; `python recipes/logsum.py --help` lists them.
 
 from pathlib import Path
 
-from jointobj.training.recipe import RecipeResult, run_recipe
+from jointobj.training.recipe import RecipeResult, recipe_main, run_recipe
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "logsum.yaml"
 
@@ -30,4 +30,4 @@ def main(argv: list[str] | None = None) -> RecipeResult:
 
 
 if __name__ == "__main__":
-    main()
+    recipe_main(DEFAULT_CONFIG)  # a user's mistake: one `jointobj: error:` line, not a traceback

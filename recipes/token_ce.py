@@ -19,7 +19,7 @@ is a flag; `python recipes/token_ce.py --help` lists them.
 
 from pathlib import Path
 
-from jointobj.training.recipe import RecipeResult, run_recipe
+from jointobj.training.recipe import RecipeResult, recipe_main, run_recipe
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "token_ce.yaml"
 
@@ -29,4 +29,4 @@ def main(argv: list[str] | None = None) -> RecipeResult:
 
 
 if __name__ == "__main__":
-    main()
+    recipe_main(DEFAULT_CONFIG)  # a user's mistake: one `jointobj: error:` line, not a traceback

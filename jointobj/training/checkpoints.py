@@ -22,13 +22,15 @@ import re
 import shutil
 from pathlib import Path
 
+from jointobj.utils.errors import UserError
+
 MANIFEST_NAME = "manifest.json"
 LATEST_NAME = "latest"  # in the run directory: the name of the newest recorded checkpoint
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 _STAGING_SUFFIX = ".tmp"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that must not be loaded, or no checkpoint to resume from; the message says what to do."""
 
 
@@ -46,7 +48,7 @@ def checkpoints_in(run_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
-def _sha256(path: Path, block: int = 1 << 20) -> str:
+def file_sha256(path: Path, block: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as file:
         for chunk in iter(lambda: file.read(block), b""):
@@ -63,19 +65,50 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(staging, path)  # readers see the old file or the new one, never half of one
 
 
-def write_manifest(checkpoint: str | os.PathLike) -> Path:
-    """Record every file of `checkpoint` (relative name, size, sha256) in its manifest; call it once
-    every rank has finished writing. Returns the manifest's path."""
+def write_manifest(checkpoint: str | os.PathLike, config: dict | None = None) -> Path:
+    """Record every file of `checkpoint` (relative name, size, sha256) in its manifest, with the run's
+    configuration fingerprint `config` (what a resume must not change, see check_same_config); call it
+    once every rank has finished writing. Returns the manifest's path."""
     checkpoint = Path(checkpoint)
     files = {}
     for path in sorted(p for p in checkpoint.rglob("*") if p.is_file()):
         name = path.relative_to(checkpoint).as_posix()
         if name in (MANIFEST_NAME, MANIFEST_NAME + _STAGING_SUFFIX):
             continue
-        files[name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        files[name] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
     manifest = checkpoint / MANIFEST_NAME
-    _atomic_write(manifest, json.dumps({"step": checkpoint_step(checkpoint), "files": files}, indent=1) + "\n")
+    record = {"step": checkpoint_step(checkpoint), "files": files}
+    if config is not None:
+        record["config"] = config
+    _atomic_write(manifest, json.dumps(record, indent=1) + "\n")
     return manifest
+
+
+def check_same_config(checkpoint: str | os.PathLike, config: dict | None, allow_changes: bool = False) -> None:
+    """Refuse (CheckpointError naming each field) to resume `checkpoint` under a configuration whose
+    fingerprint differs from the one its manifest recorded, unless `allow_changes` (then say what changed).
+    A manifest without a fingerprint (an older jointobj) or no `config` checks nothing."""
+    if config is None:
+        return
+    try:
+        recorded = json.loads((Path(checkpoint) / MANIFEST_NAME).read_text()).get("config")
+    except (OSError, json.JSONDecodeError):
+        return
+    if recorded is None:
+        return
+    changed = [f"{name}: {recorded.get(name)!r} -> {config.get(name)!r}" for name in sorted(set(recorded) | set(config))
+               if recorded.get(name) != config.get(name)]
+    if not changed:
+        return
+    if allow_changes:
+        print(f"--resume_with_changed_config: resuming {checkpoint} with {'; '.join(changed)}", flush=True)
+        return
+    raise CheckpointError(
+        f"not resuming from {checkpoint}: this run's configuration differs from the one that wrote it "
+        f"({'; '.join(changed)}). Resuming would continue another objective, data or model from its weights. Put "
+        "those values back, start over with --overwrite_output_dir (or another --output_dir), or pass "
+        "--resume_with_changed_config to resume anyway."
+    )
 
 
 def checkpoint_problem(checkpoint: str | os.PathLike) -> str | None:
@@ -101,7 +134,7 @@ def checkpoint_problem(checkpoint: str | os.PathLike) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != expected["size"]:
             return f"{name} has {path.stat().st_size} bytes, its manifest says {expected['size']}"
-        if _sha256(path) != expected["sha256"]:
+        if file_sha256(path) != expected["sha256"]:
             return f"{name} does not match its sha256 in {MANIFEST_NAME} (altered or damaged)"
     return None
 

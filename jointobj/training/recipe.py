@@ -13,6 +13,7 @@ fine-tuned models compared by the joint-validity evaluator.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -29,12 +30,23 @@ from jointobj.decoding.budget import parse_tokens_per_step
 from jointobj.decoding.registry import DECODERS
 from jointobj.evaluation.run_report import report_run
 from jointobj.model.denoiser import Denoiser
+from jointobj.training.checkpoints import file_sha256
 from jointobj.training.data import load_training_data
 from jointobj.training.embedded import ensure_base
 from jointobj.training.moved_options import MOVED_OPTIONS, moved_option_error
-from jointobj.training.run_dir import check_previous_run, clear_previous_run, finished_step, mark_finished, previous_run
-from jointobj.training.trainer import JointObjConfig, JointObjTrainer, build_objective
-from jointobj.utils.ranks import configure_cpu_ranks
+from jointobj.training.run_dir import (
+    check_previous_run,
+    clear_previous_run,
+    finished_step,
+    mark_failed,
+    mark_finished,
+    previous_run,
+    run_lock,
+    write_run_record,
+)
+from jointobj.training.trainer import JointObjConfig, JointObjTrainer, build_objective, parse_objective_kwargs
+from jointobj.utils.errors import UserError, run_command, user_errors
+from jointobj.utils.ranks import configure_cpu_ranks, launcher_rank
 from jointobj.utils.registry import split_names
 
 MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -198,13 +210,13 @@ def parse_recipe_args(argv: list[str] | None, default_config: str | Path | None)
     argv = list(sys.argv[1:] if argv is None else argv)
     given, argv = _split_config_flag(argv)
     config_path = given if given is not None else default_config
-    parser = HfArgumentParser((ModelArguments, DataArguments, JointObjConfig), usage=CONFIG_USAGE)
+    parser = RecipeArgumentParser((ModelArguments, DataArguments, JointObjConfig), usage=CONFIG_USAGE)
     known = {action.dest for action in parser._actions}
     argv = _flag_names(argv, known)
     if config_path is not None:
         path = Path(config_path)
         if not path.exists():
-            raise FileNotFoundError(f"config {path} does not exist")
+            raise UserError(f"config {path} does not exist")
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:
@@ -226,7 +238,8 @@ def parse_recipe_args(argv: list[str] | None, default_config: str | Path | None)
         parser.set_defaults(**{key: getattr(parsed, key) for key in yaml_keys})
         parser.description = f"Defaults shown are {path}'s values where it sets them."
     check_moved_flags(argv)
-    return parser.parse_args_into_dataclasses(args=fractional_warmup(argv), look_for_args_file=False)
+    with user_errors():  # a value the dataclasses (or TrainingArguments) refuse is the user's to fix
+        return parser.parse_args_into_dataclasses(args=fractional_warmup(argv), look_for_args_file=False)
 
 
 def fractional_warmup(args: list[str]) -> list[str]:
@@ -253,6 +266,14 @@ def fractional_warmup(args: list[str]) -> list[str]:
             else:
                 rewritten[at] = "--warmup_ratio"
     return rewritten
+
+
+class RecipeArgumentParser(HfArgumentParser):
+    """HfArgumentParser whose command-line errors raise a UserError (one line on rank 0) instead of
+    printing the usage and exiting on every rank."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (`--help` lists the flags)")
 
 
 def join_process_group(config: JointObjConfig) -> None:
@@ -336,9 +357,74 @@ def seed_everything(config: JointObjConfig) -> None:
 
 def run_recipe(argv: list[str] | None = None, default_config: str | Path | None = None,
                callbacks: list[Any] | None = None) -> RecipeResult:
-    """Parse arguments, (pre)train the base if embedded, fine-tune, save the adapter, report.
+    """Parse arguments, hold the output_dir's run lock (global rank 0), then train_and_report.
     `callbacks`: extra transformers TrainerCallbacks (e.g. a wall-clock stop for equal-compute runs)."""
     model_args, data_args, config = parse_recipe_args(argv, default_config)
+    with holding_output_dir(model_args, config):
+        return train_and_report(model_args, data_args, config, callbacks)
+
+
+def recipe_main(default_config: str | Path | None = None) -> None:
+    """A recipe script's entry point: run_recipe on the command line; a user's mistake ends in one
+    `jointobj: error:` line (rank 0) and exit status 2, its traceback in a log file (jointobj.utils.errors)."""
+    sys.exit(run_command(lambda argv: run_recipe(argv, default_config), sys.argv[1:]))
+
+
+@contextlib.contextmanager
+def holding_output_dir(model_args: ModelArguments, config: JointObjConfig):
+    """The run's exclusive lock on --output_dir (jointobj.training.run_dir.run_lock), held by global rank 0
+    for the run's life; checked against the model directory first (the lock file must not land in it)."""
+    base = model_args.base_dir if model_args.model_name_or_path is None else model_args.model_name_or_path
+    check_output_dir(config.output_dir, base)
+    if launcher_rank() != 0:
+        yield
+        return
+    with run_lock(config.output_dir):
+        yield
+
+
+def config_fingerprint(model_args: ModelArguments, data_args: DataArguments, config: JointObjConfig,
+                       base: str | Path) -> dict:
+    """What a resume must not change, recorded with every checkpoint: the objective, the data and the base model."""
+    data = Path(data_args.dataset)
+    return {"objective": config.objective, "objective_kwargs": parse_objective_kwargs(config.objective_kwargs),
+            "dataset": data_args.dataset, "dataset_sha256": file_sha256(data) if data.is_file() else None,
+            "samples_per_toyset": data_args.samples_per_toyset, "base_model": str(Path(base).resolve()),
+            "lora_r": model_args.lora_r, "lora_alpha": model_args.lora_alpha,
+            "lora_target_modules": model_args.lora_target_modules}
+
+
+def run_record(model_args: ModelArguments, data_args: DataArguments, config: JointObjConfig,
+               base: str | Path) -> dict:
+    """What `jointobj report RUN_DIR` needs to redo the report (jointobj/cli/report.py), written beside the model."""
+    return {"base": str(Path(base).resolve()), "embedded": model_args.model_name_or_path is None,
+            "dataset": data_args.dataset, "toysets": split_names(data_args.dataset),
+            "report_decoders": split_names(data_args.report_decoders),
+            "report_tokens_per_step": split_names(data_args.report_tokens_per_step),
+            "report_samples": data_args.report_samples, "seed": config.seed, "train_for": config.train_for}
+
+
+def write_report(output_dir: str | Path, record: dict, step: int, samples: int | None = None) -> list[dict]:
+    """The run's report from its record (report_run); a failure is recorded (failed.json: the step, the error,
+    `jointobj report` to redo it) and raised, and the run is marked finished only once the report is written."""
+    try:
+        rows = report_run(record["base"], Path(output_dir), record["toysets"], decoders=record["report_decoders"],
+                          tokens_per_step=record["report_tokens_per_step"],
+                          samples=record["report_samples"] if samples is None else samples, seed=record["seed"],
+                          output_dir=output_dir, train_for=record.get("train_for"))
+    except Exception as error:
+        redo = f"fix it and write the report with `jointobj report {output_dir}`"
+        mark_failed(output_dir, "report", error, step, redo)
+        print(f"{output_dir}: training finished and the model is saved (step {step}), but the report failed; {redo}",
+              file=sys.stderr, flush=True)
+        raise
+    mark_finished(output_dir, step)
+    return rows
+
+
+def train_and_report(model_args: ModelArguments, data_args: DataArguments, config: JointObjConfig,
+                     callbacks: list[Any] | None = None) -> RecipeResult:
+    """(Pre)train the base if embedded, fine-tune, save the adapter, report; the run is finished only then."""
     embedded = model_args.model_name_or_path is None
     base = Path(model_args.base_dir if embedded else model_args.model_name_or_path)
     check_output_dir(config.output_dir, base)
@@ -369,19 +455,19 @@ def run_recipe(argv: list[str] | None = None, default_config: str | Path | None 
                               min_response_tokens=objective.min_scorable_tokens)  # bad rows fail now, not mid-run
     trainer = JointObjTrainer(denoiser, config, objective, train_dataset=data, processing_class=denoiser.tokenizer,
                               callbacks=callbacks)
+    trainer.run_config = config_fingerprint(model_args, data_args, config, base)
     settle_gradient_checkpointing(trainer, denoiser)
     trainer.train(resume_from_checkpoint=resume_target(config))
     trainer.save_model(config.output_dir)  # the adapter only (PEFT format) when LoRA is on, and jointobj.json
-    if trainer.is_world_process_zero():
-        mark_finished(config.output_dir, trainer.state.global_step)
     rows: list[dict] = []
-    if trainer.is_world_process_zero() and embedded and data_args.report_samples > 0:
-        print(f"\n{numerics()}", flush=True)
-        rows = report_run(base, Path(config.output_dir), split_names(data_args.dataset),  # as the base read them
-                          decoders=data_args.report_decoders.split(","),
-                          tokens_per_step=data_args.report_tokens_per_step.split(","),
-                          samples=data_args.report_samples, seed=config.seed, output_dir=config.output_dir,
-                          train_for=config.train_for)
+    if trainer.is_world_process_zero():
+        record = run_record(model_args, data_args, config, base)
+        write_run_record(config.output_dir, record)
+        if embedded and data_args.report_samples > 0:
+            print(f"\n{numerics()}", flush=True)
+            rows = write_report(config.output_dir, record, trainer.state.global_step)
+        else:
+            mark_finished(config.output_dir, trainer.state.global_step)
     trainer.accelerator.wait_for_everyone()
     return RecipeResult(trainer, denoiser, config.output_dir, str(base), rows)
 

@@ -35,6 +35,7 @@ from jointobj.objectives import LOSSES, Objective
 from jointobj.training.checkpoints import (
     LATEST_NAME,
     MANIFEST_NAME,
+    check_same_config,
     discard_checkpoint,
     newest_complete_checkpoint,
     resume_checkpoint,
@@ -73,6 +74,11 @@ class JointObjConfig(TrainingArguments):
                           "(jointobj/decoding/decoder_law.py); the recipe's report evaluates them first."},
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep prompt_mask: the objective needs it."})
+    resume_with_changed_config: bool = field(
+        default=False,
+        metadata={"help": "Resume even when the objective, data or base model differ from the ones the checkpoint "
+                          "was written with (refused by default, naming the fields that differ)."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start a new run in an output_dir that holds one (its checkpoints and saved model are "
@@ -181,6 +187,9 @@ class JointObjTrainer(Trainer):
         # The checkpoint saved last, whose older siblings are rotated away once a forward from its
         # weights gives a finite loss: until then it may hold diverged weights and is not the only one kept.
         self._unconfirmed_checkpoint: Path | None = None
+        # What a resume must not change (objective, data, base model), recorded in every checkpoint's manifest;
+        # the recipe sets it (jointobj.training.recipe.config_fingerprint); None records and checks nothing.
+        self.run_config: dict | None = None
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
         """Trainer.train, resuming only from a complete, verified checkpoint: `True` or "latest" picks
@@ -189,6 +198,7 @@ class JointObjTrainer(Trainer):
             resume_from_checkpoint = "latest"
         if resume_from_checkpoint:
             resume_from_checkpoint = str(resume_checkpoint(self.args.output_dir, str(resume_from_checkpoint)))
+            check_same_config(resume_from_checkpoint, self.run_config, self.args.resume_with_changed_config)
         output = super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
         self._rotate_after_confirmation()  # training ended normally: the last checkpoint holds the result
         return output
@@ -251,7 +261,7 @@ class JointObjTrainer(Trainer):
             self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()  # every rank's shards are written
         if self.args.should_save:
-            write_manifest(checkpoint)
+            write_manifest(checkpoint, self.run_config)
             write_latest(run_dir, checkpoint)
         self.accelerator.wait_for_everyone()
         self._unconfirmed_checkpoint = checkpoint
