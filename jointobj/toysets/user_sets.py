@@ -19,10 +19,10 @@ answers (pad short ones with a word of your own, e.g. `<end>`).
 
 Tokenizer. By default the set's tokenizer is the built-in one (`toy_tokenizer()`) with the
 set's new words (and its tag) appended, sorted, so built-in sets keep their ids, one model can
-learn both, and the same file gives the same ids in every process. To let several of your sets
-share one model, build each later one on the previous one's tokenizer
-(`make_toyset(..., tokenizer=dates.tokenizer)`). With `extend_vocabulary=False` an unknown
-word is an error listing them.
+learn both, and the same file gives the same ids in every process. Sets named together in one
+command share one vocabulary built from all of them (`jointobj.toysets.combined`), so several of
+your sets need no shared tokenizer of their own. With `extend_vocabulary=False` an unknown word is
+an error listing them.
 
 Validator. `validator(answer: str, prompt: str) -> bool`, called with the answer's words joined
 by single spaces and the prompt's words likewise (without the tag and `[SEP]`; '' for {text: p}
