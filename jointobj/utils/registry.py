@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
@@ -34,7 +35,9 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._entries:
-            raise UserError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+            close = difflib.get_close_matches(str(name), self.names(), n=3, cutoff=0.75)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise UserError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}{hint}")
         return self._entries[name]
 
     def build(self, name: str, kwargs: Mapping[str, Any] | None = None, **defaults: Any) -> Any:

@@ -29,7 +29,7 @@ def quick(output_dir: Path) -> list[str]:
 
 MISTAKES = {
     "negative report samples": (["--report_samples", "-5"], r"report_samples must be >= 0"),
-    "unknown set": (["--dataset", "likes_tenis"], r"unknown toy set 'likes_tenis'; known: "),
+    "unknown set": (["--dataset", "likes_tenis"], r"unknown toy set 'likes_tenis'; .*did you mean likes_tennis\?"),
     "not a number": (["--learning_rate", "abc"], r"--learning_rate/--learning-rate: invalid float value: 'abc'"),
     "missing model": (["--model_name_or_path", "models/nowhere"], r"model directory .*nowhere does not exist"),
     "typo in a set reference": (["--dataset", "errsets:ring"], r"has no attribute 'ring'; did you mean errsets:rings"),
