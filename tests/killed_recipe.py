@@ -34,7 +34,8 @@ def arm(point: str, step: int) -> None:
 
     if point == "mid_save":
         write_manifest = trainer.write_manifest
-        trainer.write_manifest = lambda checkpoint: die() if target(checkpoint) else write_manifest(checkpoint)
+        trainer.write_manifest = lambda checkpoint, *config: (die() if target(checkpoint)
+                                                              else write_manifest(checkpoint, *config))
     elif point == "mid_manifest":
         atomic_write = checkpoints._atomic_write
 
