@@ -70,9 +70,12 @@ def is_user_error(error: BaseException) -> bool:
 
 
 def debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
-    """(whether a bare `--debug` or JOINTOBJ_DEBUG=1 asks for tracebacks, argv without that flag)."""
-    rest = [arg for arg in argv if arg != "--debug"]
-    return len(rest) != len(argv) or os.environ.get("JOINTOBJ_DEBUG", "") not in ("", "0"), rest
+    """(whether a bare `--debug` or JOINTOBJ_DEBUG=1 asks for tracebacks, argv without that flag). A `--debug`
+    followed by a value (TrainingArguments' own `--debug underflow_overflow`) is left alone."""
+    bare = [at for at, arg in enumerate(argv)
+            if arg == "--debug" and (at + 1 == len(argv) or argv[at + 1].startswith("-"))]
+    rest = [arg for at, arg in enumerate(argv) if at not in bare]
+    return bool(bare) or os.environ.get("JOINTOBJ_DEBUG", "") not in ("", "0"), rest
 
 
 def report_user_error(error: BaseException, debug: bool = False) -> int:

@@ -77,5 +77,8 @@ def test_which_errors_are_the_users():
         assert is_user_error(caught)
 
 
-def test_run_command_returns_zero_on_success():
-    assert run_command(lambda argv: None, ["--debug"]) == 0
+def test_run_command_returns_zero_on_success_and_strips_only_a_bare_debug():
+    seen = []
+    assert run_command(seen.append, ["--debug", "--x", "1"]) == 0
+    assert run_command(seen.append, ["--debug", "underflow_overflow"]) == 0  # TrainingArguments' own --debug VALUE
+    assert seen == [["--x", "1"], ["--debug", "underflow_overflow"]]
