@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from jointobj.cli.progress import add_no_progress
 from jointobj.training.recipe import write_report
 from jointobj.training.run_dir import failed_step, finished_step, read_run_record
 from jointobj.utils.errors import UserError
@@ -32,6 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tokens-per-step", type=split_names, default=None, help="comma-separated K or 'all'")
     parser.add_argument("--toyset", type=split_names, default=None,
                         help="toy sets to report on (default: the run's; needed when it trained on a local file)")
+    add_no_progress(parser)
     args = parser.parse_args(argv)
     if args.samples is not None and args.samples < 1:
         raise UserError(f"--samples must be >= 1, got {args.samples}")
