@@ -62,6 +62,7 @@ from jointobj.toysets.builtin import (
 )
 from jointobj.toysets.oracle import OracleDenoiser
 from jointobj.toysets.user_sets import make_toyset
+from jointobj.utils.errors import UserError
 from jointobj.utils.registry import Registry
 
 __version__ = "0.1.0"
@@ -134,4 +135,5 @@ __all__ = [
     "tv_noise_floor",
     "wilson_interval",
     "UnmaskingSampler",
+    "UserError",
 ]
