@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from jointobj.decoding.decoder_law import parse_decoder_orders
 from jointobj.evaluation.frontier import (
@@ -31,7 +31,8 @@ __all__ = ["mark_harm", "report_run", "trained_for_points"]
 
 def report_run(base_dir: str | Path, tuned_dir: str | Path, toysets: Sequence[str], *, decoders: Sequence[str],
                tokens_per_step: Sequence[int | str | None], samples: int, seed: int,
-               output_dir: str | Path, train_for: str | None = None) -> list[dict]:
+               output_dir: str | Path, train_for: str | None = None,
+               load: Mapping[str, Any] | None = None) -> list[dict]:
     """The trap and its cure, printed and written beside the adapter: base, fine-tuned and the exact
     oracle (the best any model could do with each decoder) on the toy sets, under the plain
     decoders (report_decoders x report_tokens_per_step) and the frontier's grid (REPORT_GRID in
@@ -42,10 +43,12 @@ def report_run(base_dir: str | Path, tuned_dir: str | Path, toysets: Sequence[st
 
     `train_for` (decoder specs, jointobj/decoding/decoder_law.py): those settings come first, with each
     model's decoder NLL of the set's answers. Every line shows coverage beside what exact sampling
-    covers, and `harm` = FELL where validity fell from base to fine-tuned by more than 2 standard errors."""
+    covers, and `harm` = FELL where validity fell from base to fine-tuned by more than 2 standard errors.
+    `load`: Denoiser.from_pretrained's options for both models (trust_remote_code, mask_token_id, compat), as
+    the run loaded its base."""
     models = {
-        "base": Denoiser.from_pretrained(base_dir).eval(),  # the saved artifacts, as a user reloads them
-        "fine-tuned": Denoiser.from_pretrained(tuned_dir).eval(),
+        "base": Denoiser.from_pretrained(base_dir, **dict(load or {})).eval(),  # the saved artifacts, as reloaded
+        "fine-tuned": Denoiser.from_pretrained(tuned_dir, **dict(load or {})).eval(),
         "oracle": OracleDenoiser(*toysets),
     }
     trained_for = trained_for_points(train_for)

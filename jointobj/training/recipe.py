@@ -401,7 +401,10 @@ def run_record(model_args: ModelArguments, data_args: DataArguments, config: Joi
             "dataset": data_args.dataset, "toysets": split_names(data_args.dataset),
             "report_decoders": split_names(data_args.report_decoders),
             "report_tokens_per_step": split_names(data_args.report_tokens_per_step),
-            "report_samples": data_args.report_samples, "seed": config.seed, "train_for": config.train_for}
+            "report_samples": data_args.report_samples, "seed": config.seed, "train_for": config.train_for,
+            # how the recipe loaded the base, so a remote-code (LLaDA / Dream) run's report loads it the same way
+            "load": {"trust_remote_code": model_args.trust_remote_code, "mask_token_id": model_args.mask_token_id,
+                     "compat": model_args.compat}}
 
 
 def write_report(output_dir: str | Path, record: dict, step: int, samples: int | None = None) -> list[dict]:
@@ -411,7 +414,7 @@ def write_report(output_dir: str | Path, record: dict, step: int, samples: int |
         rows = report_run(record["base"], Path(output_dir), record["toysets"], decoders=record["report_decoders"],
                           tokens_per_step=record["report_tokens_per_step"],
                           samples=record["report_samples"] if samples is None else samples, seed=record["seed"],
-                          output_dir=output_dir, train_for=record.get("train_for"))
+                          output_dir=output_dir, train_for=record.get("train_for"), load=record.get("load"))
     except Exception as error:
         redo = f"fix it and write the report with `jointobj report {output_dir}`"
         mark_failed(output_dir, "report", error, step, redo)
