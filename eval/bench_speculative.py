@@ -15,7 +15,7 @@ same commit threshold, on the same sets and models: validity, steps and rows per
 Part "wall": on --wall-sets with the trained model (the oracle when there is none), the
 speculative decoder beside the one-token-per-step l2r decoder (the same law) and the
 confidence-threshold decoder at each --thresholds value, each timed per sample at every
---batches size in one interleaved run (jointobj.evaluation.benchmark.time_interleaved). Validity is
+--batches size in one interleaved run (jointobj.evaluation.benchmark.time_decoders). Validity is
 measured once per setting on --samples prompts. "Equal validity" picks, per set, the lowest
 threshold whose validity interval reaches the speculative decoder's validity; the table then
 gives the wall-time ratio threshold / speculative at each batch size.
@@ -31,7 +31,7 @@ import time
 import torch
 
 from jointobj.decoding.registry import build_decoder
-from jointobj.evaluation.benchmark import time_interleaved, write_measurements
+from jointobj.evaluation.benchmark import time_decoders, write_measurements
 from jointobj.evaluation.metrics import wilson_interval
 from jointobj.evaluation.report import format_table
 from jointobj.toysets.builtin import load_toyset
@@ -158,16 +158,7 @@ def wall_rows(model_name: str, denoiser, args: argparse.Namespace) -> tuple[list
         quality = {label: _measure(d, model, toyset, measured, args.seed) for label, d in settings.items()}
         timed = prompts[: args.wall_samples]
         for batch in args.batches:
-            chunks = timed.split(batch)  # batch 1: one call per sample
-
-            def runner(decoder):
-                def run():
-                    for chunk in chunks:
-                        decoder.sample(model, chunk, toyset.answer_length, torch.Generator().manual_seed(args.seed))
-                return run
-
-            seconds = time_interleaved({label: runner(d) for label, d in settings.items()}, repeats=args.repeats,
-                                       warmup=1)
+            seconds = time_decoders(settings, model, timed, toyset.answer_length, batch, args.seed, args.repeats)
             for label, decoder in settings.items():
                 rows.append({"part": "wall", "model": model_name, "toyset": name, "decoder": decoder.name,
                              "setting": label, "batch": batch, **quality[label],

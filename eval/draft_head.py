@@ -24,7 +24,7 @@ a row, and >= 4 (16-token sets) or >= 3 (9- and 8-token sets) tokens per step.
 
 Part "wall" (trained models): l2r K=1, the confidence threshold at each --thresholds value,
 speculative with marginal drafts and with the head (one draft each), timed per sample at batch 1
-and 64 in one interleaved run (jointobj.evaluation.benchmark.time_interleaved); "equal validity" is
+and 64 in one interleaved run (jointobj.evaluation.benchmark.time_decoders); "equal validity" is
 the lowest threshold whose validity interval reaches the head decoder's validity.
 
 Prints the tables, writes the JSON (jointobj.evaluation.benchmark.write_measurements) and the
@@ -45,7 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from jointobj.cli.progress import add_no_progress
 from jointobj.decoding.registry import build_decoder
-from jointobj.evaluation.benchmark import time_interleaved, write_measurements
+from jointobj.evaluation.benchmark import time_decoders, write_measurements
 from jointobj.evaluation.metrics import wilson_interval
 from jointobj.evaluation.report import format_table, plot_frontier
 from jointobj.model.denoiser import Denoiser
@@ -265,16 +265,7 @@ def wall_rows(name: str, denoiser, args) -> tuple[list[dict], list[dict]]:
     timed = prompts[: args.wall_samples]
     rows, equal = [], []
     for batch in args.batches:
-        chunks = timed.split(batch)
-
-        def runner(decoder):
-            def run():
-                for chunk in chunks:
-                    decoder.sample(denoiser, chunk, toyset.answer_length, torch.Generator().manual_seed(args.seed))
-            return run
-
-        seconds = time_interleaved({label: runner(d) for label, d in settings.items()}, repeats=args.repeats,
-                                   warmup=1)
+        seconds = time_decoders(settings, denoiser, timed, toyset.answer_length, batch, args.seed, args.repeats)
         for label in settings:
             rows.append({"part": "wall", "model": "trained", "toyset": name, "setting": label, "batch": batch,
                          **quality[label], "wall_ms_per_sample": 1000 * seconds[label] / len(timed)})

@@ -13,7 +13,7 @@ import statistics
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -79,6 +79,21 @@ def time_interleaved(candidates: dict[str, Callable[[], object]], repeats: int =
             if turn >= warmup:
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def time_decoders(decoders: dict[str, Any], denoiser: Any, prompts: torch.Tensor, gen_length: int, batch: int,
+                  seed: int, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median wall seconds of each decoder sampling every prompt [n, lp], `batch` prompts per call (batch 1: one
+    call per sample), each call seeded with `seed`; the decoders run in turns (`time_interleaved`)."""
+    chunks = prompts.split(batch)
+
+    def runner(decoder: Any) -> Callable[[], None]:
+        def run() -> None:
+            for chunk in chunks:
+                decoder.sample(denoiser, chunk, gen_length, torch.Generator().manual_seed(seed))
+        return run
+
+    return time_interleaved({label: runner(d) for label, d in decoders.items()}, repeats=repeats, warmup=warmup)
 
 
 def environment() -> dict[str, object]:
