@@ -52,6 +52,36 @@ recursive rejection above holds as it is (a sampled tree of the head's branches,
 shared). In the first round slot 0's target is the first marginal itself (p_0 is that row), no
 longer equal to the head's q_0, so it is tested like any other slot.
 
+Draft trees (`branches` = k; with draft="head" or the marginals): instead of N independent windows, a
+tree whose every row node has k candidate tokens for its slot (jointobj/decoding/draft_tree.py builds
+it: k rows per depth at most, 1 + k (w - 1) rows a round, all run in the round's one forward, each row
+showing the node's path). The walk starts at the root; at the node reached, with target r_1 = p_j (the
+node's row) and the drafter's law q at that node, the candidates x_1 .. x_k are tried in order:
+accept x_i with probability min(1, r_i(x_i) / q_i(x_i)); on rejection r_{i+1} = norm(max(0, r_i - q_i))
+(`residual`); when all are rejected the token is drawn from r_{k+1}. The accepted candidate's row node,
+if it has one, is where the walk goes on; otherwise the round ends. What each step preserves: if x_i
+is drawn from q_i given everything before it, the step is ordinary speculative sampling with target r_i
+and proposal q_i, so the token it ends with (x_i, or a draw of the rest of the recursion) has law r_i;
+by induction from the last step, the node commits a token of law r_1 = p_j exactly. The proposals q_i:
+
+- branching "sample" (candidates drawn without replacement from q): q_1 = q and q_{i+1} = q_i with x_i
+  removed and renormalised (`without`), the law x_{i+1} is drawn from given x_1 .. x_i (SpecInfer,
+  Miao et al. 2024; Sequoia, Chen et al. 2024, sampling without replacement). The removal is consistent:
+  x_i was rejected, so r_i(x_i) < q_i(x_i) and r_{i+1}(x_i) = 0 -- no rejected token keeps mass in any
+  later target. Forgetting the removal (testing x_{i+1} against q_i) or the residual (testing it against
+  p_j again) breaks the law (tests/decoding/test_speculative_tree.py shows both);
+- branching "topk" (the k likeliest tokens of q, deterministic given the node): x_i is a draw from the
+  point mass q_i = delta_{x_i}, so the rule becomes: accept x_i with probability r_i(x_i), else
+  r_{i+1} = norm(max(0, r_i - delta_{x_i})) = r_i with x_i removed and renormalised -- the committed
+  token is x_i with probability p_j(x_i) and otherwise a draw of p_j outside the candidates, law p_j.
+  The head's q only chooses the candidates; testing them with p / q, as if sampled, breaks the law.
+
+A node's candidates are drawn after the node was put in the tree, with fresh noise, and which of them
+get rows only decides where the walk may continue, so the argument holds at every node reached and the
+answer's law is the order-o law, as for a single draft. `branches` = 1 with "sample" is the single draft.
+At T = 0 the candidates are the drafter's top k and a node accepts iff argmax p_j is among them (the
+greedy ids, as below). Rows are counted per row node; the tree replaces `drafts` (set one of the two).
+
 T = 0: drafts are argmax q and a draft is accepted iff it is argmax p_j, else argmax p_j is
 committed: the same ids as the one-token-per-step greedy decoder in the same order.
 
