@@ -77,7 +77,8 @@ DECODERS = {"l2r K=1": ("l2r", {}),
                for k in (1, 2, 4)}}
 HEAD_DECODERS = [label for label, (_, options) in DECODERS.items() if options.get("draft") == "head"]
 RATE_COLUMNS = ["model", "toyset", "decoder", "validity", "validity_low", "validity_high", "tokens_per_step",
-                "rows_per_token", "head_flops_per_round", "head_over_row", "head_over_round_forward"]
+                "tokens_per_step_se", "rows_per_token", "head_flops_per_round", "head_over_row",
+                "head_over_round_forward"]
 HEAD_COLUMNS = ["model", "toyset", "head_parameters", "denoiser_parameters", "row_flops", "head_flops_per_token",
                 "head_flops_per_round",
                 "train_seconds", "kl_first", "kl_last", "acceptance_first", "acceptance_last"]
@@ -210,6 +211,12 @@ def row_flops(denoiser, toyset) -> int:
     return counter.get_total_flops()
 
 
+def _rate_se(out, n: int) -> float:
+    """Standard error of tokens per step = L / mean(steps of a sample), by the delta method."""
+    steps = out.row_steps.double()
+    return float(out.gen_length * steps.std() / math.sqrt(n) / steps.mean() ** 2) if n > 1 else float("nan")
+
+
 def measure(decoder, denoiser, toyset, prompts: torch.Tensor, seed: int) -> dict[str, Any]:
     head = find_draft_head(denoiser) if getattr(decoder, "draft", "marginals") == "head" else None
     counter = HeadFlops(head) if head is not None else None
@@ -222,7 +229,8 @@ def measure(decoder, denoiser, toyset, prompts: torch.Tensor, seed: int) -> dict
     low, high = wilson_interval(valid, len(prompts))
     row = {"validity": valid / len(prompts), "validity_low": low, "validity_high": high,
            "validity_se": math.sqrt(max(valid / len(prompts) * (1 - valid / len(prompts)), 1e-12) / len(prompts)),
-           "tokens_per_step": out.tokens_per_step, "rows_per_sample": out.rows_per_sample,
+           "tokens_per_step": out.tokens_per_step, "tokens_per_step_se": _rate_se(out, len(prompts)),
+           "rows_per_sample": out.rows_per_sample,
            "rows_per_token": out.rows_per_sample / toyset.answer_length, "gen_length": toyset.answer_length,
            "steps_per_sample": out.steps_per_sample}
     if counter is not None:
