@@ -224,3 +224,17 @@ def test_the_heads_law_at_every_node_is_its_teacher_forced_conditional_on_the_pa
                 forced = head.teacher_forced(order_tokens, perm, committed, tree.path[:, j, r].clamp(min=0), positions,
                                              q_logits)  # [a, w, V]
                 assert torch.allclose(forced[:, j].double().softmax(-1), tree.q[:, j, r], atol=1e-6), (j, r)
+
+
+@pytest.mark.slow
+def test_tree_with_random_orders_samples_the_mixture_over_uniform_orders():
+    import itertools
+
+    denoiser = _denoiser("untrained")
+    decoder = SpeculativeDecoder(order="random", temperature=1.0, draft="head", branches=2)
+    out = run(decoder, denoiser, LENGTH, 6000, seed=4)
+    laws = [enumerate_order_law(denoiser, torch.tensor([0]), LENGTH, list(o), 1.0)
+            for o in itertools.permutations(range(LENGTH))]
+    mixture = torch.stack([log_p.exp() for _, log_p in laws]).mean(0)  # each order has probability 1/24
+    tv, tolerance = empirical_tv(laws[0][0], mixture.log(), out.gen_ids)
+    assert tv <= tolerance, (tv, tolerance)
