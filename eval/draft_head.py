@@ -12,7 +12,15 @@ and reused on later runs. Then, on the same --samples prompts at T = 1:
 
   l2r K=1                 the model's own one-token-per-step law (the validity reference)
   spec marginal N=1, N=4  the speculative decoder with independent marginal drafts (one, four drafts)
-  spec head N=1, N=4      the same verifier with the head's joint drafts
+  spec marginal N=2       (two drafts; with N=1, N=4 the independent-draft baseline of the trees)
+  spec marginal tree k    a draft tree of the marginals: k candidates per node drawn without replacement,
+                          the k likeliest paths continued (jointobj/decoding/draft_tree.py; <= 1 + k (w - 1)
+                          rows a round, as N = k independent drafts)
+  spec head N=1, N=2, N=4 the same verifier with the head's joint drafts (independent draws of the head)
+  spec head tree k        the head's draft tree, candidates sampled without replacement (k = 1, 2, 4)
+  spec head topk k        the head's draft tree, candidates its k likeliest tokens (k = 1, 2, 4)
+
+(--decoders picks rows by these labels)
 
 each with validity (Wilson interval), tokens per sequential step (the first marginal forward
 included), forward rows per token, and for the head its FLOPs per round per sample and per drafted
@@ -58,11 +66,19 @@ from jointobj.utils.registry import split_names
 SETS = ["latin_square_3", "shuffle_8", "latin_square_4", "sudoku_4"]
 DECODERS = {"l2r K=1": ("l2r", {}),
             "spec marginal N=1": ("speculative", {"drafts": 1}),
+            "spec marginal N=2": ("speculative", {"drafts": 2}),
             "spec marginal N=4": ("speculative", {"drafts": 4}),
+            **{f"spec marginal tree k={k}": ("speculative", {"branches": k}) for k in (2, 4)},
             "spec head N=1": ("speculative", {"drafts": 1, "draft": "head"}),
-            "spec head N=4": ("speculative", {"drafts": 4, "draft": "head"})}
+            "spec head N=2": ("speculative", {"drafts": 2, "draft": "head"}),
+            "spec head N=4": ("speculative", {"drafts": 4, "draft": "head"}),
+            **{f"spec head tree k={k}": ("speculative", {"branches": k, "draft": "head"}) for k in (1, 2, 4)},
+            **{f"spec head topk k={k}": ("speculative", {"branches": k, "branching": "topk", "draft": "head"})
+               for k in (1, 2, 4)}}
+HEAD_DECODERS = [label for label, (_, options) in DECODERS.items() if options.get("draft") == "head"]
 RATE_COLUMNS = ["model", "toyset", "decoder", "validity", "validity_low", "validity_high", "tokens_per_step",
-                "rows_per_token", "head_flops_per_round", "head_over_row", "head_over_round_forward"]
+                "tokens_per_step_se", "rows_per_token", "head_flops_per_round", "head_over_row",
+                "head_over_round_forward"]
 HEAD_COLUMNS = ["model", "toyset", "head_parameters", "denoiser_parameters", "row_flops", "head_flops_per_token",
                 "head_flops_per_round",
                 "train_seconds", "kl_first", "kl_last", "acceptance_first", "acceptance_last"]
@@ -77,6 +93,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--sets", type=split_names, default=SETS)
+    parser.add_argument("--decoders", type=split_names, default=list(DECODERS),
+                        help="which rows of the rate table (default all: independent drafts N = 1, 2, 4 and the "
+                             "draft trees: 'tree' = branches sampled without replacement, 'topk' = the k likeliest)")
     parser.add_argument("--models", default="runs/frontier_all", help="frontier_all's --out: one folder per group")
     parser.add_argument("--model-steps", type=int, default=None,
                         help="pretraining steps of a model not yet in --models (default: its group's own)")
@@ -192,6 +211,12 @@ def row_flops(denoiser, toyset) -> int:
     return counter.get_total_flops()
 
 
+def _rate_se(out, n: int) -> float:
+    """Standard error of tokens per step = L / mean(steps of a sample), by the delta method."""
+    steps = out.row_steps.double()
+    return float(out.gen_length * steps.std() / math.sqrt(n) / steps.mean() ** 2) if n > 1 else float("nan")
+
+
 def measure(decoder, denoiser, toyset, prompts: torch.Tensor, seed: int) -> dict[str, Any]:
     head = find_draft_head(denoiser) if getattr(decoder, "draft", "marginals") == "head" else None
     counter = HeadFlops(head) if head is not None else None
@@ -204,7 +229,8 @@ def measure(decoder, denoiser, toyset, prompts: torch.Tensor, seed: int) -> dict
     low, high = wilson_interval(valid, len(prompts))
     row = {"validity": valid / len(prompts), "validity_low": low, "validity_high": high,
            "validity_se": math.sqrt(max(valid / len(prompts) * (1 - valid / len(prompts)), 1e-12) / len(prompts)),
-           "tokens_per_step": out.tokens_per_step, "rows_per_sample": out.rows_per_sample,
+           "tokens_per_step": out.tokens_per_step, "tokens_per_step_se": _rate_se(out, len(prompts)),
+           "rows_per_sample": out.rows_per_sample,
            "rows_per_token": out.rows_per_sample / toyset.answer_length, "gen_length": toyset.answer_length,
            "steps_per_sample": out.steps_per_sample}
     if counter is not None:
@@ -220,7 +246,8 @@ def rate_rows(name: str, models: dict, args, reference_flops: int | None) -> lis
     prompts, _ = toyset.sample(args.samples, torch.Generator().manual_seed(args.seed))
     rows = []
     for model_name, (denoiser, _) in models.items():
-        for label, (decoder_name, options) in DECODERS.items():
+        for label in args.decoders:
+            decoder_name, options = DECODERS[label]
             decoder = build_decoder(decoder_name, 1 if decoder_name == "l2r" else None, temperature=1.0, **options)
             row = {"part": "rate", "model": model_name, "toyset": name, "decoder": label,
                    **measure(decoder, denoiser, toyset, prompts, args.seed)}
@@ -240,7 +267,7 @@ def target_rows(rows: list[dict]) -> list[dict]:
             continue
         reference = mine["l2r K=1"]
         goal = 4.0 if reference["gen_length"] >= 16 else 3.0
-        for label in ("spec head N=1", "spec head N=4"):
+        for label in [label for label in HEAD_DECODERS if label in mine]:
             row = mine[label]
             se = reference["validity_se"]
             within = abs(row["validity"] - reference["validity"]) <= math.hypot(se, row["validity_se"])
@@ -300,6 +327,9 @@ def replot(paths: list[str], plot: str) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    unknown = [label for label in args.decoders if label not in DECODERS]
+    if unknown:
+        raise SystemExit(f"unknown --decoders {unknown}; use labels from: {', '.join(DECODERS)}")
     if args.replot:
         return replot(args.replot, args.plot)
     torch.set_num_threads(1)
@@ -314,7 +344,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         measured = rate_rows(name, models, args, reference)
         for model_name, (denoiser, record) in models.items():
             head = find_draft_head(denoiser)
-            drafted = [r for r in measured if r["model"] == model_name and r["decoder"] == "spec head N=1"][0]
+            drafted = next((r for r in measured if r["model"] == model_name and r["decoder"] in HEAD_DECODERS), None)
+            if drafted is None:
+                continue
             heads.append({"part": "head", "model": model_name, "toyset": name,
                           "head_parameters": sum(p.numel() for p in head.parameters()),
                           "denoiser_parameters": (sum(p.numel() for p in denoiser.parameters())

@@ -52,6 +52,36 @@ recursive rejection above holds as it is (a sampled tree of the head's branches,
 shared). In the first round slot 0's target is the first marginal itself (p_0 is that row), no
 longer equal to the head's q_0, so it is tested like any other slot.
 
+Draft trees (`branches` = k; with draft="head" or the marginals): instead of N independent windows, a
+tree whose every row node has k candidate tokens for its slot (jointobj/decoding/draft_tree.py builds
+it: k rows per depth at most, 1 + k (w - 1) rows a round, all run in the round's one forward, each row
+showing the node's path). The walk starts at the root; at the node reached, with target r_1 = p_j (the
+node's row) and the drafter's law q at that node, the candidates x_1 .. x_k are tried in order:
+accept x_i with probability min(1, r_i(x_i) / q_i(x_i)); on rejection r_{i+1} = norm(max(0, r_i - q_i))
+(`residual`); when all are rejected the token is drawn from r_{k+1}. The accepted candidate's row node,
+if it has one, is where the walk goes on; otherwise the round ends. What each step preserves: if x_i
+is drawn from q_i given everything before it, the step is ordinary speculative sampling with target r_i
+and proposal q_i, so the token it ends with (x_i, or a draw of the rest of the recursion) has law r_i;
+by induction from the last step, the node commits a token of law r_1 = p_j exactly. The proposals q_i:
+
+- branching "sample" (candidates drawn without replacement from q): q_1 = q and q_{i+1} = q_i with x_i
+  removed and renormalised (`without`), the law x_{i+1} is drawn from given x_1 .. x_i (SpecInfer,
+  Miao et al. 2024; Sequoia, Chen et al. 2024, sampling without replacement). The removal is consistent:
+  x_i was rejected, so r_i(x_i) < q_i(x_i) and r_{i+1}(x_i) = 0 -- no rejected token keeps mass in any
+  later target. Forgetting the removal (testing x_{i+1} against q_i) or the residual (testing it against
+  p_j again) breaks the law (tests/decoding/test_speculative_tree.py shows both);
+- branching "topk" (the k likeliest tokens of q, deterministic given the node): x_i is a draw from the
+  point mass q_i = delta_{x_i}, so the rule becomes: accept x_i with probability r_i(x_i), else
+  r_{i+1} = norm(max(0, r_i - delta_{x_i})) = r_i with x_i removed and renormalised -- the committed
+  token is x_i with probability p_j(x_i) and otherwise a draw of p_j outside the candidates, law p_j.
+  The head's q only chooses the candidates; testing them with p / q, as if sampled, breaks the law.
+
+A node's candidates are drawn after the node was put in the tree, with fresh noise, and which of them
+get rows only decides where the walk may continue, so the argument holds at every node reached and the
+answer's law is the order-o law, as for a single draft. `branches` = 1 with "sample" is the single draft.
+At T = 0 the candidates are the drafter's top k and a node accepts iff argmax p_j is among them (the
+greedy ids, as below). Rows are counted per row node; the tree replaces `drafts` (set one of the two).
+
 T = 0: drafts are argmax q and a draft is accepted iff it is argmax p_j, else argmax p_j is
 committed: the same ids as the one-token-per-step greedy decoder in the same order.
 
@@ -73,6 +103,7 @@ from typing import Sequence
 
 import torch
 
+from jointobj.decoding.draft_tree import BRANCHINGS, HeadDrafter, MarginalDrafter, grow_tree
 from jointobj.decoding.layout import AnswerLayout
 from jointobj.decoding.registry import DECODERS
 from jointobj.decoding.sampler import (
@@ -132,13 +163,16 @@ class SpeculativeDecoder:
     temperature    T >= 0 of the target (and of the proposal); 0 = greedy
     block_length   semi-autoregressive blocks (None: one block)
     draft          "marginals" (independent drafts from the proposal) | "head" (the denoiser's draft head)
+    branches       k >= 1: verify a tree with k candidates per node instead of independent drafts (None: none)
+    branching      "sample" (the tree's candidates drawn without replacement) | "topk" (its k likeliest)
     """
 
     name = "speculative"
 
     def __init__(self, tokens_per_step: int | None = None, *, order: str | Sequence[int] = "l2r",
                  draft_length: int | None = None, drafts: int = 1, temperature: float = 1.0,
-                 block_length: int | None = None, draft: str = "marginals"):
+                 block_length: int | None = None, draft: str = "marginals", branches: int | None = None,
+                 branching: str = "sample"):
         check_whole_number("tokens_per_step", tokens_per_step, "a measured rate")
         check_whole_number("draft_length", draft_length, "the rest of the block")
         check_whole_number("drafts", drafts)
@@ -149,6 +183,14 @@ class SpeculativeDecoder:
                              "or an explicit permutation of range(gen_length)")
         if draft not in DRAFTS:
             raise ValueError(f"unknown draft {draft!r}; use one of {', '.join(DRAFTS)}")
+        check_whole_number("branches", branches, "independent drafts, no tree")
+        if branching not in BRANCHINGS:
+            raise ValueError(f"unknown branching {branching!r}; use one of {', '.join(BRANCHINGS)}")
+        if branches is not None and drafts != 1:
+            raise ValueError(f"drafts={drafts} and branches={branches} both set: a tree (branches) replaces "
+                             "independent drafts; set one of them")
+        self.branches = None if branches is None else int(branches)
+        self.branching = branching
         self.draft = draft
         self.order = order if isinstance(order, str) else tuple(int(i) for i in order)
         self.draft_length = None if draft_length is None else int(draft_length)
@@ -158,7 +200,8 @@ class SpeculativeDecoder:
 
     def __repr__(self) -> str:
         return (f"SpeculativeDecoder(order={self.order!r}, draft_length={self.draft_length}, drafts={self.drafts}, "
-                f"temperature={self.temperature}, block_length={self.block_length}, draft={self.draft!r})")
+                f"temperature={self.temperature}, block_length={self.block_length}, draft={self.draft!r}, "
+                f"branches={self.branches}, branching={self.branching!r})")
 
     # ------------------------------------------------------------ the rejection rule (tests inject broken ones)
 
@@ -196,6 +239,44 @@ class SpeculativeDecoder:
         accepted = token >= 0
         fallback = (target.log() + gumbel_noise(target.shape, generator, target.device)).argmax(-1)  # [a] ~ target
         return torch.where(accepted, token, fallback), accepted
+
+    def without(self, proposal: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        """[a, V] q, [a] a rejected candidate -> [a, V] q with that token removed, renormalised: the law of the next
+        candidate drawn without replacement."""
+        kept = proposal.scatter(1, token[:, None], 0.0)  # [a, V]
+        mass = kept.sum(-1, keepdim=True)
+        return kept / mass.clamp(min=torch.finfo(kept.dtype).tiny)
+
+    def _verify_node(self, log_p: torch.Tensor, q: torch.Tensor | None, candidates: torch.Tensor,
+                     valid: torch.Tensor, u: torch.Tensor | None,
+                     generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One tree node for a rows: log_p [a, V] target (the logits at T = 0), q [a, V] the node's draft law (None
+        at T = 0), candidates [a, k] in the order tried, valid [a, k], u [a, k] -> (token [a], index [a] of the
+        accepted candidate, -1: none, the token then drawn from the last residual). The tree docs of the module
+        (branches) say which law each step keeps."""
+        if u is None:  # T = 0: accepted iff a candidate is argmax p
+            token = log_p.argmax(-1)  # [a]
+            hit = valid & (candidates == token[:, None])  # [a, k]
+            return token, torch.where(hit.any(1), hit.long().argmax(1), -1)
+        target = log_p.exp()  # [a, V] r_1 = p
+        point = self.branching == "topk"
+        proposal = q
+        token = torch.full_like(candidates[:, 0], -1)
+        index = torch.full_like(candidates[:, 0], -1)
+        for i in range(candidates.shape[1]):
+            candidate = candidates[:, i]
+            if point:  # the deterministic candidate's proposal is a point mass on it
+                proposal = torch.zeros_like(target).scatter_(1, candidate[:, None], 1.0)
+            tried = valid[:, i] & (token < 0)  # [a]
+            accept = tried & (u[:, i] < self.acceptance(target, proposal, candidate))
+            token = torch.where(accept, candidate, token)
+            index = torch.where(accept, i, index)
+            rejected = tried & ~accept
+            target = torch.where(rejected[:, None], self.residual(target, proposal), target)
+            if not point:
+                proposal = torch.where(rejected[:, None], self.without(proposal, candidate), proposal)
+        fallback = (target.log() + gumbel_noise(target.shape, generator, target.device)).argmax(-1)  # [a] ~ target
+        return torch.where(index >= 0, token, fallback), index
 
     # ------------------------------------------------------------ learned drafts
 
@@ -253,6 +334,73 @@ class SpeculativeDecoder:
         steps = (start[:, None] + torch.arange(span, device=perm.device)).clamp(max=perm.shape[1] - 1)  # [R, span]
         return perm.gather(1, steps)
 
+    def _tree_round(self, denoiser, layout: AnswerLayout, ids: torch.Tensor, live: torch.Tensor, perm: torch.Tensor,
+                    c: torch.Tensor, positions: torch.Tensor, q_logits: torch.Tensor, width: torch.Tensor,
+                    first: torch.Tensor, head, generator: torch.Generator | None, mask_index: torch.Tensor,
+                    span: int, log_prob: torch.Tensor, commit_step: torch.Tensor | None, row_steps: torch.Tensor):
+        """One round with a draft tree (jointobj/decoding/draft_tree.py) for the a `live` samples: draft it, run one
+        row per row node in one forward, walk it from the root. -> (answers [a, L], committed [a], supplier [a] the
+        row giving the next proposal (-1: none ran), verified [R, w + 1, V] or None, R rows run)."""
+        a, w = positions.shape
+        k, temperature, device = self.branches, self.temperature, ids.device
+        length = ids.shape[1]
+        if head is not None:
+            drafter = HeadDrafter(head, ids[live].gather(1, perm[live]), perm[live], c, positions, q_logits)
+        else:
+            drafter = MarginalDrafter(q_logits)
+        tree = grow_tree(drafter, w, k, self.branching, temperature, generator)
+        u = None if temperature == 0 else uniform((a, w, k), generator, device)  # one node per depth is visited
+
+        # rows: row node (j, r) shows its path's tokens at slots < j; the root of the first round reuses q_0
+        depth = torch.arange(w, device=device)
+        need = tree.exists & (depth[None, :] < width[:, None])[:, :, None]  # [a, w, k]
+        need[:, 0, 0] &= ~first[live]
+        row_of = torch.where(need.flatten(), need.flatten().long().cumsum(0) - 1, -1).view(a, w, k)
+        total_rows = int(need.sum())
+        verified = None
+        if total_rows:
+            x = ids[live][:, None, None, :].expand(a, w, k, length).clone()  # [a, w, k, L]
+            for s in range(w - 1):  # slot s's token is on the path of every node deeper than s
+                at = positions[:, s].view(a, 1, 1, 1).expand(a, w - s - 1, k, 1)
+                x[:, s + 1 :].scatter_(3, at, tree.path[:, s + 1 :, :, s, None].clamp(min=0))
+            owner = live[:, None, None].expand(a, w, k)[need]  # [R]
+            first_slot = (c[:, None] + depth)[:, :, None].expand(a, w, k)[need]  # [R] c + j
+            verified = self._answer_logits(denoiser, layout, x[need], owner,
+                                           self._ahead(perm[owner], first_slot, span), mask_index)  # [R, w + 1, V]
+            row_steps[live] += need.flatten(1).any(1).long()
+
+        # walk: at each depth the node reached verifies its candidates (recursive rejection, _verify_node)
+        rows_index = torch.arange(a, device=device)
+        node = torch.zeros(a, dtype=torch.long, device=device)  # beam slot of the node reached
+        running = torch.ones(a, dtype=torch.bool, device=device)
+        supplier = torch.full((a,), -1, dtype=torch.long, device=device)
+        committed = torch.zeros(a, dtype=torch.long, device=device)
+        gen = ids[live]
+        for j in range(w):
+            act = running & (j < width)
+            if not bool(act.any()):
+                break
+            row = row_of[rows_index, j, node]  # [a], -1: p_j = q_j (first round's root)
+            p_logits = q_logits[:, j]
+            if total_rows:
+                p_logits = torch.where((row >= 0)[:, None], verified[row.clamp(min=0), 0], p_logits)
+            log_p = p_logits if temperature == 0 else _tempered_log_probs(p_logits, temperature)  # [a, V]
+            token, index = self._verify_node(log_p, None if tree.q is None else tree.q[rows_index, j, node],
+                                             tree.tokens[rows_index, j, node], tree.valid[rows_index, j, node],
+                                             None if u is None else u[:, j], generator)
+            who, where = rows_index[act], positions[act, j]
+            gen[who, where] = token[act]
+            if temperature > 0:
+                log_prob[live[who]] += log_p[who, token[act]]
+            if commit_step is not None:
+                commit_step[live[who], where] = row_steps[live[who]] - 1
+            supplier = torch.where(act, row, supplier)
+            committed += act.long()
+            following = tree.child[rows_index, j, node, index.clamp(min=0)]  # [a] the accepted candidate's row node
+            running = act & (index >= 0) & (following >= 0)
+            node = following.clamp(min=0)
+        return gen, committed, supplier, verified, total_rows
+
     @torch.no_grad()
     def sample(self, denoiser, prompt_ids: torch.Tensor, gen_length: int, generator: torch.Generator | None = None,
                *, return_trace: bool = False, prompt_attention_mask: torch.Tensor | None = None,
@@ -306,77 +454,84 @@ class SpeculativeDecoder:
                 vocab = proposal.shape[-1]
                 q_logits = proposal[live, :w]  # [a, w, V] the marginals at positions
 
-                # draft N windows: from q (the marginals, shared by every draft: q [a, 1, w, V]) or from the head
-                # (each draft its own conditionals: q [a, N, w, V]); q is None at T = 0
-                if head is not None:
-                    drafted, q = self._draft_with_head(head, ids[live], perm[live], c, positions, q_logits, n,
-                                                       temperature, generator)
-                elif temperature == 0:
-                    drafted = q_logits.argmax(-1)[:, None].expand(a, n, w)  # [a, N, w]
-                    q = None
-                else:
-                    log_q = _tempered_log_probs(q_logits, temperature)  # [a, w, V]
-                    q = log_q.exp()[:, None]  # [a, 1, w, V]
-                    noise = gumbel_noise((a, n, w, vocab), generator, device)  # [a, N, w, V]
-                    drafted = (log_q[:, None] + noise).argmax(-1)  # [a, N, w]
-                if temperature > 0:
-                    u = uniform((a, n, w), generator, device)  # [a, N, w]
-
-                # rows: (draft n, slot j) shows the drafts of n before j. Drafts that agree before j share
-                # one row (the first of them runs it; slot 0 is always shared); skipped when first.
-                canonical = self._first_with_same_prefix(drafted)  # [a, N, w]
-                need = in_window[:, None, :] & (canonical == torch.arange(n, device=device)[:, None])  # [a, N, w]
-                need[:, 0, 0] &= ~first[live]
-                row_of = torch.where(need.flatten(), need.flatten().long().cumsum(0) - 1, -1).view(a, n, w)
-                row_of = row_of.gather(1, canonical)  # [a, N, w] the row each (draft, slot) reads
-                total_rows = int(need.sum())
-                if total_rows:
-                    x = ids[live][:, None, None, :].expand(a, n, w, length).clone()  # [a, N, w, L]
-                    for s in range(w - 1):  # slot s's draft is visible to rows j > s
-                        at = positions[:, s].view(a, 1, 1, 1).expand(a, n, w - s - 1, 1)
-                        token_s = drafted[:, :, s].view(a, n, 1, 1).expand(a, n, w - s - 1, 1)
-                        x[:, :, s + 1 :].scatter_(3, at, token_s)
-                    owner = live[:, None, None].expand(a, n, w)[need]  # [R] the sample of each row
-                    first_slot = (c[:, None] + slot)[:, None, :].expand(a, n, w)[need]  # [R] c + j
-                    verified = self._answer_logits(denoiser, layout, x[need], owner,
-                                                   self._ahead(perm[owner], first_slot, span),
-                                                   mask_index)  # [R, w + 1, V]
-                    took_part = need.flatten(1).any(1)  # [a]
-                    row_steps[live] += took_part.long()
-                    steps, rows = steps + 1, rows + total_rows
-
-                # accept in order
-                rows_index = torch.arange(a, device=device)
-                alive = torch.ones(a, n, dtype=torch.bool, device=device)  # [a, N]
-                running = torch.ones(a, dtype=torch.bool, device=device)  # the round goes on
-                supplier = torch.full((a,), -1, dtype=torch.long, device=device)  # row giving the next proposal
-                committed = torch.zeros(a, dtype=torch.long, device=device)
-                gen = ids[live]  # [a, L]
-                for j in range(w):
-                    act = running & (j < width)  # [a]
-                    if not bool(act.any()):
-                        break
-                    lead = alive.long().argmax(1)  # [a] first draft still alive
-                    row = row_of[rows_index, lead, j]  # [a], -1: p_j = q_j (first round, slot 0)
-                    p_logits = q_logits[:, j]  # [a, V]
+                if self.branches is not None:
+                    gen, committed, supplier, verified, total_rows = self._tree_round(
+                        denoiser, layout, ids, live, perm, c, positions, q_logits, width, first, head, generator,
+                        mask_index, span, log_prob, commit_step, row_steps)
                     if total_rows:
-                        picked = verified[row.clamp(min=0), 0]  # [a, V] the conditional at positions[:, j]
-                        p_logits = torch.where((row >= 0)[:, None], picked, p_logits)
-                    log_p = p_logits if temperature == 0 else _tempered_log_probs(p_logits, temperature)  # [a, V]
-                    # the alive drafts share the accepted prefix, so the lead's q_j is every candidate's
-                    q_j = None if q is None else q[rows_index, lead.clamp(max=q.shape[1] - 1), j]  # [a, V]
-                    token, accepted = self._verify_position(log_p, q_j, drafted[:, :, j], alive,
-                                                            None if q is None else u[:, :, j], generator)
-                    who, where = rows_index[act], positions[act, j]  # the rows that commit position j now
-                    gen[who, where] = token[act]
+                        steps, rows = steps + 1, rows + total_rows
+                else:
+                    # draft N windows: from q (the marginals, shared by every draft: q [a, 1, w, V]) or from the head
+                    # (each draft its own conditionals: q [a, N, w, V]); q is None at T = 0
+                    if head is not None:
+                        drafted, q = self._draft_with_head(head, ids[live], perm[live], c, positions, q_logits, n,
+                                                           temperature, generator)
+                    elif temperature == 0:
+                        drafted = q_logits.argmax(-1)[:, None].expand(a, n, w)  # [a, N, w]
+                        q = None
+                    else:
+                        log_q = _tempered_log_probs(q_logits, temperature)  # [a, w, V]
+                        q = log_q.exp()[:, None]  # [a, 1, w, V]
+                        noise = gumbel_noise((a, n, w, vocab), generator, device)  # [a, N, w, V]
+                        drafted = (log_q[:, None] + noise).argmax(-1)  # [a, N, w]
                     if temperature > 0:
-                        log_prob[live[who]] += log_p[who, token[act]]
-                    if commit_step is not None:
-                        commit_step[live[who], where] = row_steps[live[who]] - 1
-                    supplier = torch.where(act, row, supplier)
-                    committed += act.long()
-                    alive &= drafted[:, :, j] == token[:, None]
-                    running = act & accepted
+                        u = uniform((a, n, w), generator, device)  # [a, N, w]
+
+                    # rows: (draft n, slot j) shows the drafts of n before j. Drafts that agree before j share
+                    # one row (the first of them runs it; slot 0 is always shared); skipped when first.
+                    canonical = self._first_with_same_prefix(drafted)  # [a, N, w]
+                    need = in_window[:, None, :] & (canonical == torch.arange(n, device=device)[:, None])  # [a, N, w]
+                    need[:, 0, 0] &= ~first[live]
+                    row_of = torch.where(need.flatten(), need.flatten().long().cumsum(0) - 1, -1).view(a, n, w)
+                    row_of = row_of.gather(1, canonical)  # [a, N, w] the row each (draft, slot) reads
+                    total_rows = int(need.sum())
+                    if total_rows:
+                        x = ids[live][:, None, None, :].expand(a, n, w, length).clone()  # [a, N, w, L]
+                        for s in range(w - 1):  # slot s's draft is visible to rows j > s
+                            at = positions[:, s].view(a, 1, 1, 1).expand(a, n, w - s - 1, 1)
+                            token_s = drafted[:, :, s].view(a, n, 1, 1).expand(a, n, w - s - 1, 1)
+                            x[:, :, s + 1 :].scatter_(3, at, token_s)
+                        owner = live[:, None, None].expand(a, n, w)[need]  # [R] the sample of each row
+                        first_slot = (c[:, None] + slot)[:, None, :].expand(a, n, w)[need]  # [R] c + j
+                        verified = self._answer_logits(denoiser, layout, x[need], owner,
+                                                       self._ahead(perm[owner], first_slot, span),
+                                                       mask_index)  # [R, w + 1, V]
+                        took_part = need.flatten(1).any(1)  # [a]
+                        row_steps[live] += took_part.long()
+                        steps, rows = steps + 1, rows + total_rows
+
+                    # accept in order
+                    rows_index = torch.arange(a, device=device)
+                    alive = torch.ones(a, n, dtype=torch.bool, device=device)  # [a, N]
+                    running = torch.ones(a, dtype=torch.bool, device=device)  # the round goes on
+                    supplier = torch.full((a,), -1, dtype=torch.long, device=device)  # row giving the next proposal
+                    committed = torch.zeros(a, dtype=torch.long, device=device)
+                    gen = ids[live]  # [a, L]
+                    for j in range(w):
+                        act = running & (j < width)  # [a]
+                        if not bool(act.any()):
+                            break
+                        lead = alive.long().argmax(1)  # [a] first draft still alive
+                        row = row_of[rows_index, lead, j]  # [a], -1: p_j = q_j (first round, slot 0)
+                        p_logits = q_logits[:, j]  # [a, V]
+                        if total_rows:
+                            picked = verified[row.clamp(min=0), 0]  # [a, V] the conditional at positions[:, j]
+                            p_logits = torch.where((row >= 0)[:, None], picked, p_logits)
+                        log_p = p_logits if temperature == 0 else _tempered_log_probs(p_logits, temperature)  # [a, V]
+                        # the alive drafts share the accepted prefix, so the lead's q_j is every candidate's
+                        q_j = None if q is None else q[rows_index, lead.clamp(max=q.shape[1] - 1), j]  # [a, V]
+                        token, accepted = self._verify_position(log_p, q_j, drafted[:, :, j], alive,
+                                                                None if q is None else u[:, :, j], generator)
+                        who, where = rows_index[act], positions[act, j]  # the rows that commit position j now
+                        gen[who, where] = token[act]
+                        if temperature > 0:
+                            log_prob[live[who]] += log_p[who, token[act]]
+                        if commit_step is not None:
+                            commit_step[live[who], where] = row_steps[live[who]] - 1
+                        supplier = torch.where(act, row, supplier)
+                        committed += act.long()
+                        alive &= drafted[:, :, j] == token[:, None]
+                        running = act & accepted
                 ids[live] = gen
                 done[live] = c + committed
                 first[live] = False
@@ -398,4 +553,5 @@ def speculative_decoder(tokens_per_step: int | None = None, **options) -> Specul
     return SpeculativeDecoder(tokens_per_step, **options)
 
 
-speculative_decoder.option_names = {"order", "draft_length", "drafts", "temperature", "block_length", "draft"}
+speculative_decoder.option_names = {"order", "draft_length", "drafts", "temperature", "block_length", "draft",
+                                    "branches", "branching"}

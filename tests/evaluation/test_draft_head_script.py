@@ -60,3 +60,18 @@ def test_trained_model_head_is_saved_and_reused_and_timed(tmp_path, capsys):
     rows = script().main(argv)
     assert saved.stat().st_mtime_ns == stamp  # reused, not retrained
     assert [r for r in rows if r["part"] == "head" and r["model"] == "trained"][0]["train_seconds"] == "reused"
+
+
+def test_decoders_pick_the_rows_and_tree_rows_are_measured(tmp_path):
+    labels = ["spec marginal N=2", "spec marginal tree k=2", "spec head tree k=2", "spec head topk k=2"]
+    rows = script().main(["--sets", "latin_square_3", "--oracle-only", "--samples", "8", "--head-steps", "2",
+                          "--head-samples", "16", "--decoders", ",".join(labels),
+                          "--json", str(tmp_path / "rows.json"), "--plot", str(tmp_path / "f.png")])
+    rate = {r["decoder"]: r for r in rows if r["part"] == "rate"}
+    assert sorted(rate) == sorted(labels)
+    assert all(r["validity"] == 1.0 and r["tokens_per_step"] > 1 for r in rate.values())
+    assert rate["spec head tree k=2"]["head_flops_per_round"] > 0  # the head's cost counted on a tree
+    [head] = [r for r in rows if r["part"] == "head"]
+    assert head["head_flops_per_round"] == rate["spec head tree k=2"]["head_flops_per_round"]
+    with pytest.raises(SystemExit, match="unknown --decoders"):
+        script().main(["--decoders", "spec head N=3"])
