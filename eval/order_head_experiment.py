@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--head-samples", type=int, default=8, help="Plackett-Luce orders per answer")
     parser.add_argument("--head-learning-rate", type=float, default=1e-2)
     parser.add_argument("--law-steps", type=int, default=0, help="fine-tune the base for its learned order (0: skip)")
+    parser.add_argument("--oracle-only", action="store_true", help="only the oracle: its own plan and order head "
+                        "(what any order can reach at the budget; no base is trained)")
     parser.add_argument("--plan", type=int, default=32, help="random candidate orders of the planned decoder")
     parser.add_argument("--samples", type=int, default=1000, help="samples per decoder setting")
     parser.add_argument("--seed", type=int, default=0)
@@ -110,7 +112,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         steps = int(budget)
         toyset = load_toyset(name)
         root = Path(args.out) / toyset.name
-        base = root / "base"
+        base, work = root / "base", root / f"steps_{steps}"  # the base is shared by a set's budgets
+        oracle = OracleDenoiser(toyset)
+        first, first_trained = len(rows), len(train_rows)  # this entry's rows (a set may come at several budgets)
+        if args.oracle_only:
+            plan = shared.planned_orders(oracle, toyset, [steps], args.plan, args.seed)[steps]
+            train_rows.append({"toyset": toyset.name, "model": "plan on oracle", "order": str(plan)})
+            train_rows.append({"toyset": toyset.name, "model": "oracle head", **fit_head(oracle, toyset, steps, args)})
+            for row in evaluate(oracle, [toyset], points=points(steps, plan, True), samples=args.samples,
+                                seed=args.seed, decoder_nll=True):
+                rows.append({"model": "oracle", "setting": shared.setting(row), **row})
+            print(shared.comparison_table(rows[first:], ["oracle"]), flush=True)
+            continue
         if not (base / "jointobj.json").exists():  # the per-token base, reused on later runs
             init = shared.fresh_model(root / "init", toyset, args)
             _, record = shared.train(init, name, root / "base.staging", "token_ce", {}, args.base_steps,
@@ -118,7 +131,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
             shutil.rmtree(base, ignore_errors=True)
             (root / "base.staging").rename(base)
             train_rows.append({"toyset": toyset.name, "model": "base", **record})
-        oracle = OracleDenoiser(toyset)
         models = {"oracle": oracle, "base": Denoiser.from_pretrained(base).eval()}
         plans = {"oracle": shared.planned_orders(oracle, toyset, [steps], args.plan, args.seed)[steps],
                  "base": shared.planned_orders(models["base"], toyset, [steps], args.plan, args.seed)[steps]}
@@ -130,14 +142,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         train_rows.append({"toyset": toyset.name, "model": "head", **fit_head(models["head"], toyset, steps, args)})
         spent = time.perf_counter() - start
         if args.law_steps:
-            models["head"].save_pretrained(root / "head")
+            models["head"].save_pretrained(work / "head")
             models["law"], record = shared.train(
-                root / "head", name, root / "law", "mixture",
+                work / "head", name, work / "law", "mixture",
                 {"token_ce_weight": 0.5, "logsum": {"orders": [f"learned:steps={steps}"], "max_rows": 1024}},
                 args.law_steps, args.learning_rate, args)
             train_rows.append({"toyset": toyset.name, "model": "head + law", **record})
             spent += record["train_s"]
-        models["token_ce"], record = shared.train(base, name, root / "token_ce", "token_ce", {}, 10**6,
+        models["token_ce"], record = shared.train(base, name, work / "token_ce", "token_ce", {}, 10**6,
                                                   args.learning_rate, args, seconds=spent)
         train_rows.append({"toyset": toyset.name, "model": "token_ce (same seconds)", **record})
         train_rows.append({"toyset": toyset.name, "model": "oracle head", **fit_head(oracle, toyset, steps, args)})
@@ -149,9 +161,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                 seed=args.seed, decoder_nll=True):
                 rows.append({"model": label, "setting": shared.setting(row), **row})
         write_measurements(args.json, train_rows + rows, config=vars(args))  # a killed run keeps what it has
-        print(format_table([r for r in train_rows if r["toyset"] == toyset.name],
+        print(format_table(train_rows[first_trained:],
                            ["toyset", "model", "steps", "train_s", "reward_first", "reward_last", "order"]))
-        print(shared.comparison_table([r for r in rows if r["toyset"] == toyset.name], list(models)), flush=True)
+        print(shared.comparison_table(rows[first:], list(models)), flush=True)
     write_measurements(args.json, train_rows + rows, config=vars(args))
     print(f"wrote {args.json}")
     return train_rows + rows
