@@ -12,6 +12,8 @@ reused from --out):
              decoded with `learned`;
 - law        with `--law-steps` > 0: the base with its trained head, fine-tuned with 0.5 TokenCE + 0.5 the
              decoder-order likelihood of `learned` at that budget (the denoiser trained for its learned order);
+- planned_law with `--law-planned`: the base fine-tuned the same way for the order planned on it (`planned`),
+             the state-independent alternative to learning the order;
 - token_ce   TokenCE continued for as many seconds as the head (and the law fine-tune) took;
 - oracle     the exact oracle, with its own order head trained the same way.
 
@@ -68,6 +70,7 @@ def points(steps: int, planned, learned: bool) -> list[SweepPoint]:
 def fit_head(denoiser, toyset, steps: int, args: argparse.Namespace, seconds: float | None = None) -> dict:
     """Attach an order head to `denoiser` (the oracle: as a plain submodule) and train it; returns its record."""
     prompts, answers = toyset.sample(4096, torch.Generator().manual_seed(args.seed + 2))
+    torch.manual_seed(args.seed)  # the head's initial weights: the same whatever ran before (a reused base or not)
     if isinstance(denoiser, OracleDenoiser):
         denoiser.order_head = OrderHead(denoiser.vocab_size, toyset.answer_length, args.width)
     else:
@@ -95,6 +98,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--head-samples", type=int, default=8, help="Plackett-Luce orders per answer")
     parser.add_argument("--head-learning-rate", type=float, default=1e-2)
     parser.add_argument("--law-steps", type=int, default=0, help="fine-tune the base for its learned order (0: skip)")
+    parser.add_argument("--law-planned", action="store_true", help="also fine-tune the base for its planned order "
+                        "(--law-steps steps)")
     parser.add_argument("--oracle-only", action="store_true", help="only the oracle: its own plan and order head "
                         "(what any order can reach at the budget; no base is trained)")
     parser.add_argument("--plan", type=int, default=32, help="random candidate orders of the planned decoder")
@@ -149,6 +154,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 args.law_steps, args.learning_rate, args)
             train_rows.append({"toyset": toyset.name, "model": "head + law", **record})
             spent += record["train_s"]
+        if args.law_steps and args.law_planned:
+            models["planned_law"], record = shared.train(
+                base, name, work / "planned_law", "mixture",
+                {"token_ce_weight": 0.5, "logsum": {"orders": [str(plans["base"])], "max_rows": 1024}},
+                args.law_steps, args.learning_rate, args)
+            train_rows.append({"toyset": toyset.name, "model": "planned_law", **record})
         models["token_ce"], record = shared.train(base, name, work / "token_ce", "token_ce", {}, 10**6,
                                                   args.learning_rate, args, seconds=spent)
         train_rows.append({"toyset": toyset.name, "model": "token_ce (same seconds)", **record})
