@@ -160,8 +160,7 @@ def decoder_blocks(denoiser: nn.Module, batch: Batch, scorable: torch.Tensor, or
     rows still open, the policy's `select` on the logits of the state (mask column excluded), the
     quota from `step_quota`. Rows that finish early (adaptive policies) drop out, as in the sampler.
     `choose(logits [a, n, V], eligible [a, n], quota [a], live [a] their rows) -> [a, n] bool` replaces the
-    policy's select
-    (a stochastic order drawn while training an order head: jointobj/objectives/order_gradient.py);
+    policy's select (a stochastic order drawn while training an order head: jointobj/objectives/order_gradient.py);
     log P is then that of the data along the drawn order."""
     input_ids = batch["input_ids"]  # [b, l]
     attention = batch.get("attention_mask")
