@@ -42,6 +42,7 @@ from jointobj.model.compat import RemoteCodeLoadError
 from jointobj.model.denoiser import Denoiser
 from jointobj.model.draft_head import DraftHead, attach_draft_head
 from jointobj.model.energy_head import EnergyHead, attach_energy_head, head_energy
+from jointobj.model.order_head import OrderHead, attach_order_head
 from jointobj.model.soft_inputs import soft_input_embeddings, soft_state
 from jointobj.objectives import (
     LOSSES,
@@ -70,6 +71,7 @@ __version__ = "0.1.0"
 __all__ = [
     "attach_draft_head",
     "attach_energy_head",
+    "attach_order_head",
     "Batch",
     "best_of_n",
     "build_decoder",
@@ -88,6 +90,7 @@ __all__ = [
     "Energy",
     "EnergyCost",
     "EnergyHead",
+    "OrderHead",
     "EnergyNCELoss",
     "evaluate",
     "ExactEnergy",

@@ -3,7 +3,7 @@
     order = DecoderOrder.parse("confidence:steps=2")                 # policy, budget
     loglik = decoder_log_likelihood(denoiser, batch, [order])        # [b, 1] nats per answer
 
-For a state-determined policy pi (confidence, margin, entropy, threshold, entropy_bounded, l2r, planned:
+For a state-determined policy pi (confidence, margin, entropy, threshold, entropy_bounded, l2r, planned, learned:
 scores read from the state's own distribution, ties to the lower position) and a step budget,
 the hard-commit sampler (`UnmaskingSampler`, T = 1, one block) outputs x with probability
 
@@ -36,7 +36,7 @@ than 1, `stop_at_eos`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -147,15 +147,21 @@ def parse_decoder_orders(specs: "str | Sequence[str | DecoderOrder]") -> list[De
     return [DecoderOrder.parse(spec) for spec in specs]
 
 
+Choose = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 @torch.no_grad()
-def decoder_blocks(denoiser: nn.Module, batch: Batch, scorable: torch.Tensor,
-                   order: DecoderOrder) -> tuple[torch.Tensor, torch.Tensor]:
+def decoder_blocks(denoiser: nn.Module, batch: Batch, scorable: torch.Tensor, order: DecoderOrder, *,
+                   choose: Choose | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced decoder trajectory: (block [b, l] long, the step at which the decoder commits each
     scorable position, -1 elsewhere; log P(x) [b] float64, softmax without [MASK] as the sampler draws).
 
     The sampler's loop with the data's tokens in place of its draws: one forward per step for the
     rows still open, the policy's `select` on the logits of the state (mask column excluded), the
-    quota from `step_quota`. Rows that finish early (adaptive policies) drop out, as in the sampler."""
+    quota from `step_quota`. Rows that finish early (adaptive policies) drop out, as in the sampler.
+    `choose(logits [a, n, V], eligible [a, n], quota [a], live [a] their rows) -> [a, n] bool` replaces the
+    policy's select (a stochastic order drawn while training an order head: jointobj/objectives/order_gradient.py);
+    log P is then that of the data along the drawn order."""
     input_ids = batch["input_ids"]  # [b, l]
     attention = batch.get("attention_mask")
     mask_id = int(denoiser.mask_token_id)
@@ -167,6 +173,8 @@ def decoder_blocks(denoiser: nn.Module, batch: Batch, scorable: torch.Tensor,
     block = torch.full_like(input_ids, -1)  # [b, l]
     log_prob = torch.zeros(input_ids.shape[0], dtype=torch.float64, device=input_ids.device)  # [b]
     step = 0
+    policy = order.policy.for_denoiser(denoiser)
+    choose = choose or (lambda logits, eligible, quota, live: policy.select(logits, eligible, quota))
     with eval_mode(denoiser):
         while True:
             open_positions = scorable & (block < 0)  # [b, l]
@@ -185,7 +193,7 @@ def decoder_blocks(denoiser: nn.Module, batch: Batch, scorable: torch.Tensor,
             eligible = torch.zeros(len(live), width, dtype=torch.bool, device=input_ids.device)  # [a, n]
             eligible[row, at] = True
             quota = step_quota(eligible.sum(1), budget[live] - step)  # [a]
-            commit = order.policy.select(logits, eligible, quota)[row, at]  # [t] chosen among the open positions
+            commit = choose(logits, eligible, quota, live)[row, at]  # [t] chosen among the open positions
             data = input_ids[live][is_open]  # [t]
             token = picked.double().log_softmax(-1).gather(-1, data[:, None]).squeeze(-1)  # [t]
             log_prob.index_add_(0, live[row], token.masked_fill(~commit, 0.0))

@@ -9,6 +9,8 @@ prefix of that ranking:
 - *top-k* policies (`RandomTopK`, `LeftToRightTopK`, `ConfidenceTopK`, `MarginTopK`,
   `EntropyTopK`) commit exactly `quota[b]` positions per row; the sampler sets the quota
   from the tokens-per-step budget;
+- the *learned* policy (`LearnedOrder`) commits the top `quota[b]` by a trained order head's
+  score of the same state (jointobj/model/order_head.py), so it is state-determined too;
 - *adaptive* policies (`ConfidenceThreshold`, `EntropyBounded`) decide how many to commit
   from the step's distributions; `quota[b]` is then a floor (the sampler's step budget),
   and at least one position is always committed.
@@ -26,6 +28,7 @@ from typing import ClassVar, Sequence
 import torch
 
 from jointobj.diffusion.randomness import uniform
+from jointobj.model.order_head import OrderHead, find_order_head
 from jointobj.utils.registry import Registry
 
 __all__ = [
@@ -34,6 +37,7 @@ __all__ = [
     "ConfidenceTopK",
     "EntropyBounded",
     "EntropyTopK",
+    "LearnedOrder",
     "LeftToRightTopK",
     "MarginTopK",
     "PlannedOrder",
@@ -85,6 +89,11 @@ class UnmaskingPolicy:
     def scores(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """[b, L, V] -> [b, L] float, higher = commit earlier."""
         raise NotImplementedError
+
+    def for_denoiser(self, denoiser: object) -> "UnmaskingPolicy":
+        """The policy as it runs on `denoiser` (every decoding loop and the decoder law call this once
+        before their first step): itself, unless it reads something the model carries (`learned`)."""
+        return self
 
     def count(self, logits: torch.Tensor, scores: torch.Tensor, ranks: torch.Tensor,
               eligible: torch.Tensor) -> torch.Tensor:
@@ -187,6 +196,44 @@ class PlannedOrder(UnmaskingPolicy):
 
     def __repr__(self) -> str:
         return f"PlannedOrder(order={self.order!r})"
+
+
+@POLICIES.register("learned")
+class LearnedOrder(UnmaskingPolicy):
+    """The K positions an order head scores highest at the current state (jointobj/model/order_head.py;
+    trained by jointobj/training/order_head.py). The head reads only the state's logits and which
+    positions are eligible, so the choice is state-determined, ties to the lower position.
+
+    `head`: an OrderHead, or None for the one the denoiser carries (`for_denoiser`). Without either it
+    ranks as an untrained head does: exactly as `confidence`."""
+
+    name = "learned"
+
+    def __init__(self, head: OrderHead | None = None):
+        if head is not None and not isinstance(head, OrderHead):
+            raise ValueError(f"head must be an OrderHead (jointobj.model.order_head.attach_order_head), got "
+                             f"{type(head).__name__}")
+        self.head = head
+
+    def for_denoiser(self, denoiser):
+        if self.head is not None:
+            return self
+        head = find_order_head(denoiser)
+        return self if head is None else LearnedOrder(head)
+
+    def scores(self, logits, generator):
+        raise NotImplementedError("LearnedOrder scores need the eligible positions: call select")
+
+    def select(self, logits, eligible, quota, generator=None):
+        if self.head is None:
+            scores = max_probability(logits)  # [b, L], what a fresh head ranks by
+        else:
+            with torch.no_grad():
+                scores = self.head(logits, eligible)  # [b, L]
+        return (_ranks(scores, eligible) < quota[:, None]) & eligible  # [b, L]
+
+    def __repr__(self) -> str:
+        return "LearnedOrder(head=None)" if self.head is None else f"LearnedOrder(head={self.head.settings()})"
 
 
 # ---------------------------------------------------------------- adaptive policies

@@ -341,6 +341,7 @@ class InLoopRescoring:
         steps = energy_steps = 0
         rows = 0.0
         ahead: torch.Tensor | None = None  # fused: [b, L, V] marginals of each state, from the last lookahead
+        policy = sampler.policy.for_denoiser(denoiser)
         while True:
             masked = gen == mask_id  # [b, L]
             live = masked.any(1).nonzero().squeeze(1)  # [a]
@@ -355,7 +356,7 @@ class InLoopRescoring:
                 row_steps[live] += 1
             else:
                 logits = ahead[live]  # [a, L, V], computed with last step's scoring
-            commit = sampler.policy.select(logits, m, quota, generator)  # [a, L]
+            commit = policy.select(logits, m, quota, generator)  # [a, L]
             draw = m if self.scope == "complete" else commit  # [a, L] positions each candidate fills
             tokens, token_log_q = gumbel_max(logits[draw].repeat(n, 1), sampler.temperature, generator)  # [N*t]
             candidates = g.unsqueeze(0).repeat(n, 1, 1)  # [N, a, L]

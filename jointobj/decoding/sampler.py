@@ -425,6 +425,7 @@ class UnmaskingSampler:
         current_block = torch.full((b,), -1, dtype=torch.long, device=device)
         mask_index = torch.tensor([mask_id], device=device)
         steps = rows = 0
+        policy = self.policy.for_denoiser(denoiser)
 
         with eval_mode(denoiser):
             while True:
@@ -449,7 +450,7 @@ class UnmaskingSampler:
                 x = layout.compose(gen if every else gen[live], live)  # [a, P+L]
                 logits = layout.answer_logits(denoiser, live, input_ids=x)  # [a, L, V]
                 logits = logits.index_fill(-1, mask_index, EXCLUDED_LOGIT)  # never commit a mask (out of place)
-                commit = self.policy.select(logits, eligible, quota, generator)  # [a, L]
+                commit = policy.select(logits, eligible, quota, generator)  # [a, L]
                 tokens, token_log_q = gumbel_max(logits[commit], self.temperature, generator)  # [n], [n]
 
                 ledger.record(gen, 0, live, commit, tokens, token_log_q)

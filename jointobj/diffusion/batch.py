@@ -27,6 +27,15 @@ def scorable_mask(batch: Batch) -> torch.Tensor:
     return real if prompt is None else real & ~prompt.bool()
 
 
+def answer_batch(prompts: torch.Tensor, answers: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Prompts [b, lp] and answers [b, la] of one length each -> the batch of prompt + answer, the
+    prompt given (prompt_mask) and the answer scorable."""
+    input_ids = torch.cat([prompts, answers], 1).long()  # [b, lp + la]
+    prompt_mask = torch.zeros_like(input_ids, dtype=torch.bool)
+    prompt_mask[:, : prompts.shape[1]] = True
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "prompt_mask": prompt_mask}
+
+
 def check_batch(batch: Batch) -> torch.Tensor:
     """Validate a batch and return its scorable mask; errors say what to fix."""
     if "input_ids" not in batch:
