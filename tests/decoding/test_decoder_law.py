@@ -134,7 +134,9 @@ def test_answers_appear_at_the_decoder_laws_frequency(policy, budget):
         law = decoder_log_likelihood(sharp_denoiser(), batch_of(answers), [order])[:, 0].double().exp()  # [81]
     code = (out.gen_ids * torch.tensor([27, 9, 3, 1])).sum(1)  # base-3 index of each sample
     frequency = torch.bincount(code, minlength=len(answers)).double() / SAMPLES  # [81]
-    tolerance = 4.5 * (law * (1 - law) / SAMPLES).sqrt() + 1e-9  # 4.5 binomial standard deviations each
+    # 4.5 binomial standard deviations each, plus 4 counts: for answers of law ~1e-5 the normal approximation
+    # fails (2 draws where 0.1 are expected happen once in ~200 answers)
+    tolerance = 4.5 * (law * (1 - law) / SAMPLES).sqrt() + 4 / SAMPLES
     assert ((frequency - law).abs() <= tolerance).all(), (frequency - law).abs().max()
 
 
