@@ -1,4 +1,4 @@
-"""Train the learned draft head (jointobj/model/draft_head.py) by distilling the model's own sequential law, DeepSpeed ZeRO.
+"""Train the learned draft head (jointobj/model/draft_head.py): distil the model's own sequential law, DeepSpeed ZeRO.
 
 The exact speculative decoder verifies a window of drafts against the model's one-token-per-step
 conditionals; the head drafts the window jointly. This recipe trains it on the Trainer path the
