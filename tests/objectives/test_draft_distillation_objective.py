@@ -122,3 +122,19 @@ def test_an_answer_longer_than_the_head_is_a_clear_error():
     objective.prepare(short)
     with pytest.raises(ValueError, match="longer than the draft head's 2 positions"):
         objective(short, _batch("likes_tennis"))
+
+
+def test_zero3_on_several_ranks_is_refused_before_the_head_is_attached(monkeypatch):
+    # Each rank's sampler and target rows run their own number of forwards; under ZeRO-3 each is collective.
+    import jointobj.objectives.base as base
+
+    denoiser = _denoiser()
+    for i, parameter in enumerate(denoiser.parameters()):
+        parameter.ds_id = i  # ZeRO-3 shards, as DeepSpeed tags them
+    monkeypatch.setattr(base, "world_size", lambda: 2)
+    with pytest.raises(ValueError, match="draft_distillation objective does not run under ZeRO-3 on several ranks"):
+        LOSSES.build("draft_distillation", {}).prepare(denoiser)
+    assert find_draft_head(denoiser) is None
+    monkeypatch.setattr(base, "world_size", lambda: 1)
+    LOSSES.build("draft_distillation", {"width": 16, "heads": 2}).prepare(denoiser)
+    assert find_draft_head(denoiser) is not None
