@@ -200,6 +200,9 @@ class DraftDistillationLoss(Objective):
             raise ValueError("train_denoiser needs added_token_ce_weight > 0: the distillation targets carry no "
                              "gradient into the denoiser (the head imitates the model, never the reverse), so the "
                              "adapter would receive none")
+        if token_ce is not None and not train_denoiser:
+            raise ValueError("token_ce is the adapter's loss when train_denoiser is true; with the denoiser frozen "
+                             "nothing uses it: drop it or set train_denoiser: true")
         self.train_denoiser, self.added_token_ce_weight = train_denoiser, float(added_token_ce_weight)
         self.token_ce = build_part(token_ce, TokenCELoss, "token_ce", seed=seed) if train_denoiser else None
 

@@ -99,6 +99,7 @@ def test_train_denoiser_trains_the_adapter_on_the_token_ce_beside_the_head():
     ({"order": "zigzag"}, "unknown verification order 'zigzag'"),
     ({"train_denoiser": True, "added_token_ce_weight": 0}, "train_denoiser needs added_token_ce_weight > 0"),
     ({"width": 0}, "width must be a whole number >= 1"),
+    ({"token_ce": {"eps": 0.01}}, "token_ce is the adapter's loss when train_denoiser is true"),
 ])
 def test_bad_options_are_refused_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
