@@ -58,6 +58,20 @@ def check_batch(batch: Batch) -> torch.Tensor:
     return scorable
 
 
+def prompt_and_answer_lengths(batch: Batch, scorable: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt length [b], answer length [b]) of a batch whose prompt_mask is a prefix of each row and whose
+    answer is every scorable token after it (objectives that sample or score answers after the prompt)."""
+    scorable = check_batch(batch) if scorable is None else scorable
+    prompt = batch.get("prompt_mask", torch.zeros_like(scorable)).bool()  # [b, l]
+    lp = prompt.sum(-1)  # [b]
+    positions = torch.arange(prompt.shape[1], device=prompt.device)  # [l]
+    if (prompt != (positions < lp[:, None])).any():
+        row = int((prompt != (positions < lp[:, None])).any(-1).nonzero()[0])
+        raise ValueError(f"row {row}'s prompt_mask is not a prefix; this objective draws or scores answers after "
+                         "the prompt, so the prompt must come first (prompt then response)")
+    return lp, scorable.sum(-1)
+
+
 class DiffusionCollator:
     """Pads `input_ids` / `prompt_mask` (lists or tensors) on the right into a `Batch`.
 

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from jointobj.utils.ranks import collective_device, world_size
+from jointobj.utils.ranks import collective_device, world_size, zero3_sharded
 from jointobj.utils.registry import Registry
 
 LOSSES: Registry[type] = Registry("objective")  # LOSSES.build(name, kwargs): an objective from its name and kwargs
@@ -54,6 +54,16 @@ class Objective(nn.Module):
         model without gradient checkpointing of its own); returns whether there were any. Default: each
         part's (every part is asked)."""
         return any([part.checkpoint_block_forwards() for part in self.parts()])
+
+
+def refuse_zero3_on_several_ranks(denoiser: nn.Module, objective: str, why: str) -> None:
+    """An objective whose forward count per step differs between ranks (`why`) cannot run under ZeRO-3 on
+    several ranks, where every forward gathers the weights collectively: the job would hang. Refuse it with
+    the way out."""
+    if world_size() > 1 and zero3_sharded(denoiser):
+        raise ValueError(f"the {objective} objective does not run under ZeRO-3 on several ranks ({world_size()} "
+                         f"here): {why} and ZeRO-3 forwards are collective. Use ds_configs/zero2.json (or "
+                         "zero2_offload.json)")
 
 
 def check_finite(loss: torch.Tensor, what: str, batch_ids: torch.Tensor) -> None:

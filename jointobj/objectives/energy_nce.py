@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from jointobj.decoding.registry import build_decoder
-from jointobj.diffusion.batch import Batch, check_batch
+from jointobj.diffusion.batch import Batch, check_batch, prompt_and_answer_lengths
 from jointobj.diffusion.likelihood import order_log_likelihood
 from jointobj.diffusion.orders import OrderProposal
 from jointobj.model.energy_head import (
@@ -47,10 +47,17 @@ from jointobj.model.energy_head import (
     energy_head_module,
     head_energy,
 )
-from jointobj.objectives.base import LOSSES, LossOutput, Objective, build_part, check_finite
+from jointobj.objectives.base import (
+    LOSSES,
+    LossOutput,
+    Objective,
+    build_part,
+    check_finite,
+    refuse_zero3_on_several_ranks,
+)
 from jointobj.objectives.token_ce import TokenCELoss
 from jointobj.utils.checks import check_whole_number
-from jointobj.utils.ranks import run_chunks, world_size, zero3_sharded
+from jointobj.utils.ranks import run_chunks
 
 __all__ = ["EnergyNCELoss", "check_not_zero3_on_several_ranks", "classifier_logit", "nce_loss"]
 
@@ -68,24 +75,8 @@ def nce_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
 
 def check_not_zero3_on_several_ranks(denoiser) -> None:
     """The negatives' sampler runs one forward per step and per group of equal prompt / answer
-    lengths, a count that differs between ranks, while every ZeRO-3 forward is a collective: the
-    job would hang. Refuse it with the way out."""
-    if world_size() > 1 and zero3_sharded(denoiser):
-        raise ValueError(f"the energy objective does not run under ZeRO-3 on several ranks ({world_size()} here): "
-                         "its sampler's forward count differs between ranks and ZeRO-3 forwards are collective. "
-                         "Use ds_configs/zero2.json (or zero2_offload.json)")
-
-
-def _prompt_lengths(batch: Batch, scorable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(prompt length [b], answer length [b]): the prompt must be a prefix, the answer the real tokens after it."""
-    prompt = batch.get("prompt_mask", torch.zeros_like(scorable)).bool()  # [b, l]
-    lp = prompt.sum(-1)  # [b]
-    positions = torch.arange(prompt.shape[1], device=prompt.device)  # [l]
-    if (prompt != (positions < lp[:, None])).any():
-        row = int((prompt != (positions < lp[:, None])).any(-1).nonzero()[0])
-        raise ValueError(f"row {row}'s prompt_mask is not a prefix; the energy objective samples negatives after the "
-                         "prompt, so the prompt must come first (prompt then response)")
-    return lp, scorable.sum(-1)
+    lengths, a count that differs between ranks (objectives.base.refuse_zero3_on_several_ranks)."""
+    refuse_zero3_on_several_ranks(denoiser, "energy", "its sampler's forward count differs between ranks")
 
 
 @LOSSES.register("energy")
@@ -157,7 +148,7 @@ class EnergyNCELoss(Objective):
         """(negative ids [b*m, l] laid out as the positives, log q of negatives [b*m], log q of positives [b])."""
         ids, m = batch["input_ids"], self.negatives
         scorable = check_batch(batch)
-        lp, la = _prompt_lengths(batch, scorable)  # [b], [b]
+        lp, la = prompt_and_answer_lengths(batch, scorable)  # [b], [b]
         negatives = ids.repeat_interleave(m, 0).clone()  # [b*m, l]
         log_q_neg = torch.zeros(len(negatives), dtype=torch.float64, device=ids.device)
         log_q_pos = torch.zeros(len(ids), dtype=torch.float64, device=ids.device)

@@ -9,7 +9,10 @@ The answers are the model's own samples of its one-token-per-step law in the ver
 verifier checks, where the model puts its mass. The denoiser is frozen: its L teacher rows per
 answer are computed once (no grad) and the head is trained on them for `steps` Adam steps, each
 on `batch` answers with one uniform cut each. Seeded (`seed`: samples, cuts, batches); a short
-loop with no checkpoints (a few minutes on a CPU for the toy sets), not a Trainer recipe.
+loop with no checkpoints (a few minutes on a CPU for the toy sets), the no-DeepSpeed convenience.
+The samples, the targets, the cuts and the loss are jointobj/objectives/draft_distillation.py's,
+which the Trainer path uses too (objective `draft_distillation`, recipes/draft_head.py: DeepSpeed,
+checkpoints, resume, answers drawn fresh each step, optionally the adapter trained jointly).
 """
 
 from __future__ import annotations
@@ -19,9 +22,8 @@ from typing import Any
 
 import torch
 
-from jointobj.decoding.registry import build_decoder
 from jointobj.model.draft_head import find_draft_head
-from jointobj.objectives.draft_distillation import distillation_targets, draft_loss
+from jointobj.objectives.draft_distillation import distillation_targets, draft_loss, own_samples, uniform_cuts
 
 __all__ = ["train_draft_head"]
 
@@ -41,9 +43,7 @@ def train_draft_head(denoiser: Any, prompts: torch.Tensor, gen_length: int, *, s
     start = time.perf_counter()
     rows = prompts[torch.arange(samples) % len(prompts)]  # [samples, P]
     if answers is None:
-        out = build_decoder("speculative", order=order, temperature=1.0).sample(denoiser, rows, gen_length,
-                                                                                 generator)
-        answers = out.gen_ids
+        answers = own_samples(denoiser, rows, gen_length, order, generator)
     targets = distillation_targets(denoiser, rows, answers, order, generator)
     sampled_s = time.perf_counter() - start
     parameters = [p for p in head.parameters()]
@@ -55,7 +55,7 @@ def train_draft_head(denoiser: Any, prompts: torch.Tensor, gen_length: int, *, s
     head.train()
     for step in range(steps):
         index = torch.randint(0, len(targets), (batch,), generator=generator)
-        cuts = torch.randint(0, gen_length, (batch,), generator=generator)
+        cuts = uniform_cuts(batch, gen_length, generator, index.device)
         loss, metrics = draft_loss(head, targets.subset(index), cuts)
         optimiser.zero_grad()
         loss.backward()

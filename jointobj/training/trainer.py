@@ -63,7 +63,7 @@ class JointObjConfig(TrainingArguments):
         metadata={"help": "The objective's keyword arguments: a mapping in YAML, JSON on the command line, e.g. "
                           "--objective logsum --objective_kwargs '{\"blocks\": 4, \"mode\": \"sampled\"}'. Each "
                           "objective's class (jointobj.objectives: TokenCELoss, LogSumOrdersLoss, MixtureLoss, "
-                          "EnergyNCELoss) documents its own; its `seed` defaults to --seed."},
+                          "EnergyNCELoss, DraftDistillationLoss) documents its own; its `seed` defaults to --seed."},
     )
     train_for: str | None = field(
         default=None,

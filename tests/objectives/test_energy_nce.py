@@ -187,19 +187,19 @@ def test_trainer_optimises_the_head_and_saves_it_with_the_adapter(tmp_path):
 def test_zero3_on_several_ranks_is_refused_before_any_forward(monkeypatch):
     # The negatives' sampler runs a rank-dependent number of forwards; under ZeRO-3 each forward is
     # collective, so the run would hang instead of failing. One rank, or ZeRO-2, is fine.
-    import jointobj.objectives.energy_nce as energy_nce
+    import jointobj.objectives.base as base  # the refusal every sampling objective shares
 
     tokenizer = toy_tokenizer()
     denoiser = Denoiser(tiny_masked_lm("modernbert", vocab_size=len(tokenizer), seed=0), tokenizer=tokenizer)
     for i, parameter in enumerate(denoiser.parameters()):
         parameter.ds_id = i  # ZeRO-3 shards, as DeepSpeed tags them
-    monkeypatch.setattr(energy_nce, "world_size", lambda: 2)
+    monkeypatch.setattr(base, "world_size", lambda: 2)
     with pytest.raises(ValueError, match="ZeRO-3 on several ranks.*zero2"):
         EnergyNCELoss(None, 1).prepare(denoiser)
     assert find_energy_head(denoiser.model) is None  # refused before the head was attached
     batch = DiffusionCollator(0)(load_toyset("likes_tennis").dataset(2, seed=0))
     with pytest.raises(ValueError, match="ZeRO-3 on several ranks.*zero2"):  # a model sharded after prepare
         EnergyNCELoss(None, 1)(denoiser, batch)
-    monkeypatch.setattr(energy_nce, "world_size", lambda: 1)
+    monkeypatch.setattr(base, "world_size", lambda: 1)
     EnergyNCELoss(None, 1).prepare(denoiser)
     assert find_energy_head(denoiser.model) is not None

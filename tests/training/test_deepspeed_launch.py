@@ -105,3 +105,35 @@ def test_two_cpu_ranks_train_the_4x_style_remote_models_under_zero2(kind, tmp_pa
     reloaded = Denoiser.from_pretrained(output_dir, trust_remote_code=True).eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=probe["input_ids"]), probe["logits"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow  # two launched ranks, a few minutes on two CPU cores
+def test_two_cpu_ranks_train_the_draft_head_under_zero2_with_the_denoiser_frozen(base_dir, tmp_path):
+    # recipes/draft_head.py's YAML on two ranks: each draws its own samples (likes_tennis and cities rows, so
+    # the ranks run different numbers of forwards: fine under ZeRO-2), the head trains, the adapter does not.
+    # Fails if the head is not saved or not trained under DeepSpeed, or if the frozen denoiser moves.
+    from jointobj.model.draft_head import find_draft_head
+
+    output_dir = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
+        str(ROOT / "tests" / "launched_recipe.py"), "--config", str(ROOT / "recipes" / "configs" / "draft_head.yaml"),
+        "--model_name_or_path", str(base_dir), "--dataset", "likes_tennis,cities", "--samples_per_toyset", "32",
+        "--deepspeed", str(ROOT / "ds_configs" / "zero2.json"), "--output_dir", str(output_dir),
+        "--max_steps", "3", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--save_steps", "3",
+        "--warmup_steps", "0", "--disable_tqdm", "true",
+    ]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    state = json.loads((output_dir / "checkpoint-3" / "trainer_state.json").read_text())
+    logged = [row for row in state["log_history"] if "loss" in row]
+    assert len(logged) == 3 and all(math.isfinite(row["loss"]) and 0 < row["acceptance"] <= 1 for row in logged)
+    reloaded = Denoiser.from_pretrained(output_dir).eval()
+    head = find_draft_head(reloaded)
+    assert head.out.weight.abs().sum() > 0  # a fresh head's last layer is zero
+    probe = torch.load(output_dir / "probe.pt")
+    untrained = Denoiser.from_pretrained(base_dir).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=probe["input_ids"]), probe["logits"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(untrained(input_ids=probe["input_ids"]), probe["logits"], atol=1e-5, rtol=0)
