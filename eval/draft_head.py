@@ -112,7 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--thresholds", type=lambda s: [float(t) for t in split_names(s)], default=[0.5, 0.7, 0.9])
     parser.add_argument("--batches", type=lambda s: [int(t) for t in split_names(s)], default=[1, 64])
     parser.add_argument("--wall-samples", type=int, default=64)
-    parser.add_argument("--wall-sets", type=split_names, default=None, help="default: --sets")
+    parser.add_argument("--wall-sets", type=split_names, default=None, help="sets timed (default: --sets; \"\" times none)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--replot", nargs="+", default=None, metavar="JSON",
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                           "head_flops_per_token": drafted["head_flops_per_drafted_token"],
                           "head_flops_per_round": drafted["head_flops_per_round"], **record})
         rate += measured
-        if "trained" in models and name in (args.wall_sets or args.sets):
+        if "trained" in models and name in (args.sets if args.wall_sets is None else args.wall_sets):
             w, e = wall_rows(name, models["trained"][0], args)
             wall, equal = wall + w, equal + e
         write_measurements(args.json, rate + heads + wall + equal, command_args=vars(args))  # a killed run keeps it
