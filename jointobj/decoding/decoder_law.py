@@ -46,6 +46,7 @@ from jointobj.decoding.sampler import EXCLUDED_LOGIT, answer_budget, check_budge
 from jointobj.diffusion.batch import Batch, check_batch
 from jointobj.diffusion.likelihood import score_blocks
 from jointobj.model.architecture import logits_at
+from jointobj.utils.ranks import chunks_on_every_rank, zero3_sharded
 
 __all__ = ["BUDGET_OPTIONS", "DecoderOrder", "decoder_blocks", "decoder_log_likelihood", "parse_decoder_orders",
            "plan_order"]
@@ -152,7 +153,7 @@ Choose = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torc
 
 @torch.no_grad()
 def decoder_blocks(denoiser: nn.Module, batch: Batch, scorable: torch.Tensor, order: DecoderOrder, *,
-                   choose: Choose | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   choose: Choose | None = None, sync_ranks: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced decoder trajectory: (block [b, l] long, the step at which the decoder commits each
     scorable position, -1 elsewhere; log P(x) [b] float64, softmax without [MASK] as the sampler draws).
 
@@ -161,7 +162,13 @@ def decoder_blocks(denoiser: nn.Module, batch: Batch, scorable: torch.Tensor, or
     quota from `step_quota`. Rows that finish early (adaptive policies) drop out, as in the sampler.
     `choose(logits [a, n, V], eligible [a, n], quota [a], live [a] their rows) -> [a, n] bool` replaces the
     policy's select (a stochastic order drawn while training an order head: jointobj/objectives/order_gradient.py);
-    log P is then that of the data along the drawn order."""
+    log P is then that of the data along the drawn order.
+
+    sync_ranks (None: when the weights are ZeRO-3 shards; see jointobj.utils.ranks.run_chunks): the
+    number of forwards depends on the data (budgets of other answer lengths, adaptive policies that
+    finish early), and under ZeRO-3 every forward is a collective weight gather, so with torch.distributed
+    up the ranks agree (MAX) before each step whether any of them is still open; a rank that is done runs a
+    padding forward on its first row, whose output is not read, until all are."""
     input_ids = batch["input_ids"]  # [b, l]
     attention = batch.get("attention_mask")
     mask_id = int(denoiser.mask_token_id)
@@ -175,12 +182,17 @@ def decoder_blocks(denoiser: nn.Module, batch: Batch, scorable: torch.Tensor, or
     step = 0
     policy = order.policy.for_denoiser(denoiser)
     choose = choose or (lambda logits, eligible, quota, live: policy.select(logits, eligible, quota))
+    sync = zero3_sharded(denoiser) if sync_ranks is None else sync_ranks
     with eval_mode(denoiser):
         while True:
             open_positions = scorable & (block < 0)  # [b, l]
             live = open_positions.any(1).nonzero().squeeze(1)  # [a]
-            if len(live) == 0:
-                break
+            if not chunks_on_every_rank(int(len(live) > 0), input_ids.device, sync):
+                break  # every rank is done (without a group: this one)
+            if len(live) == 0:  # another rank still decodes: the same collectives, nothing read
+                logits_at(denoiser, scorable[:1], input_ids=input_ids[:1],
+                          attention_mask=None if attention is None else attention[:1])
+                continue
             is_open = open_positions[live]  # [a, l]
             noisy = input_ids[live].masked_fill(is_open, mask_id)  # [a, l] the state s_k
             picked = logits_at(denoiser, is_open, input_ids=noisy,
@@ -206,19 +218,21 @@ def decoder_blocks(denoiser: nn.Module, batch: Batch, scorable: torch.Tensor, or
 
 def decoder_log_likelihood(denoiser: nn.Module, batch: Batch, orders: Sequence[str | DecoderOrder], *,
                            max_rows: int | None = None, checkpoint: bool = False,
-                           scorable: torch.Tensor | None = None) -> torch.Tensor:
+                           scorable: torch.Tensor | None = None, sync_ranks: bool | None = None) -> torch.Tensor:
     """log P_decoder(answer | prompt) for every row and decoder order: [b, D] float32 (nats per answer).
 
     Without grad (torch.no_grad), the value of the decoder's own pass; with grad, the same blocks
-    re-scored by `score_blocks` (K forwards more, chunked by `max_rows`, `checkpoint` as in the log-sum)."""
+    re-scored by `score_blocks` (K forwards more, chunked by `max_rows`, `checkpoint` as in the log-sum).
+    sync_ranks: as in `decoder_blocks` and `score_blocks` (every rank must then call this as often)."""
     scorable = check_batch(batch) if scorable is None else scorable  # [b, l]
     orders = [DecoderOrder.parse(order) for order in orders]
-    passes = [decoder_blocks(denoiser, batch, scorable, order) for order in orders]
+    passes = [decoder_blocks(denoiser, batch, scorable, order, sync_ranks=sync_ranks) for order in orders]
     if not torch.is_grad_enabled():
         return torch.stack([value for _, value in passes], 1).float()  # [b, D]
     block = torch.stack([b for b, _ in passes], 1)  # [b, D, l]
     exclude = torch.ones(block.shape[:2], dtype=torch.bool, device=block.device)  # [b, D]
-    return score_blocks(denoiser, batch, block, exclude_mask=exclude, max_rows=max_rows, checkpoint=checkpoint)
+    return score_blocks(denoiser, batch, block, exclude_mask=exclude, max_rows=max_rows, checkpoint=checkpoint,
+                        sync_ranks=sync_ranks)
 
 
 @torch.no_grad()
