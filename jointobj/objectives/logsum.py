@@ -8,8 +8,9 @@ normaliser is TokenCELoss's, so the two are on one scale. Its gradient is
 -sum_m r_m grad l_{o_m} with the posterior r = softmax(log w + l): the order the model already
 does best gets most of it.
 
-- mode="exact": autograd through logsumexp; each chunk of block forwards is checkpointed, so
-  saved activations do not grow with M or K (one extra forward per chunk in backward).
+- mode="exact": autograd through logsumexp; each chunk of block forwards but the last is
+  checkpointed, so saved activations do not grow with M or K (one extra forward per chunk but
+  the last in backward; none when the rows fit one chunk of `max_rows`).
 - mode="sampled": l for all orders without grad, then one order per sequence drawn from r is
   re-run with grad. The loss value is still the exact one; its gradient -grad l_{o*} is an
   unbiased estimate of the exact gradient at about 1/M of the backward cost.
