@@ -10,7 +10,9 @@ the set's own tokenizer, batches of --batch examples of agreement and latin_squa
   log-sum alone (`orders: ["confidence:steps=K"]`) and mixed half and half with TokenCE
   (`mixture`, token_ce_weight 0.5), K in --budgets; every candidate owns a copy of the model and
   its optimiser, and all are timed in turns (`jointobj.evaluation.benchmark.time_interleaved`),
-  so the ratios to TokenCE are measured side by side. Aim (issue 22): <= 4x at K <= 4.
+  so the ratios to TokenCE are measured side by side. Aim (issue 22): <= 4x at K <= 4. Beside
+  the times, counted on one more step: the denoiser's forwards and their rows (with and without
+  grad, recomputations under checkpointing included; backward passes not), which load does not blur.
 - memory: peak of one log-sum step with M decoder orders (confidence, margin, entropy, l2r at
   --memory-steps steps, then the same at one step more), M in --orders, and of a TokenCE step;
   the log-sum's default chunks (max_rows: the batch size) and checkpointing (exact mode);
@@ -49,7 +51,7 @@ from jointobj.training.embedded import BASE_SIZE
 from jointobj.utils.registry import split_names
 
 MEMORY_POLICIES = ("confidence", "margin", "entropy", "l2r")
-TIME_COLUMNS = ["toyset", "step", "K", "median_ms", "ratio_to_token_ce"]
+TIME_COLUMNS = ["toyset", "step", "K", "forwards", "forward_rows", "median_ms", "ratio_to_token_ce"]
 MEMORY_COLUMNS = ["toyset", "step", "M", "tensor_peak_mib", "rss_peak_mib", "maxrss_mib", "step_s"]
 
 
@@ -101,7 +103,9 @@ def law_loss(orders: list[str], mixed: bool, max_rows: int | None) -> torch.nn.M
 
 
 def training_step(denoiser: Denoiser, loss_fn: torch.nn.Module, batch: dict, seed: int):
-    """A closure running one step: forward, backward, AdamW step (on its own copy of the model)."""
+    """A closure running one step: forward, backward, AdamW step (on its own copy of the model).
+    Its `count()` runs one more step and returns (denoiser forwards, rows over those forwards),
+    recomputations under checkpointing included, backward passes not."""
     own = copy.deepcopy(denoiser)
     own.train()
     optimizer = torch.optim.AdamW(own.parameters(), lr=1e-4)
@@ -112,6 +116,17 @@ def training_step(denoiser: Denoiser, loss_fn: torch.nn.Module, batch: dict, see
         loss_fn(own, batch, generator=generator).loss.backward()
         optimizer.step()
 
+    def count() -> tuple[int, int]:
+        seen = []
+        hook = own.model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(
+            (args[0] if args else kwargs["input_ids"]).shape[0]), with_kwargs=True)
+        try:
+            step()
+        finally:
+            hook.remove()
+        return len(seen), sum(seen)
+
+    step.count = count
     return step
 
 
@@ -127,10 +142,12 @@ def time_rows(args: argparse.Namespace) -> list[dict]:
                 candidates[(label, k)] = training_step(denoiser, loss_fn, batch, args.seed)
         seconds = time_interleaved({f"{s}|{k}": run for (s, k), run in candidates.items()}, repeats=args.repeats)
         base = seconds["token_ce|None"]
-        for (step, k) in candidates:
+        for (step, k), run in candidates.items():
             s = seconds[f"{step}|{k}"]
+            forwards, forward_rows = run.count()
             rows.append({"part": "time", "toyset": name, "step": step, "K": k, "batch": args.batch,
-                         "median_ms": 1000 * s, "ratio_to_token_ce": s / base})
+                         "forwards": forwards, "forward_rows": forward_rows, "median_ms": 1000 * s,
+                         "ratio_to_token_ce": s / base})
     return rows
 
 
