@@ -60,8 +60,9 @@ def test_bench_decoder_law_writes_time_ratios_and_memory_per_m(tmp_path, capsys)
     assert [(row["step"], row["K"]) for row in time_rows] == [("token_ce", None), ("law", 2),
                                                                ("0.5 token_ce + 0.5 law", 2)]
     assert time_rows[0]["ratio_to_token_ce"] == 1.0 and all(row["median_ms"] > 0 for row in time_rows)
-    # K = 2: the decoder's two steps without grad, then its 2 x 4 block rows in one forward, not recomputed
-    assert [(row["forwards"], row["forward_rows"]) for row in time_rows] == [(1, 4), (3, 16), (4, 20)]
+    # K = 2: the decoder's two steps of 4 rows, run with grad and scored as they are (decoder_scores): no
+    # second pass over the blocks, no recomputation
+    assert [(row["forwards"], row["forward_rows"]) for row in time_rows] == [(1, 4), (2, 8), (3, 12)]
     memory = [row for row in rows if row["part"] == "memory"]
     assert [row["M"] for row in memory] == [None, 1, 2]
     assert all(row["tensor_peak_mib"] > 0 and row["maxrss_mib"] > 0 for row in memory)

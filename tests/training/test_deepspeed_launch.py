@@ -70,14 +70,17 @@ def test_two_cpu_ranks_train_and_save_a_reloadable_adapter(zero, objective, mode
 
 
 @pytest.mark.slow  # two launched ranks, a few minutes on two CPU cores
-def test_two_cpu_ranks_train_on_decoder_orders_under_zero3(base_dir, tmp_path):
+@pytest.mark.parametrize("max_rows", [8, 1024])
+def test_two_cpu_ranks_train_on_decoder_orders_under_zero3(max_rows, base_dir, tmp_path):
     # The decoder-order pass runs as many forwards as the data asks (one token per step on cities'
     # 2-token and agreement's 5-token answers; a threshold decoder that may finish early), so the
     # ranks' counts differ unless they agree them (decoder_law.decoder_blocks); a rank that ran
     # fewer would hang in ZeRO-3's weight gather: the subprocess timeout turns a hang into a failure.
+    # max_rows 8: blocks found without grad, scored in checkpointed chunks; 1024 (the main job's):
+    # the pass run with grad is its own score (decoder_scores), padding forwards back-propagated too.
     output_dir = tmp_path / "run"
     kwargs = {"token_ce_weight": 0.5, "logsum": {"orders": ["confidence", "threshold:threshold=0.5:steps=3"],
-                                                 "max_rows": 8}}
+                                                 "max_rows": max_rows}}
     command = [
         sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
         str(ROOT / "tests" / "launched_recipe.py"), "--config", str(ROOT / "recipes" / "configs" / f"{RECIPE}.yaml"),
