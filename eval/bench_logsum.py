@@ -9,60 +9,27 @@ K in {4, 8, all}, chunks of --max-rows rows. Orders: l2r, r2l, then random ones 
 - reference: what sampled mode should cost: b*M*K no-grad rows plus b*K rows forward-backward,
   as bare denoiser calls in the same chunks. Target: sampled / reference <= 1.3.
 - peak: on CUDA, max_memory_allocated above the step's start. On CPU torch keeps no allocator
-  statistics, so a TorchDispatchMode ledger counts the bytes of every tensor storage created
-  inside the step and alive at the same moment (activations, logits, gradients; not the weights
-  nor the batch). Target: exact-mode peak at M = 8 within 1.1x of M = 1 for every K.
+  statistics, so a TorchDispatchMode ledger (jointobj.evaluation.benchmark.tensor_peak_bytes) counts
+  the bytes of every tensor storage created inside the step and alive at the same moment
+  (activations, logits, gradients; not the weights nor the batch). Target: exact-mode peak at
+  M = 8 within 1.1x of M = 1 for every K.
 """
 
 from __future__ import annotations
 
 import argparse
-import weakref
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from jointobj import Denoiser, TokenCELoss
-from jointobj.evaluation.benchmark import cuda_peak_bytes, time_interleaved, write_measurements
+from jointobj.evaluation.benchmark import cuda_peak_bytes, tensor_peak_bytes, time_interleaved, write_measurements
 from jointobj.model.tiny import tiny_masked_lm
 from jointobj.objectives import LogSumOrdersLoss
 
 
-class LiveStorageLedger(TorchDispatchMode):
-    """Peak bytes of tensor storages created inside the block and alive together (CPU stand-in for
-    max_memory_allocated)."""
-
-    def __init__(self):
-        super().__init__()
-        self.live: dict[int, int] = {}
-        self.now = self.peak = 0
-
-    def _free(self, key: int, size: int) -> None:
-        if self.live.pop(key, None) is not None:
-            self.now -= size
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                storage = t.untyped_storage()
-                key, size = storage.data_ptr(), storage.nbytes()
-                if size and key not in self.live:
-                    self.live[key] = size
-                    self.now += size
-                    weakref.finalize(storage, self._free, key, size)
-                    self.peak = max(self.peak, self.now)
-        return out
-
-
 def peak_bytes(step, device: torch.device) -> int:
-    if device.type == "cuda":
-        return cuda_peak_bytes(step)
-    with LiveStorageLedger() as ledger:
-        step()
-    return ledger.peak
+    return cuda_peak_bytes(step) if device.type == "cuda" else tensor_peak_bytes(step)
 
 
 def order_families(num_orders: int) -> list[str]:

@@ -7,7 +7,9 @@ against the confidence-threshold decoder at equal validity, batch 1 and batch 64
 Part "rate": for each model (the exact oracle; a trained tiny model with --model DIR, or one
 pretrained here with --train-base DIR, reused on later runs) and toy set, the speculative
 decoder (l2r, T = --temperature) at every window w and draft count N: validity with its
-Wilson interval, tokens per sequential step, forward rows per generated token.
+Wilson interval, coverage (mass of the support seen) beside exact sampling's at the same count
+(`coverage_exact`; both '-' on conditional sets), tokens per sequential step, forward rows per
+generated token.
 
 Part "revisable": revisable commits (check_rows 1 and 2) beside the threshold decoder at the
 same commit threshold, on the same sets and models: validity, steps and rows per token.
@@ -32,18 +34,18 @@ import torch
 
 from jointobj.decoding.registry import build_decoder
 from jointobj.evaluation.benchmark import time_decoders, write_measurements
-from jointobj.evaluation.metrics import wilson_interval
+from jointobj.evaluation.metrics import coverage, expected_coverage, wilson_interval
 from jointobj.evaluation.report import format_table
 from jointobj.toysets.builtin import load_toyset
 from jointobj.toysets.oracle import OracleDenoiser
 from jointobj.utils.registry import split_names
 
-RATE_COLUMNS = ["model", "toyset", "draft_length", "drafts", "validity", "validity_low", "tokens_per_step",
-                "rows_per_token"]
-WALL_COLUMNS = ["model", "toyset", "decoder", "setting", "validity", "validity_low", "validity_high",
-                "tokens_per_step", "rows_per_token", "batch", "wall_ms_per_sample"]
-REVISABLE_COLUMNS = ["model", "toyset", "decoder", "threshold", "check_rows", "validity", "validity_low",
-                     "tokens_per_step", "steps_per_sample", "rows_per_token"]
+RATE_COLUMNS = ["model", "toyset", "draft_length", "drafts", "validity", "validity_low", "coverage", "coverage_exact",
+                "tokens_per_step", "rows_per_token"]
+WALL_COLUMNS = ["model", "toyset", "decoder", "setting", "validity", "validity_low", "validity_high", "coverage",
+                "coverage_exact", "tokens_per_step", "rows_per_token", "batch", "wall_ms_per_sample"]
+REVISABLE_COLUMNS = ["model", "toyset", "decoder", "threshold", "check_rows", "validity", "validity_low", "coverage",
+                     "coverage_exact", "tokens_per_step", "steps_per_sample", "rows_per_token"]
 EQUAL_COLUMNS = ["model", "toyset", "batch", "threshold", "threshold_validity", "speculative_validity",
                  "threshold_ms", "speculative_ms", "threshold_over_speculative"]
 
@@ -97,11 +99,13 @@ def _trained_model(args: argparse.Namespace):
 
 
 def _measure(decoder, denoiser, toyset, prompts: torch.Tensor, seed: int) -> dict:
-    """Validity (Wilson interval), tokens per step and rows per token of one decoder on `prompts`."""
+    """Validity (Wilson interval), coverage beside exact sampling's at the same count (None for conditional
+    sets), tokens per step and rows per token of one decoder on `prompts`."""
     out = decoder.sample(denoiser, prompts, toyset.answer_length, torch.Generator().manual_seed(seed))
     valid = int(toyset.is_valid(prompts, out.answer_ids).sum())
     low, high = wilson_interval(valid, len(prompts))
     return {"validity": valid / len(prompts), "validity_low": low, "validity_high": high,
+            "coverage": coverage(toyset, out.answer_ids), "coverage_exact": expected_coverage(toyset, len(prompts)),
             "tokens_per_step": out.tokens_per_step, "rows_per_token": out.rows_per_sample / toyset.answer_length,
             "steps_per_sample": out.steps_per_sample}
 

@@ -8,8 +8,9 @@ that size is trained on the set alone with the per-token loss, as the recipes' e
 (batch 128, learning rate 3e-3, linear schedule), then decoded with `--decoder` at one token per
 step; the first size whose validity reaches `--level` is the set's smallest, and larger sizes are
 not run. One token per step is the setting where the decoder adds no marginal trap of its own:
-what fails there is the model. Prints a table (validity with its 95% Wilson interval) and
-writes the JSON. Sets may be names or import references (module:attribute).
+what fails there is the model. Prints a table (validity with its 95% Wilson interval, coverage
+beside exact sampling's at the same count, so a model that found only a few answers shows it;
+'-' on conditional sets) and writes the JSON. Sets may be names or import references (module:attribute).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from jointobj.evaluation.report import format_table, write_json
 from jointobj.utils.registry import split_names
 
 COLUMNS = ["toyset", "size", "hidden_size", "num_layers", "parameters", "steps", "validity", "validity_low",
-           "validity_high", "learned", "train_s"]
+           "validity_high", "coverage", "coverage_exact", "learned", "train_s"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

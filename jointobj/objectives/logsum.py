@@ -8,8 +8,9 @@ normaliser is TokenCELoss's, so the two are on one scale. Its gradient is
 -sum_m r_m grad l_{o_m} with the posterior r = softmax(log w + l): the order the model already
 does best gets most of it.
 
-- mode="exact": autograd through logsumexp; each chunk of block forwards is checkpointed, so
-  saved activations do not grow with M or K (one extra forward per chunk in backward).
+- mode="exact": autograd through logsumexp; each chunk of block forwards but the last is
+  checkpointed, so saved activations do not grow with M or K (one extra forward per chunk but
+  the last in backward; none when the rows fit one chunk of `max_rows`).
 - mode="sampled": l for all orders without grad, then one order per sequence drawn from r is
   re-run with grad. The loss value is still the exact one; its gradient -grad l_{o*} is an
   unbiased estimate of the exact gradient at about 1/M of the backward cost.
@@ -19,9 +20,13 @@ Decoder-driven orders. An entry of `orders` written as a decoder ("confidence:to
 token per step) is the order that decoder itself takes on the data at its budget
 (jointobj/decoding/decoder_law.py): its blocks come from the policy at each teacher-forced state
 (K forwards without grad), its tokens are scored without [MASK], and l_o is then exactly
-log P_decoder(x). Fixed families (l2r, r2l, random) keep `blocks` and the whole-vocabulary
-softmax; the two scales differ by sum log(1 - p([MASK])), about 0 for a trained model. With decoder
-orders the order set is fixed and every weight is 1/M (no `mixture`, no `prior`).
+log P_decoder(x). In exact mode, without self-conditioning and with no active dropout, that pass
+runs with grad and is its own score (`decoder_scores`: K forwards per decoder order, not 2K) where
+its activations fit what the block forwards would hold anyway (`fuse_passes`: checkpoint off, or
+every row within one chunk of `max_rows`, as with the main job's 1024). Fixed families (l2r, r2l,
+random) keep `blocks` and the whole-vocabulary softmax; the two scales differ by sum log(1 -
+p([MASK])), about 0 for a trained model. With decoder orders the order set is fixed and every weight
+is 1/M (no `mixture`, no `prior`).
 
 `self_condition_prob = p > 0`: with probability p per step every block forward reads the
 model's own detached predictions for its masked positions as soft states (an extra forward
@@ -42,10 +47,10 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from jointobj.decoding.decoder_law import DecoderOrder, decoder_blocks
+from jointobj.decoding.decoder_law import DecoderOrder, decoder_blocks, decoder_scores, fuse_passes
 from jointobj.decoding.policies import POLICIES
 from jointobj.diffusion.batch import Batch, check_batch
-from jointobj.diffusion.likelihood import score_blocks
+from jointobj.diffusion.likelihood import check_loglik, score_blocks
 from jointobj.diffusion.orders import ORDERS, OrderProposal, Orders, block_index, check_orders, num_blocks
 from jointobj.diffusion.randomness import multinomial
 from jointobj.objectives.base import LOSSES, LossOutput, Objective, check_finite
@@ -182,6 +187,28 @@ class LogSumOrdersLoss(Objective):
         exclude[:, block.shape[1] - len(self.decoder_orders):] = True
         return block, exclude
 
+    def _fused(self, model: nn.Module, denoiser: nn.Module, batch: Batch, scorable: torch.Tensor,
+               orders: Orders | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Exact mode, decoder orders, no self-conditioning this step: their passes run with grad and are
+        their own scores (`decoder_scores`: K forwards per order instead of 2K, or K and one of K*b rows),
+        where `fuse_passes` allows it at no more memory. (block [b, M, l], exclude [b, M], loglik [b, M]) or None."""
+        if self.mode != "exact" or not self.decoder_orders or model is not denoiser:
+            return None
+        fixed = None if orders is None else block_index(orders.rank, scorable.sum(-1), self.blocks)  # [b, Mf, l]
+        other_rows = 0 if fixed is None else int((fixed.amax(-1) + 1).sum())
+        if not fuse_passes(denoiser, scorable, self.decoder_orders, max_rows=self.max_rows,
+                           checkpoint=self.checkpoint, other_rows=other_rows):
+            return None
+        passes = [decoder_scores(denoiser, batch, scorable, order) for order in self.decoder_orders]
+        block = torch.cat(([] if fixed is None else [fixed]) + [b[:, None] for b, _ in passes], 1)  # [b, M, l]
+        exclude = torch.zeros(block.shape[:2], dtype=torch.bool, device=block.device)  # [b, M]
+        exclude[:, block.shape[1] - len(self.decoder_orders):] = True
+        decoded = torch.stack([score for _, score in passes], 1)  # [b, D]
+        if fixed is not None:
+            decoded = torch.cat([self._loglik(denoiser, batch, fixed, exclude[:, : fixed.shape[1]]), decoded], 1)
+        check_loglik(decoded, batch["input_ids"])
+        return block, exclude, decoded
+
     def _loglik(self, denoiser: nn.Module, batch: Batch, block: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
         return score_blocks(denoiser, batch, block, exclude_mask=exclude, max_rows=self.max_rows,
                             checkpoint=self.checkpoint)  # [b, M]; batch and orders were checked in forward
@@ -196,12 +223,13 @@ class LogSumOrdersLoss(Objective):
                 orders = self.proposal.sample(scorable, generator)  # permutations by construction
             else:
                 check_orders(orders.rank, scorable)
-        block, exclude = self._blocks(denoiser, batch, scorable, orders)  # [b, M, l], [b, M]
+        model = self.self_condition.wrap(denoiser, generator)  # the same choice for every forward of the step
+        fused = self._fused(model, denoiser, batch, scorable, orders)  # (block, exclude, loglik) or None
+        block, exclude = self._blocks(denoiser, batch, scorable, orders) if fused is None else fused[:2]
         log_weights = order_log_weights(orders, len(self.decoder_orders), block)  # [b, M]
         num_tokens = scorable.sum()
-        model = self.self_condition.wrap(denoiser, generator)  # the same choice for every forward of the step
         if self.mode == "exact":
-            loglik = self._loglik(model, batch, block, exclude)  # [b, M]
+            loglik = self._loglik(model, batch, block, exclude) if fused is None else fused[2]  # [b, M]
             nll = logsum_nll(log_weights, loglik)  # [b]
             loss = nll.sum() / num_tokens
         else:

@@ -86,8 +86,12 @@ def run_chunks(
     so their backward, and their recomputation under checkpointing, run as well. A rank that ran
     out of chunks while another gathers weights would wait in a different collective (a deadlock).
 
-    Checkpointed: with `checkpoint` and grad mode on, each chunk runs under activation
-    checkpointing, so the saved activations are one chunk's. Non-reentrant checkpointing cannot
+    Checkpointed: with `checkpoint` and grad mode on, each chunk but the call's last forward runs
+    under activation checkpointing, so the saved activations are one chunk's. The last is not
+    checkpointed because that would save nothing: its activations are alive from its forward to its
+    backward, which runs first, before any recomputation, and a recomputation would hold the
+    same activations at the same moment; it would only cost one more forward (with one chunk,
+    checkpointing cost a forward and bought nothing). Non-reentrant checkpointing cannot
     recompute a forward over frozen ZeRO-3 shards (they are re-gathered with another shape:
     "CheckpointError: Recomputed values ... shape [0]", DeepSpeed before PR #8148), so shards are
     checkpointed reentrantly; reentrant checkpointing back-propagates into the weights only if
@@ -99,17 +103,19 @@ def run_chunks(
     reentrant = grad_checkpoint and zero3_sharded(model)
     anchor = torch.zeros((), device=device, requires_grad=True) if reentrant else None
 
-    def run(rows: slice) -> torch.Tensor:
-        if grad_checkpoint:
+    def run(rows: slice, last: bool) -> torch.Tensor:
+        if grad_checkpoint and not last:
             return activation_checkpoint(score_rows, rows, anchor, use_reentrant=reentrant)  # [r]
         return score_rows(rows, anchor)  # [r]
 
     starts = range(0, num_rows, max_rows)
     sync = zero3_sharded(model) if sync_ranks is None else sync_ranks
     missing = chunks_on_every_rank(len(starts), device, sync) - len(starts)
-    scores = torch.cat([run(slice(start, start + max_rows)) for start in starts])  # [num_rows]
+    total = len(starts) + max(missing, 0)  # forwards this call runs, the same on every rank when synchronised
+    scores = torch.cat([run(slice(start, start + max_rows), c == total - 1)
+                        for c, start in enumerate(starts)])  # [num_rows]
     if missing > 0:  # padding forwards: the same collectives as the other ranks, weight 0 in the result
-        padding = torch.stack([run(slice(0, 1)).sum() for _ in range(missing)]).sum()  # []
+        padding = torch.stack([run(slice(0, 1), len(starts) + p == total - 1).sum() for p in range(missing)]).sum()
         scores = scores + 0.0 * padding
     return scores
 

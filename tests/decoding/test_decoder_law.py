@@ -14,6 +14,9 @@ from jointobj.decoding.decoder_law import (
     DecoderOrder,
     decoder_blocks,
     decoder_log_likelihood,
+    decoder_scores,
+    forward_as_decoded,
+    fuse_passes,
     parse_decoder_orders,
     plan_order,
 )
@@ -177,14 +180,22 @@ def explicit_forwards(denoiser, batch, block: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("policy", ["confidence", "threshold:threshold=0.6", "entropy_bounded:bound=0.6"])
-def test_the_gradient_is_that_of_k_explicit_forwards_with_the_choice_held_fixed(policy):
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_gradient_is_that_of_k_explicit_forwards_with_the_choice_held_fixed(policy, fused):
+    # fused: the decoder's pass run with grad is its own score (decoder_scores); else the blocks are
+    # re-scored in checkpointed chunks of 5 rows (score_blocks). Both: the gradient of K explicit forwards.
     denoiser = sharp_denoiser()
     batch = batch_of(every_answer()[::7])  # 12 answers
     order = spec(policy, "steps=2")
     block, _ = decoder_blocks(denoiser, batch, ~batch["prompt_mask"], order)
     assert not block.requires_grad  # the choice of positions carries no gradient
+    options = {"max_rows": 24, "checkpoint": True} if fused else {"max_rows": 5, "checkpoint": True}
+    with torch.enable_grad():
+        assert fuse_passes(denoiser, ~batch["prompt_mask"], [order], **options) == fused  # 12 x 2 rows fit 24
+        fused_block, _ = decoder_scores(denoiser, batch, ~batch["prompt_mask"], order)
+    assert torch.equal(fused_block, block) and not fused_block.requires_grad
     denoiser.zero_grad()
-    decoder_log_likelihood(denoiser, batch, [order], max_rows=5, checkpoint=True).sum().backward()
+    decoder_log_likelihood(denoiser, batch, [order], **options).sum().backward()
     ours = [p.grad.clone() for p in denoiser.parameters()]
     denoiser.zero_grad()
     explicit_forwards(denoiser, batch, block).sum().backward()
@@ -192,6 +203,22 @@ def test_the_gradient_is_that_of_k_explicit_forwards_with_the_choice_held_fixed(
         torch.testing.assert_close(mine, reference, atol=1e-4, rtol=1e-3)  # float32 sums in another order
     assert any(float(g.abs().sum()) > 0 for g in ours)
     denoiser.zero_grad()
+
+
+def test_the_pass_is_fused_only_where_the_training_forward_is_the_decoders():
+    # Dropout makes the train-mode forward differ from the eval-mode one the decoder runs (and whose
+    # choice of blocks the law is): then the blocks come from an eval-mode pass, scored apart.
+    with_dropout = Denoiser(tiny_masked_lm("modernbert", vocab_size=VOCAB, seed=0), mask_token_id=MASK)
+    assert forward_as_decoded(with_dropout.eval()) and forward_as_decoded(with_dropout.train())  # all rates 0
+    with_dropout.model.config.attention_dropout = 0.1  # a rate read inside forward (functional dropout)
+    assert forward_as_decoded(with_dropout.eval()) and not forward_as_decoded(with_dropout.train())
+    with_dropout.model.config.attention_dropout = 0.0
+    with_dropout.add_module("drop", torch.nn.Dropout(0.1))
+    assert not forward_as_decoded(with_dropout.train())
+    batch = batch_of(every_answer()[:4])
+    with torch.enable_grad():
+        assert not fuse_passes(with_dropout, ~batch["prompt_mask"], [spec("confidence", "steps=2")], max_rows=None,
+                               checkpoint=False)
 
 
 # ---------------------------------------------------------------- specs

@@ -346,7 +346,12 @@ def test_benchmark_script_writes_rates_and_wall_times(tmp_path, capsys):
     assert {row["batch"] for row in rows if row["part"] == "wall"} == {1, 4}
     saved = json.loads(out.read_text())
     assert len(saved["rows"]) == len(rows) and "environment" in saved
-    assert "threshold_over_speculative" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "threshold_over_speculative" in printed
+    assert all("coverage" in row and "coverage_exact" in row for row in rows if row["part"] != "equal_validity")
+    rate = [row for row in rows if row["part"] == "rate" and row["toyset"] == "likes_tennis"]
+    assert rate and all(0.0 < row["coverage"] <= 1.0 and 0.0 < row["coverage_exact"] <= 1.0 for row in rate)
+    assert printed.count("coverage_exact") >= 3  # in the rate, revisable and wall tables
 
 
 def test_random_order_samples_the_mixture_over_uniform_orders():

@@ -32,8 +32,12 @@ def test_model_sizes_script_stops_at_the_first_size_that_learns(tmp_path, capsys
     from helpers import load_script
 
     out = tmp_path / "sizes.json"
-    rows = load_script("eval/model_sizes.py").main(["--toyset", "copy_2", "--sizes", "small,xsmall", "--steps", "3",
-                                                    "--samples", "20", "--level", "0.0", "--json", str(out)])
+    rows = load_script("eval/model_sizes.py").main(["--toyset", "likes_tennis", "--sizes", "small,xsmall",
+                                                    "--steps", "3", "--samples", "20", "--level", "0.0",
+                                                    "--json", str(out)])
     assert [r["size"] for r in rows] == ["xsmall"]  # level 0: the smallest size already "learns"
     assert json.loads(out.read_text())[0]["validity_low"] <= rows[0]["validity"]
-    assert "copy_2: xsmall" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "likes_tennis: xsmall" in printed
+    assert "coverage_exact" in printed  # validity is printed with coverage beside exact sampling's
+    assert 0.0 <= rows[0]["coverage"] <= 1.0 and 0.0 < rows[0]["coverage_exact"] <= 1.0

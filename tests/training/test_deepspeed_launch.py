@@ -69,6 +69,35 @@ def test_two_cpu_ranks_train_and_save_a_reloadable_adapter(zero, objective, mode
         assert not torch.allclose(untrained(input_ids=probe["input_ids"]), probe["logits"], atol=1e-4)
 
 
+@pytest.mark.slow  # two launched ranks, a few minutes on two CPU cores
+@pytest.mark.parametrize("max_rows", [8, 1024])
+def test_two_cpu_ranks_train_on_decoder_orders_under_zero3(max_rows, base_dir, tmp_path):
+    # The decoder-order pass runs as many forwards as the data asks (one token per step on cities'
+    # 2-token and agreement's 5-token answers; a threshold decoder that may finish early), so the
+    # ranks' counts differ unless they agree them (decoder_law.decoder_blocks); a rank that ran
+    # fewer would hang in ZeRO-3's weight gather: the subprocess timeout turns a hang into a failure.
+    # max_rows 8: blocks found without grad, scored in checkpointed chunks; 1024 (the main job's):
+    # the pass run with grad is its own score (decoder_scores), padding forwards back-propagated too.
+    output_dir = tmp_path / "run"
+    kwargs = {"token_ce_weight": 0.5, "logsum": {"orders": ["confidence", "threshold:threshold=0.5:steps=3"],
+                                                 "max_rows": max_rows}}
+    command = [
+        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
+        str(ROOT / "tests" / "launched_recipe.py"), "--config", str(ROOT / "recipes" / "configs" / f"{RECIPE}.yaml"),
+        "--model_name_or_path", str(base_dir), "--dataset", "cities,agreement", "--samples_per_toyset", "64",
+        "--objective", "mixture", "--objective_kwargs", json.dumps(kwargs),
+        "--deepspeed", str(ROOT / "ds_configs" / "zero3.json"), "--output_dir", str(output_dir),
+        "--max_steps", "3", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--save_steps", "3",
+        "--disable_tqdm", "true", "--report_samples", "0",
+    ]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    state = json.loads((output_dir / "checkpoint-3" / "trainer_state.json").read_text())
+    losses = [row["loss"] for row in state["log_history"] if "loss" in row]
+    assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
+
+
 @pytest.mark.slow  # two launched ranks per model, a few minutes on two CPU cores
 @pytest.mark.parametrize("kind", ["llada_legacy", "dream_legacy"])
 def test_two_cpu_ranks_train_the_4x_style_remote_models_under_zero2(kind, tmp_path):

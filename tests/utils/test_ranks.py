@@ -54,9 +54,28 @@ def test_checkpointed_chunks_over_zero3_shards_still_reach_the_weights():
     scores = run_chunks(score(tagged), len(ids), 3, model=tagged, device=ids.device, checkpoint=True)  # [R]
     forwards = tagged.forwards
     scores.sum().backward()
-    assert forwards == 3 and tagged.forwards == 2 * 3  # 8 rows in chunks of 3, each recomputed in backward
+    assert forwards == 3 and tagged.forwards == 3 + 2  # 8 rows in chunks of 3, all but the last recomputed
     for parameter, reference in zip(tagged.parameters(), plain.parameters()):
         torch.testing.assert_close(parameter.grad, reference.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_the_last_chunk_is_not_checkpointed_and_nothing_else_changes():
+    # Checkpointing the call's last forward saves no memory (its backward runs first, before any
+    # recomputation) and costs a forward: one chunk runs once, with or without checkpointing, and the
+    # values and gradients are those of the plain call. Fails if every chunk is checkpointed.
+    ids = torch.randint(2, 20, (8, 12), generator=torch.Generator().manual_seed(0))  # [R, l]
+    results = {}
+    for checkpoint, max_rows in [(False, 8), (True, 8), (True, 3)]:
+        model = MixingLM(length=12, dim=8, scale=1.0)
+        scores = run_chunks(lambda rows, anchor: model(ids[rows]).log_softmax(-1)[..., 2].sum(-1), len(ids), max_rows,
+                            model=model, device=ids.device, checkpoint=checkpoint)  # [R]
+        scores.sum().backward()
+        results[checkpoint, max_rows] = (model.forwards, scores.detach(), [p.grad for p in model.parameters()])
+    assert [forwards for forwards, _, _ in results.values()] == [1, 1, 3 + 2]
+    for _, scores, grads in list(results.values())[1:]:
+        torch.testing.assert_close(scores, results[False, 8][1], atol=1e-6, rtol=1e-5)
+        for grad, reference in zip(grads, results[False, 8][2]):
+            torch.testing.assert_close(grad, reference, atol=1e-6, rtol=1e-5)
 
 
 def test_max_rows_below_one_is_refused():
