@@ -112,7 +112,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--thresholds", type=lambda s: [float(t) for t in split_names(s)], default=[0.5, 0.7, 0.9])
     parser.add_argument("--batches", type=lambda s: [int(t) for t in split_names(s)], default=[1, 64])
     parser.add_argument("--wall-samples", type=int, default=64)
-    parser.add_argument("--wall-sets", type=split_names, default=None, help="sets timed (default: --sets; \"\" times none)")
+    parser.add_argument("--wall-sets", type=split_names, default=None,
+                        help="sets timed (default: --sets; \"\" times none)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--replot", nargs="+", default=None, metavar="JSON",
