@@ -1,22 +1,21 @@
 """distillation_targets / with_proposals hold O(b L V): the teacher diagonal and one proposal row per answer.
 
-The reference is the old layout, built here naively: every one of an answer's L rows (row k shows its
-first k order steps) read at every answer column, [b, L, L, V], and the old loss that indexed it (row k
-at o_k for the teacher, row max(c - 1, 0) at the window's columns for the proposal). The new targets and
-loss must give the same values on the same answers, order and cuts, on a tiny ModernBERT.
+The reference is the old layout, built naively (tests/draft_reference.py): every one of an answer's L
+rows (row k shows its first k order steps) read at every answer column, [b, L, L, V], and the old loss
+that indexed it (row k at o_k for the teacher, row max(c - 1, 0) at the window's columns for the proposal).
+The new targets and loss must give the same values on the same answers, order and cuts, on a tiny ModernBERT.
 """
 
 import pytest
 import torch
 
 from jointobj import Denoiser
-from jointobj.decoding.layout import AnswerLayout
-from jointobj.decoding.sampler import EXCLUDED_LOGIT
-from jointobj.decoding.speculative import verification_order
 from jointobj.model.draft_head import attach_draft_head, find_draft_head
 from jointobj.model.tiny import tiny_masked_lm
 from jointobj.objectives.draft_distillation import distillation_targets, draft_loss, with_proposals
 from jointobj.toysets.builtin import toy_tokenizer
+
+from draft_reference import full_rows, old_loss
 
 LENGTH = 6
 
@@ -31,42 +30,8 @@ def _denoiser() -> Denoiser:
     return denoiser
 
 
-@torch.no_grad()
-def _full_rows(denoiser, prompts, answers, order, generator):
-    """The old targets: (order tokens [b, L], order [b, L], rows [b, L, L, V]: row k at o_s is [:, k, s])."""
-    b, length = answers.shape
-    layout = AnswerLayout.build(denoiser, prompts, length)
-    perm = verification_order(order, b, length, None, generator, "cpu")
-    order_tokens = answers.gather(1, perm)
-    rows = torch.empty(b, length, length, denoiser.vocab_size)
-    for k in range(length):  # one row at a time: the naive way
-        in_order = torch.where(torch.arange(length) < k, order_tokens, denoiser.mask_token_id)
-        gen = torch.empty_like(in_order).scatter_(1, perm, in_order)
-        logits = layout.answer_logits(denoiser, input_ids=layout.compose(gen))  # [b, L, V] by answer position
-        logits[..., denoiser.mask_token_id] = EXCLUDED_LOGIT
-        rows[:, k] = logits.gather(1, perm[..., None].expand_as(logits))  # by order step
-    return order_tokens, perm, rows
-
-
-def _old_loss(head, order_tokens, perm, rows, cuts):
-    """The old draft_loss on the full rows."""
-    b, length = order_tokens.shape
-    slot = torch.arange(length - int(cuts.min()))
-    step = (cuts[:, None] + slot).clamp(max=length - 1)
-    real = cuts[:, None] + slot < length
-    index = torch.arange(b)[:, None]
-    teacher = rows[index, step, step]
-    proposal = rows[index, (cuts - 1).clamp(min=0)[:, None], step]
-    logits = head.teacher_forced(order_tokens, perm, cuts, order_tokens.gather(1, step), perm.gather(1, step),
-                                 proposal)
-    log_p, log_q = teacher.log_softmax(-1), logits.log_softmax(-1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
-    accept = torch.minimum(log_p.exp(), log_q.exp()).sum(-1).detach()
-    return (kl * real).sum() / b, float((accept * real).sum() / real.sum())
-
-
 @pytest.mark.parametrize("order", ["l2r", "random", (2, 0, 5, 3, 1, 4)])
-def test_the_loss_and_the_rows_it_reads_equal_the_full_rows(order):
+def test_the_loss_and_the_rows_it_reads_equal_thefull_rows(order):
     # Fails if the teacher is read at another row or column, or the proposal from another row (row c
     # instead of c - 1, or the bare row for every cut), or if the order's random draw moves.
     denoiser = _denoiser()
@@ -75,7 +40,7 @@ def test_the_loss_and_the_rows_it_reads_equal_the_full_rows(order):
     prompts = torch.randint(5, denoiser.vocab_size - 1, (12, 2), generator=data)
     answers = torch.randint(5, denoiser.vocab_size - 1, (12, LENGTH), generator=data)
     cuts = torch.tensor([0, 1, 2, 3, 4, 5, 5, 3, 1, 0, 2, 4])  # every cut, the bare row's two included
-    order_tokens, perm, rows = _full_rows(denoiser, prompts, answers, order, torch.Generator().manual_seed(3))
+    order_tokens, perm, rows = full_rows(denoiser, prompts, answers, order, torch.Generator().manual_seed(3))
     targets = distillation_targets(denoiser, prompts, answers, order, torch.Generator().manual_seed(3), chunk=16,
                                    cuts=cuts)
     assert torch.equal(targets.order_positions, perm) and torch.equal(targets.order_tokens, order_tokens)
@@ -83,9 +48,9 @@ def test_the_loss_and_the_rows_it_reads_equal_the_full_rows(order):
     torch.testing.assert_close(targets.teacher, rows[:, step, step], atol=1e-5, rtol=0)
     torch.testing.assert_close(targets.proposal, rows[torch.arange(12), (cuts - 1).clamp(min=0)], atol=1e-5, rtol=0)
     loss, metrics = draft_loss(head, targets)
-    old_loss, old_acceptance = _old_loss(head, order_tokens, perm, rows, cuts)
-    torch.testing.assert_close(loss, old_loss, atol=1e-5, rtol=1e-6)
-    assert metrics["acceptance"] == pytest.approx(old_acceptance, abs=1e-6)
+    reference, reference_metrics = old_loss(head, order_tokens, perm, rows, cuts)
+    torch.testing.assert_close(loss, reference, atol=1e-5, rtol=1e-6)
+    assert metrics == pytest.approx(reference_metrics, abs=1e-6)
     # the teacher alone, then the proposals added: the same targets
     later = with_proposals(denoiser, prompts, distillation_targets(denoiser, prompts, answers, order,
                                                                    torch.Generator().manual_seed(3)), cuts)
