@@ -1,7 +1,7 @@
 """Distilling the verifier's law into the draft head (jointobj/model/draft_head.py).
 
-    targets = distillation_targets(denoiser, prompts, answers, order="l2r")   # no grad; L rows per answer
-    loss, metrics = draft_loss(head, targets, cuts)                           # KL(p || q), teacher-forced
+    targets = distillation_targets(denoiser, prompts, answers, order="l2r", cuts=cuts)  # no grad; L + 1 rows
+    loss, metrics = draft_loss(head, targets)                                           # KL(p || q), teacher-forced
 
 The speculative decoder accepts slot j's draft with probability sum_v min(p_j, q_j) = 1 - TV(p_j, q_j),
 p_j the model's own conditional in the verification order given everything before it. The head is
@@ -19,7 +19,11 @@ the head drafts the rest of the answer teacher-forced on the answer's tokens, an
 
     sum_{j} KL(p_{c+j} || q_j(. | context, x_{c..c+j-1}))     averaged over answers and cuts,
 
-whose minimum, q_j = p_j on every prefix, accepts every draft. [MASK] is excluded from both laws, as
+whose minimum, q_j = p_j on every prefix, accepts every draft. A step reads only the diagonal (row k at
+o_k) and one proposal row per answer, so the targets hold just those, [b, L, V] each (not every row at
+every column, [b, L, L, V]: ~33 GB at V = 126k, L = 32, b = 64): the teacher's L rows are read at their
+own column, and the cut's proposal row (`with_proposals`, once the cuts are drawn) is one more forward
+row per answer, the same logits the full rows held. [MASK] is excluded from both laws, as
 the sampler draws. `metrics["acceptance"]` is the mean of sum_v min(p, q) over the window slots: the
 expected acceptance of a single draft at each slot given that the earlier ones were accepted.
 
@@ -60,69 +64,107 @@ from jointobj.objectives.token_ce import TokenCELoss
 from jointobj.utils.checks import check_whole_number
 
 __all__ = ["ANSWERS", "DistillationTargets", "DraftDistillationLoss", "distillation_targets", "draft_loss",
-           "own_samples", "uniform_cuts"]
+           "own_samples", "uniform_cuts", "with_proposals"]
 
 ANSWERS = ("samples", "data")  # the model's own sequential samples, or the batch's answers (teacher-forced data)
 
 
 @dataclass
 class DistillationTargets:
-    """Per answer, everything the loss reads, in verification-order coordinates.
+    """Per answer, everything the loss reads, in verification-order coordinates: O(b L V), not L times more.
 
     order_tokens     [b, L] long     the answer's tokens at o_0 .. o_{L-1}
     order_positions  [b, L] long     o itself
-    rows             [b, L, L, V]    row k's logits ([MASK] excluded) at o_s: [:, k, s]
+    teacher          [b, L, V]       row k's logits ([MASK] excluded) at o_k: the teacher of step k
+    cuts             [b] long | None the cut of each answer (None: no proposal yet, `with_proposals` adds one)
+    proposal         [b, L, V] | None  row max(cut - 1, 0)'s logits ([MASK] excluded) at o_0 .. o_{L-1}
     """
 
     order_tokens: torch.Tensor
     order_positions: torch.Tensor
-    rows: torch.Tensor
+    teacher: torch.Tensor
+    cuts: torch.Tensor | None = None
+    proposal: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.order_tokens.shape[0]
 
     def subset(self, index: torch.Tensor) -> "DistillationTargets":
-        return DistillationTargets(self.order_tokens[index], self.order_positions[index], self.rows[index])
+        return DistillationTargets(self.order_tokens[index], self.order_positions[index], self.teacher[index],
+                                   None if self.cuts is None else self.cuts[index],
+                                   None if self.proposal is None else self.proposal[index])
+
+
+def _row_logits(denoiser: Any, layout: AnswerLayout, order_tokens: torch.Tensor, perm: torch.Tensor,
+                owner: torch.Tensor, shown: torch.Tensor, columns: torch.Tensor, per_forward: int) -> torch.Tensor:
+    """Rows showing the first `shown` [r] order steps of answer `owner` [r] (the rest masked) -> their logits at
+    answer positions `columns` [r, k], [MASK] excluded: [r, k, V], `per_forward` rows a forward, no grad."""
+    mask_id, length = int(denoiser.mask_token_id), perm.shape[1]
+    step = torch.arange(length, device=perm.device)  # [L]
+    out = []
+    for start in range(0, len(owner), per_forward):
+        part = slice(start, start + per_forward)
+        who = owner[part]  # [c]
+        in_order = torch.where(step[None, :] < shown[part, None], order_tokens[who], mask_id)  # [c, L] by order step
+        gen = torch.empty_like(in_order).scatter_(1, perm[who], in_order)  # [c, L] by answer position
+        logits = layout.answer_logits(denoiser, who, input_ids=layout.compose(gen, who),
+                                      columns=columns[part])  # [c, k, V]
+        logits[..., mask_id] = EXCLUDED_LOGIT
+        out.append(logits)
+    return torch.cat(out)
 
 
 @torch.no_grad()
 def distillation_targets(denoiser: Any, prompts: torch.Tensor, answers: torch.Tensor, order: Any = "l2r",
-                         generator: torch.Generator | None = None, chunk: int = 256) -> DistillationTargets:
-    """prompts [b, P], answers [b, L] -> DistillationTargets (L forward rows per answer, `chunk` rows a forward).
-    `order` as the speculative decoder takes it (a name or a permutation)."""
+                         generator: torch.Generator | None = None, chunk: int = 256, *,
+                         cuts: torch.Tensor | None = None) -> DistillationTargets:
+    """prompts [b, P], answers [b, L] -> DistillationTargets: the teacher (L forward rows per answer, each read at
+    its own order step's column, about `chunk` rows a forward), and with `cuts` [b] the proposal rows too
+    (`with_proposals`). `order` as the speculative decoder takes it (a name or a permutation)."""
     b, length = answers.shape
     layout = AnswerLayout.build(denoiser, prompts, length)
-    mask_id = int(denoiser.mask_token_id)
     perm = verification_order(order, b, length, None, generator, layout.device)  # [b, L]
     order_tokens = answers.to(layout.device).gather(1, perm)  # [b, L]
-    step = torch.arange(length, device=layout.device)  # [L]
-    shown = step[None, :, None] > step[None, None, :]  # [1, k, s]: row k shows order steps s < k
-    rows = []
-    for start in range(0, b, max(1, chunk // length)):
-        part = slice(start, min(b, start + max(1, chunk // length)))
-        tokens, positions = order_tokens[part], perm[part]  # [c, L]
-        in_order = torch.where(shown, tokens[:, None, :], mask_id)  # [c, k, s]
-        gen = torch.empty_like(in_order).scatter_(2, positions[:, None, :].expand_as(in_order), in_order)  # [c, k, L]
-        owner = torch.arange(part.start, part.stop, device=layout.device).repeat_interleave(length)  # [c k]
-        columns = positions.repeat_interleave(length, 0)  # [c k, L]: every row's logits at o_0 .. o_{L-1}
-        logits = layout.answer_logits(denoiser, owner, input_ids=layout.compose(gen.flatten(0, 1), owner),
-                                      columns=columns)  # [c k, L, V]
-        logits[..., mask_id] = EXCLUDED_LOGIT
-        rows.append(logits.view(-1, length, length, logits.shape[-1]))
-    return DistillationTargets(order_tokens, perm, torch.cat(rows))
+    owner = torch.arange(b, device=layout.device).repeat_interleave(length)  # [b L]: row k of answer i
+    shown = torch.arange(length, device=layout.device).repeat(b)  # [b L]: row k shows order steps s < k
+    teacher = _row_logits(denoiser, layout, order_tokens, perm, owner, shown, perm.reshape(-1, 1),
+                          max(1, chunk // length) * length)  # [b L, 1, V]
+    targets = DistillationTargets(order_tokens, perm, teacher.view(b, length, -1))
+    return targets if cuts is None else with_proposals(denoiser, prompts, targets, cuts, chunk)
 
 
-def draft_loss(head: Any, targets: DistillationTargets, cuts: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The head's KL(p || q) over the rest of each answer after its cut (`cuts` [b] long, c in [0, L)), summed
-    over slots, averaged over answers -> (loss, {"kl_per_token", "acceptance"} detached)."""
+@torch.no_grad()
+def with_proposals(denoiser: Any, prompts: torch.Tensor, targets: DistillationTargets, cuts: torch.Tensor,
+                   chunk: int = 256) -> DistillationTargets:
+    """The targets with each answer's proposal for its cut (`cuts` [b] long, c in [0, L)): row max(c - 1, 0),
+    showing order steps s < max(c - 1, 0), at every answer column: one more forward row per answer."""
+    b, length = targets.order_tokens.shape
+    cuts = cuts.to(targets.order_tokens.device)
+    if cuts.shape != (b,) or cuts.dtype != torch.long or bool((cuts < 0).any() | (cuts >= length).any()):
+        raise ValueError(f"cuts must be a long tensor of {b} cuts in [0, {length}), one per answer, got "
+                         f"{tuple(cuts.shape)} {cuts.dtype}")
+    layout = AnswerLayout.build(denoiser, prompts, length)
+    proposal = _row_logits(denoiser, layout, targets.order_tokens, targets.order_positions,
+                           torch.arange(b, device=cuts.device), (cuts - 1).clamp(min=0), targets.order_positions,
+                           max(1, chunk // length))  # [b, L, V]
+    return DistillationTargets(targets.order_tokens, targets.order_positions, targets.teacher, cuts, proposal)
+
+
+def draft_loss(head: Any, targets: DistillationTargets) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The head's KL(p || q) over the rest of each answer after its cut (targets.cuts), summed over slots,
+    averaged over answers -> (loss, {"kl_per_token", "acceptance"} detached)."""
+    if targets.cuts is None or targets.proposal is None:
+        raise ValueError("the targets have no proposal rows: compute them with cuts "
+                         "(distillation_targets(..., cuts=cuts) or with_proposals(denoiser, prompts, targets, cuts))")
+    cuts = targets.cuts
     b, length = targets.order_tokens.shape
     width = length - int(cuts.min())  # the longest window; shorter ones are padded at their end
     slot = torch.arange(width, device=cuts.device)  # [w]
     step = (cuts[:, None] + slot).clamp(max=length - 1)  # [b, w] the order step of each slot
     real = cuts[:, None] + slot < length  # [b, w]
     index = torch.arange(b, device=cuts.device)[:, None]
-    teacher = targets.rows[index, step, step]  # [b, w, V] row k at o_k
-    proposal = targets.rows[index, (cuts - 1).clamp(min=0)[:, None], step]  # [b, w, V]
+    teacher = targets.teacher[index, step]  # [b, w, V] row k at o_k
+    proposal = targets.proposal[index, step]  # [b, w, V] row max(c - 1, 0) at o_k
     logits = head.teacher_forced(targets.order_tokens, targets.order_positions, cuts,
                                  targets.order_tokens.gather(1, step), targets.order_positions.gather(1, step),
                                  proposal)  # [b, w, V]
@@ -257,19 +299,22 @@ class DraftDistillationLoss(Objective):
         if int(la.max()) > head.max_positions:
             raise ValueError(f"an answer of {int(la.max())} tokens is longer than the draft head's "
                              f"{head.max_positions} positions; attach a head with max_positions >= the longest answer")
-        groups = []  # (rows, targets) per group of equal prompt and answer lengths
+        groups = []  # (rows, prompts, teacher targets) per group of equal prompt and answer lengths
         with _evaluating(denoiser.model):  # the model's conditionals as the decoder sees them, no grad
             for p, a in torch.stack([lp, la], 1).unique(dim=0).tolist():
                 rows = ((lp == p) & (la == a)).nonzero().flatten()  # [r]
                 prompts = ids[rows, :p]  # [r, P]
                 answers = (own_samples(denoiser, prompts, a, self.order, generator) if self.answers == "samples"
                            else ids[rows, p : p + a])  # [r, a]
-                groups.append((rows, distillation_targets(denoiser, prompts, answers, self.order, generator)))
+                targets = distillation_targets(denoiser, prompts, answers, self.order, generator)  # the teacher
+                groups.append((rows, prompts, targets))
         loss, kl, accepted, slots = ids.new_zeros((), dtype=torch.float32), 0.0, 0.0, 0
-        for rows, targets in groups:
+        for rows, prompts, targets in groups:  # the cuts drawn after every group's answers and order, as before
             length = targets.order_tokens.shape[1]
             cuts = uniform_cuts(len(rows), length, generator, ids.device)  # [r]
-            part, metrics = draft_loss(head, targets, cuts)  # averaged over the group's answers
+            with _evaluating(denoiser.model):
+                targets = with_proposals(denoiser, prompts, targets, cuts)  # the one proposal row a cut reads
+            part, metrics = draft_loss(head, targets)  # averaged over the group's answers
             loss = loss + part * len(rows) / len(ids)
             real = int((length - cuts).sum())  # the group's drafted slots
             kl, accepted, slots = kl + metrics["kl_per_token"] * real, accepted + metrics["acceptance"] * real, \

@@ -7,8 +7,10 @@
 The answers are the model's own samples of its one-token-per-step law in the verification order
 (drawn with the exact speculative decoder, marginal drafts), so the head learns the law the
 verifier checks, where the model puts its mass. The denoiser is frozen: its L teacher rows per
-answer are computed once (no grad) and the head is trained on them for `steps` Adam steps, each
-on `batch` answers with one uniform cut each. Seeded (`seed`: samples, cuts, batches); a short
+answer are computed once (no grad; [samples, L, V], each row read at its own column) and the head is
+trained on them for `steps` Adam steps, each on `batch` answers with one uniform cut each, whose
+proposal rows (one forward row per answer, [batch, L, V]) are computed in the step: every row at
+every column for the whole pool ([samples, L, L, V]) is never held. Seeded (`seed`: samples, cuts, batches); a short
 loop with no checkpoints (a few minutes on a CPU for the toy sets), the no-DeepSpeed convenience.
 The samples, the targets, the cuts and the loss are jointobj/objectives/draft_distillation.py's,
 which the Trainer path uses too (objective `draft_distillation`, recipes/draft_head.py: DeepSpeed,
@@ -23,7 +25,13 @@ from typing import Any
 import torch
 
 from jointobj.model.draft_head import find_draft_head
-from jointobj.objectives.draft_distillation import distillation_targets, draft_loss, own_samples, uniform_cuts
+from jointobj.objectives.draft_distillation import (
+    distillation_targets,
+    draft_loss,
+    own_samples,
+    uniform_cuts,
+    with_proposals,
+)
 
 __all__ = ["train_draft_head"]
 
@@ -56,7 +64,8 @@ def train_draft_head(denoiser: Any, prompts: torch.Tensor, gen_length: int, *, s
     for step in range(steps):
         index = torch.randint(0, len(targets), (batch,), generator=generator)
         cuts = uniform_cuts(batch, gen_length, generator, index.device)
-        loss, metrics = draft_loss(head, targets.subset(index), cuts)
+        step_targets = with_proposals(denoiser, rows[index], targets.subset(index), cuts)  # the denoiser's mode,
+        loss, metrics = draft_loss(head, step_targets)  # as for the teacher rows
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -127,14 +127,14 @@ def test_training_raises_the_draft_likelihood_and_the_acceptance():
     attach_draft_head(denoiser, vocab_size=VOCAB, max_positions=16, width=32, layers=2, heads=4)
     prompt = torch.zeros(1, 1, dtype=torch.long)
     held_out = run(SpeculativeDecoder(temperature=1.0), denoiser, LENGTH, 512, seed=99).gen_ids  # own samples
-    targets = distillation_targets(denoiser, prompt.expand(512, 1), held_out)
     cuts = torch.zeros(512, dtype=torch.long)
+    targets = distillation_targets(denoiser, prompt.expand(512, 1), held_out, cuts=cuts)
     head = find_draft_head(denoiser)
 
     def likelihood() -> float:  # mean log q(x) of the held-out samples, the whole answer drafted
         with torch.no_grad():
             logits = head.teacher_forced(targets.order_tokens, targets.order_positions, cuts, targets.order_tokens,
-                                         targets.order_positions, targets.rows[:, 0])
+                                         targets.order_positions, targets.proposal)
         return float(logits.log_softmax(-1).gather(2, targets.order_tokens[..., None]).sum((1, 2)).mean())
 
     def rate() -> float:
@@ -142,9 +142,9 @@ def test_training_raises_the_draft_likelihood_and_the_acceptance():
         return out.tokens_per_step
 
     before_likelihood, before_rate = likelihood(), rate()
-    before_kl = draft_loss(head, targets, cuts)[1]
+    before_kl = draft_loss(head, targets)[1]
     report = train_draft_head(denoiser, prompt, LENGTH, steps=150, samples=512, seed=0)
-    after_kl = draft_loss(head, targets, cuts)[1]
+    after_kl = draft_loss(head, targets)[1]
     assert likelihood() > before_likelihood + 0.3, (before_likelihood, likelihood())
     # the expected rejection rate of a drafted token (1 - sum min(p, q)) at least halves
     assert 1 - after_kl["acceptance"] < 0.5 * (1 - before_kl["acceptance"]), (before_kl, after_kl)

@@ -49,8 +49,8 @@ def test_the_loss_is_draft_loss_on_the_targets_of_its_answers(answers):
     generator = torch.Generator().manual_seed(3)
     prompts, data_answers = batch["input_ids"][:, :1], batch["input_ids"][:, 1:4]
     answers_used = data_answers if answers == "data" else own_samples(denoiser, prompts, 3, "l2r", generator)
-    targets = distillation_targets(denoiser, prompts, answers_used)
-    expected, metrics = draft_loss(find_draft_head(denoiser), targets, uniform_cuts(6, 3, generator, "cpu"))
+    targets = distillation_targets(denoiser, prompts, answers_used, cuts=uniform_cuts(6, 3, generator, "cpu"))
+    expected, metrics = draft_loss(find_draft_head(denoiser), targets)
     torch.testing.assert_close(got.loss, expected, atol=1e-6, rtol=0)
     assert got.metrics["acceptance"] == pytest.approx(metrics["acceptance"], abs=1e-6)
 
@@ -65,9 +65,9 @@ def test_groups_of_different_lengths_weigh_by_their_rows():
     generator, head, total = torch.Generator().manual_seed(5), find_draft_head(denoiser), 0.0
     for rows, length in ((slice(0, 4), 2), (slice(4, 10), 3)):  # the groups in (prompt, answer) length order
         ids = batch["input_ids"][rows]
-        targets = distillation_targets(denoiser, ids[:, :1], ids[:, 1 : 1 + length])
         cuts = uniform_cuts(len(ids), length, generator, "cpu")
-        total = total + draft_loss(head, targets, cuts)[0] * len(ids) / 10
+        targets = distillation_targets(denoiser, ids[:, :1], ids[:, 1 : 1 + length], cuts=cuts)
+        total = total + draft_loss(head, targets)[0] * len(ids) / 10
     torch.testing.assert_close(got, total, atol=1e-6, rtol=0)
 
 

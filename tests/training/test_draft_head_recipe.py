@@ -46,22 +46,23 @@ def run(model_dir, tmp_path_factory):
 def _held_out(denoiser):
     prompts, _ = load_toyset("likes_tennis").sample(512, torch.Generator().manual_seed(99))
     answers = own_samples(denoiser, prompts, LENGTH, generator=torch.Generator().manual_seed(98))
-    return prompts, distillation_targets(denoiser, prompts, answers)
+    return prompts, answers
 
 
-def _likelihood(head, targets) -> float:
+def _likelihood(denoiser, head, prompts, answers) -> float:
     """Mean log q(x) of the held-out own samples, the whole answer drafted from the first proposal."""
-    cuts = torch.zeros(len(targets), dtype=torch.long)
+    cuts = torch.zeros(len(answers), dtype=torch.long)
+    targets = distillation_targets(denoiser, prompts, answers, cuts=cuts)
     with torch.no_grad():
         logits = head.teacher_forced(targets.order_tokens, targets.order_positions, cuts, targets.order_tokens,
-                                     targets.order_positions, targets.rows[:, 0])  # [b, L, V]
+                                     targets.order_positions, targets.proposal)  # [b, L, V]
     return float(logits.log_softmax(-1).gather(2, targets.order_tokens[..., None]).sum((1, 2)).mean())
 
 
-def _acceptance(head, targets) -> float:
-    cuts = uniform_cuts(len(targets), LENGTH, torch.Generator().manual_seed(0), "cpu")
+def _acceptance(denoiser, head, prompts, answers) -> float:
+    cuts = uniform_cuts(len(answers), LENGTH, torch.Generator().manual_seed(0), "cpu")
     with torch.no_grad():
-        return draft_loss(head, targets, cuts)[1]["acceptance"]
+        return draft_loss(head, distillation_targets(denoiser, prompts, answers, cuts=cuts))[1]["acceptance"]
 
 
 def _tokens_per_step(denoiser, prompts) -> float:
@@ -77,12 +78,15 @@ def test_the_trained_head_drafts_the_models_own_samples_better_than_the_marginal
     assert len(losses) == 6 and all(math.isfinite(loss) for loss in losses)
     denoiser = Denoiser.from_pretrained(output_dir).eval()
     head = find_draft_head(denoiser)
-    prompts, targets = _held_out(denoiser)
-    trained = _likelihood(head, targets), _acceptance(head, targets), _tokens_per_step(denoiser, prompts)
+    held_out = _held_out(denoiser)
+    prompts = held_out[0]
+    trained = (_likelihood(denoiser, head, *held_out), _acceptance(denoiser, head, *held_out),
+               _tokens_per_step(denoiser, prompts))
     with torch.no_grad():
         head.out.weight.zero_()
         head.out.bias.zero_()  # a fresh head: the marginals
-    fresh = _likelihood(head, targets), _acceptance(head, targets), _tokens_per_step(denoiser, prompts)
+    fresh = (_likelihood(denoiser, head, *held_out), _acceptance(denoiser, head, *held_out),
+             _tokens_per_step(denoiser, prompts))
     # Seen: log q -2.11 -> -0.86, acceptance 0.66 -> 0.96, tokens per step 1.18 -> 1.45 (a 3-token answer's
     # first marginal forward is a step: at most 3 / 2). On 512 samples the rate's standard error is below 0.03.
     assert trained[0] > fresh[0] + 0.3, (trained, fresh)
@@ -97,11 +101,12 @@ def test_the_saved_head_reloads_with_identical_draft_logits_and_the_denoiser_sta
     assert (output_dir / "draft_head.safetensors").exists() and (output_dir / "adapter_model.safetensors").exists()
     reloaded = Denoiser.from_pretrained(output_dir).eval()
     trained = result.denoiser.eval()
-    prompts, targets = _held_out(reloaded)
-    cuts = uniform_cuts(len(targets), LENGTH, torch.Generator().manual_seed(1), "cpu")
+    prompts, answers = _held_out(reloaded)
+    cuts = uniform_cuts(len(answers), LENGTH, torch.Generator().manual_seed(1), "cpu")
+    targets = distillation_targets(reloaded, prompts, answers, cuts=cuts)
     step = (cuts[:, None] + torch.arange(LENGTH)).clamp(max=LENGTH - 1)
     window = (targets.order_tokens.gather(1, step), targets.order_positions.gather(1, step),
-              targets.rows[torch.arange(len(targets))[:, None], (cuts - 1).clamp(min=0)[:, None], step])
+              targets.proposal[torch.arange(len(targets))[:, None], step])
     with torch.no_grad():
         before = find_draft_head(trained).teacher_forced(targets.order_tokens, targets.order_positions, cuts, *window)
         after = find_draft_head(reloaded).teacher_forced(targets.order_tokens, targets.order_positions, cuts, *window)
