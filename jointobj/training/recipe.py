@@ -497,6 +497,7 @@ def fine_tune(model_args: ModelArguments, data_args: DataArguments, config: Join
                               callbacks=callbacks)
     trainer.run_config = config_fingerprint(model_args, data_args, config, base)
     settle_gradient_checkpointing(trainer, denoiser)
+    configure_cpu_ranks()  # again: a second Trainer's setup (TokenCE continued) resets torch to every core
     return trainer, denoiser, trainer.train(resume_from_checkpoint=resume)
 
 
