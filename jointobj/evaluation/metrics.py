@@ -43,6 +43,7 @@ __all__ = [
     "kl_divergence",
     "total_variation",
     "tv_noise_floor",
+    "validity_change_z",
     "validity_fell",
     "wilson_interval",
 ]
@@ -74,13 +75,19 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return low, high
 
 
-def validity_fell(base: float, base_n: int, tuned: float, tuned_n: int, z: float = 2.0) -> bool:
-    """Do no harm: did validity fall from `base` (of base_n samples) to `tuned` (of tuned_n) by more than
-    z standard errors of the difference? The two-proportion test, its standard error from the pooled
-    rate sqrt(p (1 - p) (1/n1 + 1/n2)), so a drop from a perfect 400 / 400 is judged too (its own se is 0)."""
+def validity_change_z(base: float, base_n: int, tuned: float, tuned_n: int) -> float:
+    """(tuned - base) in standard errors of the difference: the two-proportion test, its standard error from the
+    pooled rate sqrt(p (1 - p) (1/n1 + 1/n2)), so a change from a perfect 400 / 400 is judged too (its own se is 0).
+    0 when both are 0 or both are 1."""
     pooled = (base * base_n + tuned * tuned_n) / (base_n + tuned_n)
     se = math.sqrt(pooled * (1 - pooled) * (1 / base_n + 1 / tuned_n))
-    return base - tuned > z * se
+    return 0.0 if se == 0 else (tuned - base) / se
+
+
+def validity_fell(base: float, base_n: int, tuned: float, tuned_n: int, z: float = 2.0) -> bool:
+    """Do no harm: did validity fall from `base` (of base_n samples) to `tuned` (of tuned_n) by more than
+    z standard errors of the difference (`validity_change_z`)?"""
+    return validity_change_z(base, base_n, tuned, tuned_n) < -z
 
 
 def empirical_distribution(toyset: ToySet, answer_ids: torch.Tensor) -> tuple[torch.Tensor, float]:

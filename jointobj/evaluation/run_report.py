@@ -20,19 +20,22 @@ from jointobj.evaluation.frontier import (
     sweep_points,
     target_status,
 )
-from jointobj.evaluation.metrics import validity_fell
+from jointobj.evaluation.metrics import validity_change_z, validity_fell
 from jointobj.evaluation.report import format_table, plot_frontier, write_json
 from jointobj.evaluation.sweep import evaluate, headline
 from jointobj.model.denoiser import Denoiser
 from jointobj.toysets.oracle import OracleDenoiser
 
-__all__ = ["mark_harm", "report_run", "trained_for_points"]
+__all__ = ["BASELINE_LABEL", "mark_harm", "report_run", "trained_for_points"]
+
+BASELINE_LABEL = "TokenCE"  # TokenCE continued (the recipe's --token_ce_step_ratio), beside the fine-tuned model
 
 
 def report_run(base_dir: str | Path, tuned_dir: str | Path, toysets: Sequence[str], *, decoders: Sequence[str],
                tokens_per_step: Sequence[int | str | None], samples: int, seed: int,
                output_dir: str | Path, train_for: str | None = None,
-               load: Mapping[str, Any] | None = None) -> list[dict]:
+               load: Mapping[str, Any] | None = None,
+               trained: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict]:
     """The trap and its cure, printed and written beside the adapter: base, fine-tuned and the exact
     oracle (the best any model could do with each decoder) on the toy sets, under the plain
     decoders (report_decoders x report_tokens_per_step) and the frontier's grid (REPORT_GRID in
@@ -45,20 +48,29 @@ def report_run(base_dir: str | Path, tuned_dir: str | Path, toysets: Sequence[st
     model's decoder NLL of the set's answers. Every line shows coverage beside what exact sampling
     covers, and `harm` = FELL where validity fell from base to fine-tuned by more than 2 standard errors.
     `load`: Denoiser.from_pretrained's options for both models (trust_remote_code, mask_token_id, compat), as
-    the run loaded its base."""
-    models = {
-        "base": Denoiser.from_pretrained(base_dir, **dict(load or {})).eval(),  # the saved artifacts, as reloaded
-        "fine-tuned": Denoiser.from_pretrained(tuned_dir, **dict(load or {})).eval(),
-        "oracle": OracleDenoiser(*toysets),
-    }
+    the run loaded its base.
+
+    `trained`: each trained model's {"steps", "seconds"} (the recipe's record), printed; a `TokenCE` entry
+    with a "dir" (inside `tuned_dir`) adds that model, TokenCE continued from the same base, as a column
+    between base and fine-tuned, and the settings trained for get a table of their own: every model's
+    validity with its 95% interval, coverage beside exact sampling's, TV beside its floor, tokens per step,
+    and the fine-tuned model's change over TokenCE and over the oracle in standard errors."""
+    options = dict(load or {})
+    models = {"base": Denoiser.from_pretrained(base_dir, **options).eval()}  # the saved artifacts, as reloaded
+    baseline = (trained or {}).get(BASELINE_LABEL)
+    if baseline and baseline.get("dir"):
+        models[BASELINE_LABEL] = Denoiser.from_pretrained(Path(tuned_dir) / baseline["dir"], **options).eval()
+    models["fine-tuned"] = Denoiser.from_pretrained(tuned_dir, **options).eval()
+    models["oracle"] = OracleDenoiser(*toysets)
     trained_for = trained_for_points(train_for)
     points = sweep_points(decoders, tokens_per_step, grid=registered_grid(REPORT_GRID))
     rows = []
     for label, denoiser in models.items():
         for group, nll in ((trained_for, True), (points, False)):  # the decoder's NLL where it was trained for
             if group:
-                rows += [{"model": label, **row} for row in evaluate(denoiser, toysets, points=group, samples=samples,
-                                                                     seed=seed, decoder_nll=nll)]
+                rows += [{"model": label, "trained_for": nll, **row}
+                         for row in evaluate(denoiser, toysets, points=group, samples=samples, seed=seed,
+                                             decoder_nll=nll)]
     table: dict[tuple[str, str, str], dict[str, Any]] = {}
     for row in rows:
         line = table.setdefault((row["toyset"], row["decoder"], setting_label(row)), {
@@ -70,12 +82,20 @@ def report_run(base_dir: str | Path, tuned_dir: str | Path, toysets: Sequence[st
         if row["model"] == "fine-tuned":
             line["rows/token"] = row["rows_per_token"]
             line["fine-tuned valid 95%"] = f"{row['validity_low']:.3f}-{row['validity_high']:.3f}"  # Wilson
+    if trained:
+        print("\ntrained: " + "; ".join(f"{label} {run['steps']} steps in {run['seconds']:.1f} s"
+                                         for label, run in trained.items()))
+    if trained_for:
+        print(f"\nat the settings trained for ({train_for}): validity with its 95% interval, coverage beside exact "
+              "sampling's, TV beside its floor; the fine-tuned model's change in standard errors over TokenCE "
+              "continued and over the oracle (the best a per-token model can do with that decoder and budget)")
+        print(format_table(trained_for_lines(rows), TRAINED_FOR_COLUMNS))
     harmed = mark_harm(list(table.values()))
     per_model = [f"{label} {what}" for label in models for what in ("tok/step", "valid", "cov", "tv", "nll")]
     per_model.insert(per_model.index("fine-tuned valid") + 1, "fine-tuned valid 95%")
-    trained = f"; trained for {train_for}, its settings first" if train_for else ""
+    first = f"; trained for {train_for}, its settings first" if train_for else ""
     print(f"\nvalidity, coverage (beside what exact sampling covers), TV and tokens per step ({samples} samples per "
-          f"cell; rows/token of the fine-tuned model: forward rows per generated token{trained}; nll: the decoder's "
+          f"cell; rows/token of the fine-tuned model: forward rows per generated token{first}; nll: the decoder's "
           "NLL of the set's answers, nats, on the settings trained for; harm: validity fell from base to fine-tuned "
           "by more than 2 standard errors)")
     print(format_table(list(table.values()), ["toyset", "decoder", "setting", *per_model, "cov exact", "tv floor",
@@ -102,6 +122,36 @@ def report_run(base_dir: str | Path, tuned_dir: str | Path, toysets: Sequence[st
     plot_frontier(rows, out / "report.png")
     print(f"\nreport: {out / 'report.json'}, plot: {out / 'report.png'}, adapter: {out}")
     return rows
+
+
+TRAINED_FOR_COLUMNS = ["toyset", "setting", "model", "tok/step", "valid", "valid 95%", "cov", "cov exact", "tv",
+                       "tv floor", "nll", f"vs {BASELINE_LABEL}", "vs oracle"]
+
+
+def trained_for_lines(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One line per (set, setting trained for, model), sets in the report's order, models as evaluated; on the
+    fine-tuned line, its validity's change over TokenCE continued and over the oracle in standard errors
+    (`validity_change_z`, e.g. "+3.1 se")."""
+    lines: list[dict[str, Any]] = []
+    cells: dict[tuple[str, str], dict[str, Mapping[str, Any]]] = {}
+    for row in rows:
+        if row.get("trained_for"):
+            cells.setdefault((row["toyset"], setting_label(row)), {})[row["model"]] = row
+    for (toyset, setting), by_model in cells.items():
+        for model, row in by_model.items():
+            line = {"toyset": toyset, "setting": f"{row['decoder']} {setting}", "model": model,
+                    "tok/step": row["tokens_per_step"], "valid": row["validity"],
+                    "valid 95%": f"{row['validity_low']:.3f}-{row['validity_high']:.3f}",
+                    "cov": row["coverage"], "cov exact": row["coverage_exact"], "tv": row["tv"],
+                    "tv floor": row["tv_floor"], "nll": row["decoder_nll"]}
+            if model == "fine-tuned":
+                for other, column in ((BASELINE_LABEL, f"vs {BASELINE_LABEL}"), ("oracle", "vs oracle")):
+                    if other in by_model:
+                        z = validity_change_z(by_model[other]["validity"], by_model[other]["samples"],
+                                              row["validity"], row["samples"])
+                        line[column] = f"{z:+.1f} se"
+            lines.append(line)
+    return lines
 
 
 def trained_for_points(train_for: str | None) -> list[SweepPoint]:

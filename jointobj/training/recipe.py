@@ -28,7 +28,7 @@ from transformers import HfArgumentParser, enable_full_determinism, set_seed
 
 from jointobj.decoding.budget import parse_tokens_per_step
 from jointobj.decoding.registry import DECODERS
-from jointobj.evaluation.run_report import report_run
+from jointobj.evaluation.run_report import BASELINE_LABEL, report_run
 from jointobj.model.denoiser import Denoiser
 from jointobj.training.checkpoints import file_sha256
 from jointobj.training.data import load_training_data
@@ -50,6 +50,7 @@ from jointobj.utils.ranks import configure_cpu_ranks, launcher_rank
 from jointobj.utils.registry import split_names
 
 MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
+BASELINE_DIR = "token_ce"  # OUTPUT_DIR/token_ce: the TokenCE-continued model (--token_ce_step_ratio)
 
 
 @dataclass
@@ -88,10 +89,23 @@ class ModelArguments:
                             metadata={"help": "Embedded default: per-token pretraining steps of the base."})
     base_learning_rate: float = field(default=3e-3,
                                       metadata={"help": "Embedded default: base pretraining learning rate."})
+    token_ce_step_ratio: float = field(
+        default=0.0,
+        metadata={"help": "TokenCE continued, the baseline at equal compute: after the fine-tune, a second fine-tune "
+                          "of the same base (same LoRA, data, batch, learning rate, schedule, seed) with objective "
+                          "token_ce for round(token_ce_step_ratio x max_steps) steps, saved in OUTPUT_DIR/token_ce "
+                          "and reported as `TokenCE` beside the fine-tuned model, with both runs' steps and seconds. "
+                          "Set it to a fine-tune step's cost in TokenCE steps, measured side by side, so both take "
+                          "about the same wall-clock while reruns stay identical (a step count, not a timer). "
+                          "0: none."},
+    )
 
     def __post_init__(self) -> None:
         if self.lora_r < 0:
             raise ValueError(f"lora_r must be >= 0 (0 = full fine-tuning), got {self.lora_r}")
+        if not self.token_ce_step_ratio >= 0:
+            raise ValueError(f"token_ce_step_ratio must be >= 0 (0: no TokenCE baseline), "
+                             f"got {self.token_ce_step_ratio}")
         if self.model_dtype is not None and self.model_dtype not in MODEL_DTYPES:
             raise ValueError(f"model_dtype must be one of {', '.join(MODEL_DTYPES)} (or unset), "
                              f"got {self.model_dtype!r}")
@@ -414,7 +428,8 @@ def write_report(output_dir: str | Path, record: dict, step: int, samples: int |
         rows = report_run(record["base"], Path(output_dir), record["toysets"], decoders=record["report_decoders"],
                           tokens_per_step=record["report_tokens_per_step"],
                           samples=record["report_samples"] if samples is None else samples, seed=record["seed"],
-                          output_dir=output_dir, train_for=record.get("train_for"), load=record.get("load"))
+                          output_dir=output_dir, train_for=record.get("train_for"), load=record.get("load"),
+                          trained=record.get("trained"))
     except Exception as error:
         redo = f"fix it and write the report with `jointobj report {output_dir}`"
         mark_failed(output_dir, "report", error, step, redo)
@@ -449,6 +464,28 @@ def train_and_report(model_args: ModelArguments, data_args: DataArguments, confi
         base = ensure_base(model_args.base_dir, data_args.dataset, steps=model_args.base_steps,
                            learning_rate=model_args.base_learning_rate,
                            samples_per_toyset=data_args.samples_per_toyset, seed=config.seed)
+    trainer, denoiser, train_output = fine_tune(model_args, data_args, config, base, callbacks,
+                                                resume_target(config))
+    trainer.save_model(config.output_dir)  # the adapter only (PEFT format) when LoRA is on, and jointobj.json
+    timing = {"fine-tuned": {"steps": trainer.state.global_step, "seconds": train_output.metrics["train_runtime"]}}
+    if baseline_steps(model_args, config) > 0:
+        timing[BASELINE_LABEL] = train_baseline(model_args, data_args, config, base)
+    rows: list[dict] = []
+    if trainer.is_world_process_zero():
+        record = {**run_record(model_args, data_args, config, base), "trained": timing}  # steps, seconds per model
+        write_run_record(config.output_dir, record)
+        if embedded and data_args.report_samples > 0:
+            print(f"\n{numerics()}", flush=True)
+            rows = write_report(config.output_dir, record, trainer.state.global_step)
+        else:
+            mark_finished(config.output_dir, trainer.state.global_step)
+    trainer.accelerator.wait_for_everyone()
+    return RecipeResult(trainer, denoiser, config.output_dir, str(base), rows)
+
+
+def fine_tune(model_args: ModelArguments, data_args: DataArguments, config: JointObjConfig, base: str | Path,
+              callbacks: list[Any] | None = None, resume: str | None = None):
+    """Fine-tune `base` with `config`'s objective (LoRA unless lora_r is 0): (trainer, denoiser, its TrainOutput)."""
     seed_everything(config)
     denoiser = load_denoiser(model_args, base, config)
     objective = build_objective(config)
@@ -460,19 +497,35 @@ def train_and_report(model_args: ModelArguments, data_args: DataArguments, confi
                               callbacks=callbacks)
     trainer.run_config = config_fingerprint(model_args, data_args, config, base)
     settle_gradient_checkpointing(trainer, denoiser)
-    trainer.train(resume_from_checkpoint=resume_target(config))
-    trainer.save_model(config.output_dir)  # the adapter only (PEFT format) when LoRA is on, and jointobj.json
-    rows: list[dict] = []
-    if trainer.is_world_process_zero():
-        record = run_record(model_args, data_args, config, base)
-        write_run_record(config.output_dir, record)
-        if embedded and data_args.report_samples > 0:
-            print(f"\n{numerics()}", flush=True)
-            rows = write_report(config.output_dir, record, trainer.state.global_step)
-        else:
-            mark_finished(config.output_dir, trainer.state.global_step)
-    trainer.accelerator.wait_for_everyone()
-    return RecipeResult(trainer, denoiser, config.output_dir, str(base), rows)
+    configure_cpu_ranks()  # again: a second Trainer's setup (TokenCE continued) resets torch to every core
+    return trainer, denoiser, trainer.train(resume_from_checkpoint=resume)
+
+
+def baseline_config(config: JointObjConfig, steps: int) -> JointObjConfig:
+    """The TokenCE-continued run's config: the fine-tune's (LoRA, data, batch, learning rate, schedule, seed) with
+    objective token_ce for `steps` steps, into OUTPUT_DIR/token_ce, without checkpoints."""
+    return dataclasses.replace(config, objective="token_ce", objective_kwargs=None, train_for=None, max_steps=steps,
+                               output_dir=str(Path(config.output_dir) / BASELINE_DIR), save_strategy="no",
+                               resume_from_checkpoint=None, overwrite_output_dir=True,
+                               logging_steps=max(1, steps // 4))
+
+
+def baseline_steps(model_args: ModelArguments, config: JointObjConfig) -> int:
+    """TokenCE continued's steps: round(token_ce_step_ratio x max_steps); 0: no baseline."""
+    return round(model_args.token_ce_step_ratio * config.max_steps) if config.max_steps > 0 else 0
+
+
+def train_baseline(model_args: ModelArguments, data_args: DataArguments, config: JointObjConfig,
+                   base: str | Path) -> dict:
+    """TokenCE continued (--token_ce_step_ratio): the same base fine-tuned by the same Trainer with the per-token CE
+    only, saved in OUTPUT_DIR/token_ce; its steps and seconds, for the report to print beside the fine-tune's."""
+    steps = baseline_steps(model_args, config)
+    if PartialState().is_main_process:
+        print(f"\nTokenCE continued: the same base, objective token_ce, {steps} steps "
+              f"({model_args.token_ce_step_ratio:g} x {config.max_steps}, --token_ce_step_ratio)", flush=True)
+    trainer, _, output = fine_tune(model_args, data_args, baseline_config(config, steps), base)
+    trainer.save_model(trainer.args.output_dir)
+    return {"steps": trainer.state.global_step, "seconds": output.metrics["train_runtime"], "dir": BASELINE_DIR}
 
 
 def settle_gradient_checkpointing(trainer: JointObjTrainer, denoiser: Denoiser) -> bool:

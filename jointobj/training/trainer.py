@@ -89,6 +89,7 @@ class JointObjConfig(TrainingArguments):
     def __post_init__(self) -> None:
         self.objective_kwargs = parse_objective_kwargs(self.objective_kwargs)
         if self.train_for:
+            LOSSES.get(self.objective)  # an unknown name is named as such first, listing the known ones
             self.objective_kwargs = objective_kwargs_for(self.objective, self.objective_kwargs, self.train_for)
         build_objective(self)  # the objective's constructor checks its name and every value, now, not at step 1
         if isinstance(self.deepspeed, str) and self.deepspeed:

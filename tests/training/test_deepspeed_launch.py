@@ -49,6 +49,7 @@ def test_two_cpu_ranks_train_and_save_a_reloadable_adapter(zero, objective, mode
         "--deepspeed", str(ROOT / "ds_configs" / f"{zero}.json"), "--output_dir", str(output_dir),
         "--max_steps", "3", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--save_steps", "3",
         "--disable_tqdm", "true", "--report_samples", "0",
+        "--train_for", "", "--token_ce_step_ratio", "0",  # the objective given here, not the main job's; no baseline
     ]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -119,6 +120,7 @@ def test_two_cpu_ranks_train_the_4x_style_remote_models_under_zero2(kind, tmp_pa
         "--deepspeed", str(ROOT / "ds_configs" / "zero2.json"), "--output_dir", str(output_dir),
         "--max_steps", "2", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--save_steps", "2",
         "--disable_tqdm", "true", "--report_samples", "0",
+        "--train_for", "", "--token_ce_step_ratio", "0",  # the objective given here, not the main job's; no baseline
     ]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(
