@@ -3,15 +3,20 @@
 `BidirectionalLM` stands in for LLaDA: a plain nn.Module transformer with no HF head class.
 `MixingLM` is a few hundred parameters with sharp conditionals that counts its forwards (and can
 make each forward a collective, as ZeRO-3's weight gather is).
+`sharp_denoiser` is a tiny ModernBERT with large random weights for the enumeration tests.
 `CUSTOM_CODE` is the source of a remote-code model (PreTrainedModel + auto_map), written into
 a temporary directory to test `trust_remote_code`.
 """
 
+import functools
 import math
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from jointobj.model.denoiser import Denoiser
+from jointobj.model.tiny import tiny_masked_lm
 
 
 class BidirectionalLM(nn.Module):
@@ -129,3 +134,16 @@ def write_custom_code_model(directory) -> None:
     config["auto_map"] = {"AutoConfig": "modeling_tiny.TinyDiffusionConfig",
                           "AutoModel": "modeling_tiny.TinyDiffusionModel"}
     (directory / "config.json").write_text(json.dumps(config, indent=2))
+
+
+@functools.cache
+def sharp_denoiser(vocab: int = 4, mask: int = 3):
+    """A tiny ModernBERT with large random weights (seed 0, N(0, 1) weights from seed 1): conditionals far from
+    uniform and strongly dependent on what is visible, so a wrong order or normalisation shows. Shared by the
+    enumeration tests of the decoder law, the learned order and its gradient."""
+    model = tiny_masked_lm("modernbert", vocab_size=vocab, seed=0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+                module.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(1))
+    return Denoiser(model, mask_token_id=mask).eval()

@@ -1,7 +1,6 @@
 """The decoder-order likelihood is the decoder's law: by enumeration, by the sampler's own log q and
 frequencies, with the gradient of K explicit forwards and none through the choice of positions."""
 
-import functools
 import itertools
 import math
 
@@ -29,22 +28,12 @@ from jointobj.model.tiny import tiny_masked_lm
 from jointobj.toysets.builtin import load_toyset
 from jointobj.toysets.oracle import OracleDenoiser
 
+from tiny_models import sharp_denoiser
+
 VOCAB, MASK, PROMPT_TOKEN, LENGTH = 4, 3, 2, 4  # answers over {0, 1, 2}: 3^4 = 81 of them
 POLICIES = ["confidence", "margin", "entropy", "threshold:threshold=0.6", "entropy_bounded:bound=0.6", "l2r",
             "planned:order=2-0-3-1"]
 BUDGETS = ["steps=1", "steps=2", f"steps={LENGTH}"]  # K in {1, 2, n}
-
-
-@functools.cache
-def sharp_denoiser() -> Denoiser:
-    """A tiny ModernBERT with large random weights: conditionals far from uniform and strongly
-    dependent on what is visible, so a wrong order or normalisation shows."""
-    model = tiny_masked_lm("modernbert", vocab_size=VOCAB, seed=0)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-                module.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(1))
-    return Denoiser(model, mask_token_id=MASK).eval()
 
 
 def batch_of(answers: torch.Tensor) -> dict:

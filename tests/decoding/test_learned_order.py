@@ -14,19 +14,10 @@ from jointobj.diffusion.batch import answer_batch
 from jointobj.model.order_head import OrderHead, attach_order_head
 from jointobj.model.tiny import tiny_masked_lm
 
+from tiny_models import sharp_denoiser
+
 VOCAB, MASK, PROMPT_TOKEN, LENGTH = 4, 3, 2, 4  # answers over {0, 1, 2}: 3^4 = 81 of them
 BUDGETS = [1, 2, LENGTH]  # steps: K in {1, 2, n}
-
-
-@functools.cache
-def sharp_denoiser() -> Denoiser:
-    """A tiny ModernBERT with large random weights: conditionals far from uniform and state-dependent."""
-    model = tiny_masked_lm("modernbert", vocab_size=VOCAB, seed=0)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-                module.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(1))
-    return Denoiser(model, mask_token_id=MASK).eval()
 
 
 @functools.cache

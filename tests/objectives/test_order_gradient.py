@@ -7,24 +7,14 @@ import math
 
 import torch
 
-from jointobj import Denoiser
 from jointobj.decoding.decoder_law import DecoderOrder, decoder_blocks
 from jointobj.diffusion.batch import answer_batch
 from jointobj.model.order_head import OrderHead
-from jointobj.model.tiny import tiny_masked_lm
 from jointobj.objectives.order_gradient import draw_block, draw_orders, plackett_luce_log_prob
 
+from tiny_models import sharp_denoiser
+
 VOCAB, MASK, PROMPT_TOKEN, LENGTH = 4, 3, 2, 4
-
-
-@functools.cache
-def sharp_denoiser() -> Denoiser:
-    model = tiny_masked_lm("modernbert", vocab_size=VOCAB, seed=0)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-                module.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(1))
-    return Denoiser(model, mask_token_id=MASK).eval()
 
 
 @functools.cache
