@@ -123,7 +123,7 @@ def test_two_user_sets_go_through_the_recipe_report_eval_and_jointobj_report(set
          "--deepspeed", "", "--max_steps", "2", "--per_device_train_batch_size", "4", "--samples_per_toyset", "16",
          "--save_strategy", "no", "--disable_tqdm", "true", "--report_to", "none"])
     assert {(row["model"], row["toyset"]) for row in result.report} == {
-        (model, toyset) for model in ("base", "fine-tuned", "oracle") for toyset in ("rings", "dates")}
+        (model, toyset) for model in ("base", "TokenCE", "fine-tuned", "oracle") for toyset in ("rings", "dates")}
     assert (tmp_path / "out" / "finished.json").exists() and not (tmp_path / "out" / "failed.json").exists()
     rows = jointobj_main(["eval", "--model", "out", "--toyset", f"{sets_module}:dates,{sets_module}:rings",
                           "--decoder", "l2r", "--tokens-per-step", "1", "--samples", "8", "--json", "model.json"])

@@ -202,8 +202,8 @@ def test_a_user_set_goes_from_a_file_to_a_trained_model_and_its_report(tmp_path,
          "--report_decoders", "confidence", "--report_tokens_per_step", "1,all", "--output_dir", "out",
          "--deepspeed", "", "--max_steps", "2", "--per_device_train_batch_size", "4", "--samples_per_toyset", "16",
          "--save_strategy", "no", "--disable_tqdm", "true"])
-    assert {(row["model"], row["toyset"]) for row in result.report} == {
-        ("base", "pairs"), ("fine-tuned", "pairs"), ("oracle", "pairs")}
+    assert {(row["model"], row["toyset"]) for row in result.report} == {  # TokenCE continued: the main job's baseline
+        ("base", "pairs"), ("TokenCE", "pairs"), ("fine-tuned", "pairs"), ("oracle", "pairs")}
     assert all("validity_low" in row for row in result.report)
     rows = jointobj_main(["eval", "--model", "out", "--toyset", "mysets_e2e:pairs", "--decoder", "l2r",
                           "--tokens-per-step", "1", "--samples", "8", "--json", "model.json"])

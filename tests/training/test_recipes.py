@@ -56,7 +56,7 @@ def test_embedded_default_pretrains_a_base_then_reports(tmp_path, capsys):
         + tiny_overrides(tmp_path / "out")
     )
     assert (tmp_path / "base" / "jointobj.json").exists() and not (tmp_path / "base.staging").exists()
-    assert {row["model"] for row in result.report} == {"base", "fine-tuned", "oracle"}
+    assert {row["model"] for row in result.report} == {"base", "TokenCE", "fine-tuned", "oracle"}  # and its baseline
     assert (tmp_path / "out" / "report.json").exists() and (tmp_path / "out" / "report.png").exists()
     assert "fine-tuned valid 95%" in capsys.readouterr().out  # the Wilson interval beside the validity
 
