@@ -41,6 +41,7 @@ import time
 
 import torch
 
+from jointobj.diffusion.batch import answer_batch
 from jointobj.evaluation.benchmark import peak_bytes, tensor_peak_bytes, time_interleaved, write_measurements
 from jointobj.evaluation.report import format_table
 from jointobj.model.denoiser import Denoiser
@@ -89,10 +90,7 @@ def set_up(name: str, batch_size: int, seed: int) -> tuple[Denoiser, dict]:
                            max_positions=max(32, toyset.length), seed=seed)
     denoiser = Denoiser(model, tokenizer=tokenizer)
     prompts, answers = toyset.sample(batch_size, torch.Generator().manual_seed(seed))  # [b, lp], [b, la]
-    input_ids = torch.cat([prompts, answers], 1)  # [b, l]
-    prompt_mask = torch.zeros_like(input_ids, dtype=torch.bool)
-    prompt_mask[:, : prompts.shape[1]] = True
-    return denoiser, {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "prompt_mask": prompt_mask}
+    return denoiser, answer_batch(prompts, answers)  # [b, l]
 
 
 def law_loss(orders: list[str], mixed: bool, max_rows: int | None) -> torch.nn.Module:

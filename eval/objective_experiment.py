@@ -41,6 +41,7 @@ from transformers import TrainerCallback
 from jointobj import Denoiser
 from jointobj.cli.progress import add_no_progress
 from jointobj.decoding.decoder_law import DecoderOrder, parse_decoder_orders, plan_order
+from jointobj.diffusion.batch import answer_batch
 from jointobj.evaluation.benchmark import write_measurements
 from jointobj.evaluation.frontier import SweepPoint
 from jointobj.evaluation.report import format_table
@@ -94,10 +95,7 @@ def decode_points(bound: float) -> list[SweepPoint]:
 def planned_orders(base: Denoiser, toyset, budgets: list[int], candidates: int, seed: int) -> dict[int, DecoderOrder]:
     """The order planned on the base for each budget (steps per answer), from 256 of the set's examples."""
     prompts, answers = toyset.sample(256, torch.Generator().manual_seed(seed + 1))  # [256, lp], [256, la]
-    input_ids = torch.cat([prompts, answers], 1)
-    prompt_mask = torch.zeros_like(input_ids, dtype=torch.bool)
-    prompt_mask[:, : prompts.shape[1]] = True
-    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "prompt_mask": prompt_mask}
+    batch = answer_batch(prompts, answers)
     return {steps: plan_order(base, batch, steps=steps, candidates=candidates,
                               generator=torch.Generator().manual_seed(seed))[0] for steps in budgets}
 

@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 
 from jointobj.decoding.decoder_law import decoder_log_likelihood
+from jointobj.diffusion.batch import answer_batch
 from jointobj.diffusion.likelihood import order_log_likelihood
 from jointobj.diffusion.orders import OrderProposal
 from jointobj.objectives.logsum import logsum_nll
@@ -32,12 +33,7 @@ def order_nll(denoiser, toyset, samples: int, seed: int = 0, max_rows: int = 256
     `decoders`), for `samples` draws of `toyset`."""
     generator = torch.Generator().manual_seed(seed)
     prompts, answers = toyset.sample(samples, generator)  # [n, lp], [n, la]
-    input_ids = torch.cat([prompts, answers], dim=1)  # [n, l]
-    prompt_mask = torch.zeros_like(input_ids, dtype=torch.bool)
-    prompt_mask[:, : toyset.prompt_length] = True
-    device = denoiser.device
-    batch = {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids).to(device),
-             "prompt_mask": prompt_mask.to(device)}
+    batch = answer_batch(prompts.to(denoiser.device), answers.to(denoiser.device))  # [n, l]
     orders = OrderProposal(list(FAMILIES)).sample(batch["prompt_mask"].logical_not(), generator)
     with torch.no_grad():
         loglik = order_log_likelihood(denoiser, batch, orders, "all", max_rows=max_rows).double().cpu()  # [n, 3]

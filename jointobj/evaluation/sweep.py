@@ -31,6 +31,7 @@ from jointobj.decoding.decoder_law import DecoderOrder, decoder_log_likelihood
 from jointobj.decoding.energies import build_energy
 from jointobj.decoding.registry import build_decoder
 from jointobj.decoding.rescore import RescoreSpec
+from jointobj.diffusion.batch import answer_batch
 from jointobj.evaluation.frontier import SweepPoint, sweep_points
 from jointobj.evaluation.metrics import (
     Cost,
@@ -164,10 +165,7 @@ def data_nll(denoiser: Any, prompts: torch.Tensor, answers: torch.Tensor, name: 
     device = getattr(denoiser, "device", torch.device("cpu"))
     values = []
     for p, a in zip(prompts.split(batch_size), answers.split(batch_size)):
-        input_ids = torch.cat([p, a], 1).to(device)  # [n, lp + la]
-        prompt_mask = torch.zeros_like(input_ids, dtype=torch.bool)
-        prompt_mask[:, : p.shape[1]] = True
-        batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "prompt_mask": prompt_mask}
+        batch = answer_batch(p.to(device), a.to(device))  # [n, lp + la]
         with torch.no_grad():
             values.append(-decoder_log_likelihood(denoiser, batch, [order])[:, 0].double().cpu())
     nll = torch.cat(values)  # [N]

@@ -21,6 +21,7 @@ from jointobj.decoding.decoder_law import (
 )
 from jointobj.decoding.policies import ConfidenceTopK
 from jointobj.decoding.sampler import EXCLUDED_LOGIT
+from jointobj.diffusion.batch import answer_batch
 from jointobj.diffusion.likelihood import order_log_likelihood
 from jointobj.diffusion.orders import OrderProposal
 from jointobj.evaluation.sweep import evaluate
@@ -37,10 +38,7 @@ BUDGETS = ["steps=1", "steps=2", f"steps={LENGTH}"]  # K in {1, 2, n}
 
 
 def batch_of(answers: torch.Tensor) -> dict:
-    input_ids = torch.cat([torch.full((len(answers), 1), PROMPT_TOKEN), answers], dim=1)  # [n, 1 + L]
-    prompt_mask = torch.zeros_like(input_ids, dtype=torch.bool)
-    prompt_mask[:, 0] = True
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "prompt_mask": prompt_mask}
+    return answer_batch(torch.full((len(answers), 1), PROMPT_TOKEN), answers)  # [n, 1 + L]
 
 
 def every_answer() -> torch.Tensor:
