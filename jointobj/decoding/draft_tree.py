@@ -100,10 +100,8 @@ class HeadDrafter:
 
     def expand(self, parent: torch.Tensor, token: torch.Tensor, depth: int) -> torch.Tensor:
         flat = (torch.arange(self.a, device=parent.device)[:, None] * self.k + parent).flatten()  # [a k]
-        state = self.state
-        state.caches = [(key[flat], value[flat]) for key, value in state.caches]
-        state.valid, state.previous_position = state.valid[flat], state.previous_position[flat]
-        logits = self.head.step(state, depth, token.flatten())  # [a k, V]; state now holds the new nodes
+        self.state = self.state.select(flat)  # each new node's parent's cache
+        logits = self.head.step(self.state, depth, token.flatten())  # [a k, V]; state now holds the new nodes
         return logits.view(self.a, self.k, -1)
 
 

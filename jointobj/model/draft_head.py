@@ -85,9 +85,13 @@ class DraftState:
 
     def repeat(self, n: int) -> "DraftState":
         """The state for n drafts per row: [a, ...] -> [a * n, ...], row-major (row i's drafts together)."""
-        rep = lambda t: t.repeat_interleave(n, 0)  # noqa: E731
-        return DraftState([(rep(k), rep(v)) for k, v in self.caches], rep(self.valid), rep(self.window_positions),
-                          rep(self.marginal_logits), rep(self.previous_position))
+        return self.select(torch.arange(self.valid.shape[0], device=self.valid.device).repeat_interleave(n))
+
+    def select(self, rows: torch.Tensor) -> "DraftState":
+        """The state of the given rows ([r] long, repeats allowed): [a, ...] -> [r, ...] (a draft tree's nodes
+        follow their parents' caches this way)."""
+        return DraftState([(k[rows], v[rows]) for k, v in self.caches], self.valid[rows], self.window_positions[rows],
+                          self.marginal_logits[rows], self.previous_position[rows])
 
 
 @ADD_ONS.register(DRAFT_HEAD)
