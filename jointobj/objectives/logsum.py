@@ -180,11 +180,17 @@ class LogSumOrdersLoss(Objective):
                 orders: Orders | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(block [b, M, l] of every order, fixed ones then decoder ones; exclude_mask [b, M]: the
         decoder orders, scored without [MASK])."""
-        parts = [] if orders is None else [block_index(orders.rank, scorable.sum(-1), self.blocks)]  # [b, Mf, l]
-        parts += [decoder_blocks(denoiser, batch, scorable, order)[0][:, None] for order in self.decoder_orders]
-        block = torch.cat(parts, 1)  # [b, M, l]
+        fixed = None if orders is None else block_index(orders.rank, scorable.sum(-1), self.blocks)  # [b, Mf, l]
+        return self._stacked(fixed, [decoder_blocks(denoiser, batch, scorable, order)[0]
+                                     for order in self.decoder_orders])
+
+    @staticmethod
+    def _stacked(fixed: torch.Tensor | None, decoded: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed orders' blocks [b, Mf, l] (or None) and each decoder order's [b, l] -> (block [b, M, l],
+        exclude_mask [b, M]: True on the decoder orders)."""
+        block = torch.cat(([] if fixed is None else [fixed]) + [b[:, None] for b in decoded], 1)  # [b, M, l]
         exclude = torch.zeros(block.shape[:2], dtype=torch.bool, device=block.device)  # [b, M]
-        exclude[:, block.shape[1] - len(self.decoder_orders):] = True
+        exclude[:, block.shape[1] - len(decoded):] = True
         return block, exclude
 
     def _fused(self, model: nn.Module, denoiser: nn.Module, batch: Batch, scorable: torch.Tensor,
@@ -200,9 +206,7 @@ class LogSumOrdersLoss(Objective):
                            checkpoint=self.checkpoint, other_rows=other_rows):
             return None
         passes = [decoder_scores(denoiser, batch, scorable, order) for order in self.decoder_orders]
-        block = torch.cat(([] if fixed is None else [fixed]) + [b[:, None] for b, _ in passes], 1)  # [b, M, l]
-        exclude = torch.zeros(block.shape[:2], dtype=torch.bool, device=block.device)  # [b, M]
-        exclude[:, block.shape[1] - len(self.decoder_orders):] = True
+        block, exclude = self._stacked(fixed, [b for b, _ in passes])  # [b, M, l], [b, M]
         decoded = torch.stack([score for _, score in passes], 1)  # [b, D]
         if fixed is not None:
             decoded = torch.cat([self._loglik(denoiser, batch, fixed, exclude[:, : fixed.shape[1]]), decoded], 1)
