@@ -95,7 +95,8 @@ def save_figure(figure: Any, path: str | Path, dpi: int) -> Path:
 
 
 _MARGINS = {"left": 0.75, "right": 0.15, "top": 0.35, "bottom": 0.55, "between": 1.1}  # inches around each panel
-_MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "p"]  # one per decoder
+# one per decoder; eval/draft_head.py draws 15 (the speculative decoder's drafts, trees and top-k beside l2r)
+_MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "p", "+", "x", "1", "2", "3", "4", "|", "_"]
 _LINE_STYLES = ["-", "--", "-.", ":"]  # with the colour, one per model
 
 

@@ -67,6 +67,13 @@ def test_a_colour_per_model_and_a_marker_per_decoder(drawn, tmp_path):
     assert len(colours) == len(MODELS) * len(DECODERS)
 
 
+def test_the_draft_head_scripts_fifteen_decoders_get_fifteen_markers():
+    # Failed with 12 markers: "spec head topk k=1" drew l2r's circle (eval/draft_head.py's tree rows).
+    decoders = [f"decoder {i}" for i in range(15)]
+    _, per_decoder = report._encodings(["oracle"], decoders)
+    assert len({style["marker"] for style in per_decoder.values()}) == len(decoders)
+
+
 def test_x_ticks_reach_the_largest_and_smallest_tokens_per_step(drawn, tmp_path):
     # Fails with matplotlib's log-2 locator: ticks at 1, 2, 4, 8, none at 9 (nor at 5).
     report.plot_frontier(rows(), tmp_path / "f.png")
