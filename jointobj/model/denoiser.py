@@ -26,6 +26,7 @@ logits through `forward`, so none of them re-derives them (see jointobj/model/co
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import warnings
@@ -318,6 +319,22 @@ class Denoiser(nn.Module):
         from peft import PeftModel
 
         return isinstance(self.model, PeftModel)
+
+    @contextlib.contextmanager
+    def adapter_disabled(self):
+        """Inside the block this denoiser computes the base model's logits: its LoRA adapter (and the add-ons
+        trained with it) off, through peft's `disable_adapter`, also when `routed_through` a DeepSpeed engine
+        or DDP wrapper (their `.module`). A denoiser without an adapter has no base to compare with: an error."""
+        from peft import PeftModel
+
+        model = self.model
+        while not isinstance(model, PeftModel) and isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module
+        if not isinstance(model, PeftModel):
+            raise ValueError(f"this denoiser ({type(model).__name__}) has no LoRA adapter, so there is no base model "
+                             "to keep close to: call add_lora() first (recipes: --lora_r > 0), or set base_kl_weight 0")
+        with model.disable_adapter():
+            yield self
 
     # ------------------------------------------------------------------ save / load
 

@@ -8,6 +8,12 @@ scorable tokens, so padding never changes it and every token weighs the same.
 `self_condition_prob = p > 0`: with probability p per step the scored forward reads the
 model's own detached predictions as soft states at the masked positions (one extra forward
 without grad; see `jointobj.objectives.self_condition`), which soft-state decoding needs.
+
+`base_kl_weight = beta > 0` (a LoRA fine-tune only) keeps the fine-tune near its base model at the
+same noised states: it adds beta * E_t [ w(t) * sum_i 1[x_t^i = M] * KL(p_base(. | x_t) || p(. | x_t)) ],
+normalised as L, where p_base is the denoiser with its adapter off (one more forward, without grad).
+A fine-tune whose other term trains a few states (a decoder's own law) then leaves the marginals of
+every other state, which other decoders rank positions by, where the base had them.
 """
 
 from __future__ import annotations
@@ -41,10 +47,11 @@ class TokenCELoss(Objective):
     schedule: the masking schedule (linear or cosine). eps: the smallest t drawn. stratified: one t
     per row on a stratified grid. self_condition_prob: probability per step of a self-conditioned
     forward (0 = off). seed: seed of the generator that makes that choice (the trainer passes --seed).
+    base_kl_weight: beta of the KL to the base model (adapter off) at the masked positions (0 = off).
     """
 
     def __init__(self, schedule: str = "linear", eps: float = 1e-3, stratified: bool = True,
-                 self_condition_prob: float = 0.0, seed: int = 0):
+                 self_condition_prob: float = 0.0, seed: int = 0, base_kl_weight: float = 0.0):
         super().__init__()
         self.schedule = SCHEDULES.get(schedule)()
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps < 1.0:
@@ -52,10 +59,17 @@ class TokenCELoss(Objective):
         self.eps = float(eps)
         self.stratified = bool(stratified)
         self.self_condition = SelfConditioning(self_condition_prob, seed=seed)
+        if isinstance(base_kl_weight, bool) or not isinstance(base_kl_weight, (int, float)) or not base_kl_weight >= 0:
+            raise ValueError(f"base_kl_weight (beta of the KL to the base model) must be a number >= 0, got "
+                             f"{base_kl_weight!r}")
+        if base_kl_weight and self_condition_prob:
+            raise ValueError("base_kl_weight and self_condition_prob cannot be combined: the base model's logits "
+                             "are taken at the plain noised state; set one of them to 0")
+        self.base_kl_weight = float(base_kl_weight)
 
     def extra_repr(self) -> str:
         return f"schedule={type(self.schedule).__name__}, eps={self.eps}, stratified={self.stratified}, " \
-               f"{self.self_condition}"
+               f"{self.self_condition}, base_kl_weight={self.base_kl_weight}"
 
     def corrupt(self, batch: Batch, mask_token_id: int, generator: torch.Generator | None = None) -> NoisedBatch:
         """Draw t per row and mask scorable tokens with the schedule's probability."""
@@ -90,4 +104,21 @@ class TokenCELoss(Objective):
                            attention_mask=batch.get("attention_mask"))  # [n, V]
         output = self.score(logits, batch, noised)
         output.metrics.update(self.self_condition.metrics(model))
+        if self.base_kl_weight:
+            kl = self.base_kl(denoiser, logits, batch, noised)
+            output.loss = output.loss + self.base_kl_weight * kl
+            output.metrics["base_kl"] = kl.detach()
         return output
+
+    def base_kl(self, denoiser: nn.Module, logits: torch.Tensor, batch: Batch, noised: NoisedBatch) -> torch.Tensor:
+        """The ELBO-weighted KL(p_base || p) at the masked positions, per scorable token; `logits [n, V]` are
+        the fine-tune's there, the base's come from the same state with the adapter off (no grad)."""
+        with torch.no_grad(), denoiser.adapter_disabled():
+            base_logits = logits_at(denoiser, noised.masked, input_ids=noised.input_ids,
+                                    attention_mask=batch.get("attention_mask"))  # [n, V]
+        base_log_probs = base_logits.float().log_softmax(-1)
+        kl = F.kl_div(logits.float().log_softmax(-1), base_log_probs, log_target=True, reduction="none").sum(-1)  # [n]
+        row_weight = noised.weight[:, None].expand_as(noised.masked)[noised.masked]  # [n]
+        loss = (row_weight * kl).sum() / noised.num_scorable
+        check_finite(loss, "token_ce base_kl", batch["input_ids"])
+        return loss
