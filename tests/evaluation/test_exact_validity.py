@@ -1,0 +1,60 @@
+"""support_mass: a decoder's exact mass on a toy set's support, against brute force and against its own samples."""
+
+import math
+
+import pytest
+import torch
+
+from jointobj.decoding import ConfidenceTopK, UnmaskingSampler
+from jointobj.evaluation.exact_validity import support_mass
+from jointobj.toysets.builtin import load_toyset
+from jointobj.toysets.oracle import OracleDenoiser
+
+
+def test_one_step_mass_is_the_product_of_marginals_summed_over_the_support():
+    # All at once, every decoder samples each position from the fully masked state's marginals: the mass on
+    # the support is sum over the support of the product of those marginals, computed here by hand.
+    toyset = load_toyset("likes_tennis")
+    oracle = OracleDenoiser(toyset)
+    (row,) = support_mass(oracle, toyset, ["confidence:tokens_per_step=3"])
+    expected = 0.0
+    for p, prompt_prob in enumerate(toyset.prompt_probs.tolist()):
+        answers = toyset.answers[p]  # [S, la]
+        marginals = [torch.bincount(answers[:, i], weights=toyset.answer_probs[p].double(),
+                                    minlength=int(answers.max()) + 1) for i in range(answers.shape[1])]
+        expected += prompt_prob * sum(math.prod(float(marginals[i][a[i]]) for i in range(len(a))) for a in answers)
+    assert row["mass"] == pytest.approx(expected, abs=1e-5)
+    assert row["mass"] < 0.5  # the trap: most of the one-step mass is off the support
+
+
+def test_one_token_per_step_under_the_oracle_is_the_chain_rule():
+    toyset = load_toyset("latin_square_3")
+    (row,) = support_mass(OracleDenoiser(toyset), toyset, ["confidence:tokens_per_step=1"])
+    assert row["mass"] == pytest.approx(1.0, abs=1e-5)
+    assert row["nll_nats"] == pytest.approx(toyset.entropy(), abs=1e-4)
+
+
+def test_matches_the_frequency_of_valid_samples_from_the_decoder():
+    # Two tokens per step on latin_square_3 under the oracle: the decoder's validity is neither 0 nor 1, and
+    # every valid square is in the support, so the exact mass is the validity the sampler shows.
+    toyset = load_toyset("latin_square_3")
+    oracle = OracleDenoiser(toyset)
+    (row,) = support_mass(oracle, toyset, ["confidence:tokens_per_step=2"])
+    n = 4000
+    prompts = toyset.prompts[0].expand(n, -1)
+    out = UnmaskingSampler(ConfidenceTopK(), tokens_per_step=2).sample(
+        oracle, prompts, gen_length=toyset.answer_length, generator=torch.Generator().manual_seed(0))
+    frequency = float(toyset.is_valid(prompts, out.gen_ids).double().mean())
+    se = math.sqrt(row["mass"] * (1 - row["mass"]) / n)
+    assert 0.2 < row["mass"] < 0.9
+    assert abs(frequency - row["mass"]) < 4 * se  # 4 standard errors of n samples: fails ~1 run in 16,000
+
+
+def test_sums_over_prompts_with_their_probabilities():
+    # shuffle_3 has one prompt per item set: unweighted, the chain rule's mass would be the number of prompts.
+    toyset = load_toyset("shuffle_3")
+    assert len(toyset.prompts) > 1
+    rows = support_mass(OracleDenoiser(toyset), toyset, ["confidence:tokens_per_step=1", "l2r:tokens_per_step=3"])
+    assert [r["decoder"] for r in rows] == ["confidence:tokens_per_step=1", "l2r:tokens_per_step=3"]
+    assert rows[0]["mass"] == pytest.approx(1.0, abs=1e-5)
+    assert 0.0 < rows[1]["mass"] < 0.9  # all three at once: mostly off the support
