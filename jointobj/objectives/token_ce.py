@@ -14,6 +14,10 @@ same noised states: it adds beta * E_t [ w(t) * sum_i 1[x_t^i = M] * KL(p_base(.
 normalised as L, where p_base is the denoiser with its adapter off (one more forward, without grad).
 A fine-tune whose other term trains a few states (a decoder's own law) then leaves the marginals of
 every other state, which other decoders rank positions by, where the base had them.
+`base_kl_start_weight = gamma > 0` adds gamma * the same KL (unweighted) at the fully masked answer, the
+state every decoder starts from (one forward with grad and one without more): where the true marginals
+there tie (an unconditional set's cells), a confidence decoder's first choice is a near-tie that a
+fine-tune otherwise flips onto another path (README, "Do no harm").
 """
 
 from __future__ import annotations
@@ -48,10 +52,12 @@ class TokenCELoss(Objective):
     per row on a stratified grid. self_condition_prob: probability per step of a self-conditioned
     forward (0 = off). seed: seed of the generator that makes that choice (the trainer passes --seed).
     base_kl_weight: beta of the KL to the base model (adapter off) at the masked positions (0 = off).
+    base_kl_start_weight: gamma of that KL at the fully masked answer (0 = off).
     """
 
     def __init__(self, schedule: str = "linear", eps: float = 1e-3, stratified: bool = True,
-                 self_condition_prob: float = 0.0, seed: int = 0, base_kl_weight: float = 0.0):
+                 self_condition_prob: float = 0.0, seed: int = 0, base_kl_weight: float = 0.0,
+                 base_kl_start_weight: float = 0.0):
         super().__init__()
         self.schedule = SCHEDULES.get(schedule)()
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps < 1.0:
@@ -59,17 +65,13 @@ class TokenCELoss(Objective):
         self.eps = float(eps)
         self.stratified = bool(stratified)
         self.self_condition = SelfConditioning(self_condition_prob, seed=seed)
-        if isinstance(base_kl_weight, bool) or not isinstance(base_kl_weight, (int, float)) or not base_kl_weight >= 0:
-            raise ValueError(f"base_kl_weight (beta of the KL to the base model) must be a number >= 0, got "
-                             f"{base_kl_weight!r}")
-        if base_kl_weight and self_condition_prob:
-            raise ValueError("base_kl_weight and self_condition_prob cannot be combined: the base model's logits "
-                             "are taken at the plain noised state; set one of them to 0")
-        self.base_kl_weight = float(base_kl_weight)
+        self.base_kl_weight = _kl_weight("base_kl_weight", base_kl_weight, self_condition_prob)
+        self.base_kl_start_weight = _kl_weight("base_kl_start_weight", base_kl_start_weight, self_condition_prob)
 
     def extra_repr(self) -> str:
         return f"schedule={type(self.schedule).__name__}, eps={self.eps}, stratified={self.stratified}, " \
-               f"{self.self_condition}, base_kl_weight={self.base_kl_weight}"
+               f"{self.self_condition}, base_kl_weight={self.base_kl_weight}, " \
+               f"base_kl_start_weight={self.base_kl_start_weight}"
 
     def corrupt(self, batch: Batch, mask_token_id: int, generator: torch.Generator | None = None) -> NoisedBatch:
         """Draw t per row and mask scorable tokens with the schedule's probability."""
@@ -108,7 +110,23 @@ class TokenCELoss(Objective):
             kl = self.base_kl(denoiser, logits, batch, noised)
             output.loss = output.loss + self.base_kl_weight * kl
             output.metrics["base_kl"] = kl.detach()
+        if self.base_kl_start_weight:
+            start = self.start_state(batch, denoiser.mask_token_id)
+            start_logits = logits_at(denoiser, start.masked, input_ids=start.input_ids,
+                                     attention_mask=batch.get("attention_mask"))  # [n, V]
+            kl = self.base_kl(denoiser, start_logits, batch, start)
+            output.loss = output.loss + self.base_kl_start_weight * kl
+            output.metrics["base_kl_start"] = kl.detach()
         return output
+
+    @staticmethod
+    def start_state(batch: Batch, mask_token_id: int) -> NoisedBatch:
+        """Every scorable token masked (t = 1), each weighing 1: the state every decoder starts from."""
+        scorable = check_batch(batch)
+        rows = batch["input_ids"].shape[0]
+        ones = torch.ones(rows, device=scorable.device)
+        return NoisedBatch(batch["input_ids"].masked_fill(scorable, mask_token_id), scorable, ones, ones,
+                           scorable.sum().clamp(min=1))
 
     def base_kl(self, denoiser: nn.Module, logits: torch.Tensor, batch: Batch, noised: NoisedBatch) -> torch.Tensor:
         """The ELBO-weighted KL(p_base || p) at the masked positions, per scorable token; `logits [n, V]` are
@@ -122,3 +140,12 @@ class TokenCELoss(Objective):
         loss = (row_weight * kl).sum() / noised.num_scorable
         check_finite(loss, "token_ce base_kl", batch["input_ids"])
         return loss
+
+
+def _kl_weight(name: str, weight: float, self_condition_prob: float) -> float:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+        raise ValueError(f"{name} (a weight of the KL to the base model) must be a number >= 0, got {weight!r}")
+    if weight and self_condition_prob:
+        raise ValueError(f"{name} and self_condition_prob cannot be combined: the base model's logits are taken "
+                         "at the plain noised state; set one of them to 0")
+    return float(weight)

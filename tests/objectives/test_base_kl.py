@@ -60,6 +60,26 @@ def test_matches_a_naive_loop_over_a_separate_base_copy_with_its_gradient():
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
 
 
+def test_the_start_term_is_the_unweighted_kl_at_the_fully_masked_answer():
+    base, tuned = base_and_tuned(seed=6)
+    batch = padded_batch([9, 6, 8], [2, 1, 3], VOCAB, PAD, pad_to=9, seed=6)
+    gamma = 4.0
+    got = TokenCELoss(base_kl_start_weight=gamma)(tuned, batch, generator=torch.Generator().manual_seed(1))
+    plain = TokenCELoss()(tuned, batch, generator=torch.Generator().manual_seed(1))
+    scorable = batch["attention_mask"].bool() & ~batch["prompt_mask"]
+    start = batch["input_ids"].masked_fill(scorable, MASK)
+    logits = tuned(input_ids=start, attention_mask=batch["attention_mask"])
+    with torch.no_grad():
+        base_logits = base(input_ids=start, attention_mask=batch["attention_mask"])
+    total = 0.0
+    for b, i in scorable.nonzero().tolist():  # one position at a time, each weighing 1
+        p_base = F.softmax(base_logits[b, i], -1)
+        total += (p_base * (p_base.log() - F.log_softmax(logits[b, i], -1))).sum()
+    reference = plain.loss + gamma * total / scorable.sum()
+    torch.testing.assert_close(got.loss, reference, atol=1e-5, rtol=1e-5)
+    assert float(got.metrics["base_kl_start"]) > 1e-4
+
+
 def test_is_zero_with_a_fresh_adapter_and_leaves_the_loss_as_token_ce():
     base = Denoiser(tiny_masked_lm("modernbert", vocab_size=VOCAB, seed=1), mask_token_id=MASK).eval()
     tuned = Denoiser(copy.deepcopy(base.model), mask_token_id=MASK).add_lora().eval()  # lora_B = 0
@@ -109,14 +129,17 @@ def test_a_denoiser_without_adapter_is_told_to_add_one():
 
 
 @pytest.mark.parametrize("weight", [-1.0, float("nan"), "1", True])
-def test_bad_weights_are_refused(weight):
-    with pytest.raises(ValueError, match="base_kl_weight"):
-        TokenCELoss(base_kl_weight=weight)
+@pytest.mark.parametrize("name", ["base_kl_weight", "base_kl_start_weight"])
+def test_bad_weights_are_refused(name, weight):
+    with pytest.raises(ValueError, match=name):
+        TokenCELoss(**{name: weight})
 
 
 def test_cannot_be_combined_with_self_conditioning():
     with pytest.raises(ValueError, match="base_kl_weight and self_condition_prob"):
         TokenCELoss(base_kl_weight=1.0, self_condition_prob=0.5)
+    with pytest.raises(ValueError, match="base_kl_start_weight and self_condition_prob"):
+        TokenCELoss(base_kl_start_weight=1.0, self_condition_prob=0.5)
 
 
 def kl_to_base(base: Denoiser, tuned: Denoiser, batch: dict) -> float:
