@@ -215,6 +215,23 @@ def _flag_names(argv: list[str], known: set[str]) -> list[str]:
     return out
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping, where PyYAML keeps the last silently
+    (a second `token_ce:` under objective_kwargs would quietly replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice (lines {seen[key]} and {line}); keep one",
+                    key_node.start_mark)
+            seen.setdefault(key, line)
+        return super().construct_mapping(node, deep)
+
+
 def parse_recipe_args(argv: list[str] | None, default_config: str | Path | None):
     """(ModelArguments, DataArguments, JointObjConfig) from `--config YAML` then flags (flags win).
 
@@ -232,7 +249,7 @@ def parse_recipe_args(argv: list[str] | None, default_config: str | Path | None)
         if not path.exists():
             raise UserError(f"config {path} does not exist")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
         except yaml.YAMLError as error:
             raise ValueError(f"config {path} is not valid YAML: {error}") from error
         if not isinstance(values, dict):

@@ -243,6 +243,20 @@ def test_broken_yaml_names_the_file(tmp_path):
         parse_recipe_args(["--config", str(path)], None)
 
 
+@pytest.mark.parametrize("text, line", [
+    ("lora_r: 3\nlora_r: 4\n", "lines 1 and 2"),
+    ("objective_kwargs:\n  token_ce: {base_kl_weight: 0}\n  token_ce: {base_kl_weight: 30}\n", "lines 2 and 3"),
+])
+def test_a_key_given_twice_is_refused_not_overwritten(tmp_path, text, line):
+    # PyYAML keeps the last of two equal keys silently: an experiment that adds a key the file already has
+    # would run the file's value, not its own.
+    from jointobj.training.recipe import parse_recipe_args
+
+    path = write_yaml(tmp_path / "twice.yaml", text)
+    with pytest.raises(ValueError, match=rf"twice.yaml is not valid YAML.*given twice \({line}\)"):
+        parse_recipe_args(["--config", str(path)], None)
+
+
 def test_help_lists_the_config_flag(capsys):
     from jointobj.training.recipe import parse_recipe_args
 
