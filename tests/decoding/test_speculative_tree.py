@@ -3,7 +3,8 @@
 The fake denoiser, its enumerated order-o law and the TV check with a tolerance from the sample size
 are test_speculative.py's (E[TV] bound + McDiarmid at a 1e-6 false-alarm rate). Trees of the marginals
 and of a draft head (untrained: random output layer; trained: distilled from the model's own samples),
-candidates sampled without replacement or the k likeliest, k in {1, 2, 3}, T in {0.7, 1}: the sample
+candidates sampled without replacement or the k likeliest, k in {1, 2, 3}, T in {0.7, 1}, two orders
+(each drafter x branching x k once, T and the order spread over them to meet every pair): the sample
 frequencies match the enumerated law. Rules that skip the residual, forget to remove a rejected sibling
 from the draft law, or test a deterministic candidate with the draft's ratio fail the same check.
 T = 0 gives the one-token-per-step greedy decoder's ids.
@@ -76,12 +77,48 @@ def test_tree_keeps_the_enumerated_order_law(kind, branching, k, t):  # the quic
     assert out.tokens_per_step > 1
 
 
+# The slow grid: every drafter x branching x k once (18 of the 72 with T and the order crossed in), T and the
+# order assigned so that each of kind, branching and k meets both temperatures and both orders (the whole window
+# "l2r": a tree 4 deep; the fixed order with w = 2: rounds that end at the window and hand on the proposal) and
+# every one of them meets each (T, order) pair; for one drafter and k the two branchings take opposite T and
+# order, and each drafter with each branching at k > 1 has a deep and a short tree. Each case keeps 20000 samples:
+# the k = 3 trees need them to see a skipped residual (test_a_broken_tree_rule_fails_the_same_check).
+L2R, FIXED = ("l2r", None), ((2, 0, 3, 1), 2)  # (order, draft_length w)
+SETTINGS = [
+    ("marginals", "sample", 1, 0.7, *L2R), ("marginals", "topk", 1, 1.0, *FIXED),
+    ("marginals", "sample", 2, 1.0, *FIXED), ("marginals", "topk", 2, 0.7, *L2R),
+    ("marginals", "sample", 3, 1.0, *L2R), ("marginals", "topk", 3, 0.7, *FIXED),
+    ("untrained", "sample", 1, 1.0, *FIXED), ("untrained", "topk", 1, 0.7, *L2R),
+    ("untrained", "sample", 2, 0.7, *L2R), ("untrained", "topk", 2, 1.0, *FIXED),
+    ("untrained", "sample", 3, 0.7, *FIXED), ("untrained", "topk", 3, 1.0, *L2R),
+    ("trained", "sample", 1, 0.7, *FIXED), ("trained", "topk", 1, 1.0, *L2R),
+    ("trained", "sample", 2, 1.0, *L2R), ("trained", "topk", 2, 0.7, *FIXED),
+    ("trained", "sample", 3, 1.0, *FIXED), ("trained", "topk", 3, 0.7, *L2R),
+]
+
+
+def test_the_slow_grid_covers_every_setting_and_pair():  # what the comment above SETTINGS claims
+    import itertools
+
+    rows = [dict(kind=kind, branching=b, k=k, t=t, order=order) for kind, b, k, t, order, _ in SETTINGS]
+    values = {name: {r[name] for r in rows} for name in rows[0]}
+    assert values["t"] == {0.7, 1.0} and values["order"] == {"l2r", FIXED[0]}
+
+    def seen(*names):
+        return {tuple(r[name] for name in names) for r in rows}
+
+    assert len(rows) == len(seen("kind", "branching", "k")) == 3 * 2 * 3  # each drafter x branching x k once
+    for factor in ("kind", "branching", "k"):
+        assert len(seen(factor, "t", "order")) == 4 * len(values[factor]), factor  # with each (T, order)
+    for pair in itertools.combinations(("kind", "branching", "k"), 2):
+        for other in ("t", "order"):
+            assert len(seen(*pair, other)) == 2 * len(seen(*pair)), (pair, other)  # with both T, both orders
+    assert len(seen("kind", "branching", "order")) == 3 * 2 * 2  # a deep and a short tree (k > 1 below)
+    assert {(r["kind"], r["branching"], r["order"]) for r in rows if r["k"] > 1} == seen("kind", "branching", "order")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["marginals", "untrained", "trained"])
-@pytest.mark.parametrize("branching", ["sample", "topk"])
-@pytest.mark.parametrize("k", [1, 2, 3])
-@pytest.mark.parametrize("t", [0.7, 1.0])
-@pytest.mark.parametrize("order,w", [("l2r", None), ((2, 0, 3, 1), 2)])
+@pytest.mark.parametrize("kind,branching,k,t,order,w", SETTINGS)
 def test_tree_keeps_the_law_in_every_setting(kind, branching, k, t, order, w):
     decoder = _decoder(SpeculativeDecoder, kind, order=order, draft_length=w, temperature=t, branches=k,
                        branching=branching)
