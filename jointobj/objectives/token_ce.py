@@ -107,38 +107,47 @@ class TokenCELoss(Objective):
         output = self.score(logits, batch, noised)
         output.metrics.update(self.self_condition.metrics(model))
         if self.base_kl_weight:
-            kl = self.base_kl(denoiser, logits, batch, noised)
+            kl = self.base_kl(denoiser, logits, noised, batch.get("attention_mask"), batch["input_ids"])
             output.loss = output.loss + self.base_kl_weight * kl
             output.metrics["base_kl"] = kl.detach()
         if self.base_kl_start_weight:
-            start = self.start_state(batch, denoiser.mask_token_id)
-            start_logits = logits_at(denoiser, start.masked, input_ids=start.input_ids,
-                                     attention_mask=batch.get("attention_mask"))  # [n, V]
-            kl = self.base_kl(denoiser, start_logits, batch, start)
+            start, attention = self.start_state(batch, denoiser.mask_token_id)
+            start_logits = logits_at(denoiser, start.masked, input_ids=start.input_ids, attention_mask=attention)
+            kl = self.base_kl(denoiser, start_logits, start, attention, batch["input_ids"])
             output.loss = output.loss + self.base_kl_start_weight * kl
             output.metrics["base_kl_start"] = kl.detach()
         return output
 
     @staticmethod
-    def start_state(batch: Batch, mask_token_id: int) -> NoisedBatch:
-        """Every scorable token masked (t = 1), each weighing 1: the state every decoder starts from."""
-        scorable = check_batch(batch)
-        rows = batch["input_ids"].shape[0]
-        ones = torch.ones(rows, device=scorable.device)
-        return NoisedBatch(batch["input_ids"].masked_fill(scorable, mask_token_id), scorable, ones, ones,
-                           scorable.sum().clamp(min=1))
+    def start_state(batch: Batch, mask_token_id: int) -> tuple[NoisedBatch, torch.Tensor | None]:
+        """(state, its attention mask): every scorable token masked (t = 1), the state every decoder starts
+        from. Rows that are then equal (one prompt: an unconditional set) are kept once, weighing as many
+        rows as they stand for, so the term costs a forward of the distinct prompts, not of the batch; the
+        normaliser stays the batch's scorable tokens."""
+        scorable = check_batch(batch)  # [b, l]
+        start = batch["input_ids"].masked_fill(scorable, mask_token_id)  # [b, l]
+        attention = batch.get("attention_mask")
+        key = [start, scorable.long()] + ([] if attention is None else [attention.long()])
+        _, inverse, counts = torch.unique(torch.cat(key, 1), dim=0, return_inverse=True, return_counts=True)
+        index = torch.arange(len(start), device=start.device)
+        rows = torch.full_like(counts, len(start)).scatter_reduce(0, inverse, index, "amin")  # [u] one row each
+        ones = torch.ones(len(rows), device=start.device)
+        state = NoisedBatch(start[rows], scorable[rows], ones, counts.float(), scorable.sum().clamp(min=1))
+        return state, None if attention is None else attention[rows]
 
-    def base_kl(self, denoiser: nn.Module, logits: torch.Tensor, batch: Batch, noised: NoisedBatch) -> torch.Tensor:
-        """The ELBO-weighted KL(p_base || p) at the masked positions, per scorable token; `logits [n, V]` are
-        the fine-tune's there, the base's come from the same state with the adapter off (no grad)."""
+    def base_kl(self, denoiser: nn.Module, logits: torch.Tensor, noised: NoisedBatch,
+                attention_mask: torch.Tensor | None, batch_ids: torch.Tensor) -> torch.Tensor:
+        """The weighted KL(p_base || p) at the masked positions, per scorable token (`noised.weight` per row:
+        the ELBO's w(t), or a row's count); `logits [n, V]` are the fine-tune's there, the base's come from the
+        same state with the adapter off (no grad)."""
         with torch.no_grad(), denoiser.adapter_disabled():
             base_logits = logits_at(denoiser, noised.masked, input_ids=noised.input_ids,
-                                    attention_mask=batch.get("attention_mask"))  # [n, V]
+                                    attention_mask=attention_mask)  # [n, V]
         base_log_probs = base_logits.float().log_softmax(-1)
         kl = F.kl_div(logits.float().log_softmax(-1), base_log_probs, log_target=True, reduction="none").sum(-1)  # [n]
         row_weight = noised.weight[:, None].expand_as(noised.masked)[noised.masked]  # [n]
         loss = (row_weight * kl).sum() / noised.num_scorable
-        check_finite(loss, "token_ce base_kl", batch["input_ids"])
+        check_finite(loss, "token_ce base_kl", batch_ids)
         return loss
 
 

@@ -61,8 +61,11 @@ def test_matches_a_naive_loop_over_a_separate_base_copy_with_its_gradient():
 
 
 def test_the_start_term_is_the_unweighted_kl_at_the_fully_masked_answer():
+    # Rows 0 and 3 share their prompt and length (one start state, counted twice); rows 0 and 4 share the
+    # prompt's ids but not its length (two start states).
     base, tuned = base_and_tuned(seed=6)
-    batch = padded_batch([9, 6, 8], [2, 1, 3], VOCAB, PAD, pad_to=9, seed=6)
+    batch = padded_batch([9, 6, 8, 9, 7], [2, 1, 3, 2, 2], VOCAB, PAD, pad_to=9, seed=6)
+    batch["input_ids"][3, :2] = batch["input_ids"][4, :2] = batch["input_ids"][0, :2]
     gamma = 4.0
     got = TokenCELoss(base_kl_start_weight=gamma)(tuned, batch, generator=torch.Generator().manual_seed(1))
     plain = TokenCELoss()(tuned, batch, generator=torch.Generator().manual_seed(1))
@@ -78,6 +81,8 @@ def test_the_start_term_is_the_unweighted_kl_at_the_fully_masked_answer():
     reference = plain.loss + gamma * total / scorable.sum()
     torch.testing.assert_close(got.loss, reference, atol=1e-5, rtol=1e-5)
     assert float(got.metrics["base_kl_start"]) > 1e-4
+    state, _ = TokenCELoss.start_state(batch, MASK)
+    assert state.weight.tolist().count(2.0) == 1 and len(state.weight) == 4  # one forward row fewer
 
 
 def test_is_zero_with_a_fresh_adapter_and_leaves_the_loss_as_token_ce():
