@@ -92,3 +92,14 @@ def test_the_main_job_trains_for_a_decoder_that_runs_on_every_set_it_reports(tmp
     sets = split_names(data_args.dataset)
     rows = evaluate(OracleDenoiser(*sets), sets, points=points, samples=2, seed=0)
     assert len(rows) == len(sets) * len(points)
+
+
+def test_the_main_job_keeps_every_decoder_first_state_near_its_base(tmp_path):
+    # Do no harm: without the KL at the fully masked answer the fine-tune flips confidence's near-tied first
+    # cell on latin_square_3 (README, "Do no harm"); the objective the main job builds must carry it.
+    from jointobj.training.trainer import build_objective
+
+    _, _, config = parse_recipe_args(
+        ["--config", str(ROOT / "recipes/configs/logsum.yaml"), "--output_dir", str(tmp_path)], None)
+    objective = build_objective(config)
+    assert objective.token_ce_weight > 0 and objective.token_ce.base_kl_start_weight > 0
