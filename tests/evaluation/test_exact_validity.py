@@ -58,3 +58,22 @@ def test_sums_over_prompts_with_their_probabilities():
     assert [r["decoder"] for r in rows] == ["confidence:tokens_per_step=1", "l2r:tokens_per_step=3"]
     assert rows[0]["mass"] == pytest.approx(1.0, abs=1e-5)
     assert 0.0 < rows[1]["mass"] < 0.9  # all three at once: mostly off the support
+
+
+def test_the_script_forces_each_first_position_and_agrees_with_the_decoder_where_it_would_start(tmp_path,
+                                                                                                tiny_model_dir):
+    import json
+
+    from helpers import load_script
+
+    out = tmp_path / "exact.json"
+    load_script("eval/exact_validity.py").main([
+        "--models", f"tiny={tiny_model_dir}", "--toyset", "latin_square_2", "--json", str(out), "--first-cells",
+        "--decoders", "confidence:tokens_per_step=1,confidence:tokens_per_step=2"])
+    rows = json.loads(out.read_text())["rows"]
+    one, two = rows
+    assert len(one["first_positions"]) == 1 and len(two["first_positions"]) == 2
+    assert len(one["mass_by_first_position"]) == 4 and "mass_by_first_position" not in two
+    # Forced to where the decoder starts anyway, the law is the decoder's own: the same mass.
+    assert one["mass_by_first_position"][one["first_positions"][0]] == pytest.approx(one["mass"], rel=1e-6)
+    assert one["first_margin"] > 0
