@@ -79,9 +79,13 @@ def test_two_cpu_ranks_train_on_decoder_orders_under_zero3(max_rows, base_dir, t
     # fewer would hang in ZeRO-3's weight gather: the subprocess timeout turns a hang into a failure.
     # max_rows 8: blocks found without grad, scored in checkpointed chunks; 1024 (the main job's):
     # the pass run with grad is its own score (decoder_scores), padding forwards back-propagated too.
+    # With 1024 the main job's KL terms too: the base read with the adapter off through the ZeRO-3 engine,
+    # the start state deduplicated per rank (each rank's own count of distinct prompts and lengths).
     output_dir = tmp_path / "run"
     kwargs = {"token_ce_weight": 0.5, "logsum": {"orders": ["confidence", "threshold:threshold=0.5:steps=3"],
                                                  "max_rows": max_rows}}
+    if max_rows == 1024:
+        kwargs["token_ce"] = {"base_kl_start_weight": 100.0, "base_kl_weight": 1.0}
     command = [
         sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
         str(ROOT / "tests" / "launched_recipe.py"), "--config", str(ROOT / "recipes" / "configs" / f"{RECIPE}.yaml"),
@@ -97,6 +101,8 @@ def test_two_cpu_ranks_train_on_decoder_orders_under_zero3(max_rows, base_dir, t
     state = json.loads((output_dir / "checkpoint-3" / "trainer_state.json").read_text())
     losses = [row["loss"] for row in state["log_history"] if "loss" in row]
     assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
+    if max_rows == 1024:  # the adapter moves off its base from step 2 on: the KL terms are read and logged
+        assert all("token_ce/base_kl_start" in row for row in state["log_history"] if "loss" in row)
 
 
 @pytest.mark.slow  # two launched ranks per model, a few minutes on two CPU cores
