@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,9 +269,24 @@ def parse_recipe_args(argv: list[str] | None, default_config: str | Path | None)
         yaml_keys = [flag[2:].replace("-", "_") for flag in from_yaml[::2]]  # [--name, value] pairs
         parser.set_defaults(**{key: getattr(parsed, key) for key in yaml_keys})
         parser.description = f"Defaults shown are {path}'s values where it sets them."
+        warn_train_for_of_other_sets(path, values, argv)
     check_moved_flags(argv)
     with user_errors():  # a value the dataclasses (or TrainingArguments) refuse is the user's to fix
         return parser.parse_args_into_dataclasses(args=fractional_warmup(argv), look_for_args_file=False)
+
+
+def warn_train_for_of_other_sets(path: Path, values: dict, argv: list[str]) -> None:
+    """A config's `train_for` was chosen for the config's own `dataset` (the main job's: a planned order of
+    latin_square_3's cells); a run that brings its own `--dataset` but not its own `--train_for` would train
+    that decoder on sets it was not chosen for, silently. Say so, and how to choose."""
+    flags = {arg[2:].partition("=")[0].replace("-", "_") for arg in argv if arg.startswith("--")}
+    if values.get("train_for") and "dataset" in flags and "train_for" not in flags:
+        spec = values["train_for"]
+        spec = ", ".join(map(str, spec)) if isinstance(spec, list) else spec
+        warnings.warn(f"{path} trains for {spec}, chosen for its own sets ({values.get('dataset')}), "
+                      "and --dataset replaces them: pass --train_for with the decoder and budget you will run on "
+                      "yours (e.g. confidence:tokens_per_step=2), or --train_for '' for the log-sum over orders",
+                      UserWarning, stacklevel=3)
 
 
 def fractional_warmup(args: list[str]) -> list[str]:

@@ -257,6 +257,27 @@ def test_a_key_given_twice_is_refused_not_overwritten(tmp_path, text, line):
         parse_recipe_args(["--config", str(path)], None)
 
 
+@pytest.mark.parametrize("flags, warned", [
+    (["--dataset", "shuffle_3"], True),
+    (["--dataset", "shuffle_3", "--train_for", "confidence:tokens_per_step=2"], False),
+    (["--dataset=shuffle_3", "--train_for="], False),
+    ([], False),
+])
+def test_the_main_jobs_train_for_is_flagged_on_a_dataset_it_was_not_chosen_for(flags, warned, tmp_path):
+    import warnings
+
+    from jointobj.training.recipe import parse_recipe_args
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parse_recipe_args(["--config", str(ROOT / "recipes/configs/logsum.yaml"), "--output_dir", str(tmp_path),
+                           *flags], None)
+    said = [str(w.message) for w in caught if "chosen for its own sets" in str(w.message)]
+    assert bool(said) == warned
+    if warned:
+        assert "--train_for" in said[0] and "planned:order=3-1-5-2-4-0-7-8-6" in said[0]
+
+
 def test_help_lists_the_config_flag(capsys):
     from jointobj.training.recipe import parse_recipe_args
 
