@@ -30,8 +30,9 @@ class MixtureLoss(Objective):
 
     token_ce_weight: lambda in [0, 1] (a convex mix; the energy objective's additive weight is
     `added_token_ce_weight`). token_ce / logsum: a loss instance or the keyword arguments of
-    TokenCELoss / LogSumOrdersLoss (default: their defaults). seed: passed to the parts built here
-    (their self-conditioning choices), unless their keyword arguments set one.
+    TokenCELoss / LogSumOrdersLoss (default: their defaults); token_ce's KL to the base model
+    (base_kl_weight, base_kl_start_weight) is part of that term, so lambda weighs it too. seed: passed
+    to the parts built here (their self-conditioning choices), unless their keyword arguments set one.
     """
 
     def __init__(self, token_ce_weight: float = 0.5, *, token_ce: nn.Module | Mapping[str, Any] | None = None,
@@ -41,6 +42,10 @@ class MixtureLoss(Objective):
                                               "loss = lambda * token_ce + (1 - lambda) * logsum")
         self.token_ce = build_part(token_ce, TokenCELoss, "token_ce", seed=seed)
         self.logsum = build_part(logsum, LogSumOrdersLoss, "logsum", seed=seed)
+        anchored = getattr(self.token_ce, "base_kl_weight", 0) or getattr(self.token_ce, "base_kl_start_weight", 0)
+        if self.token_ce_weight == 0.0 and anchored:
+            raise ValueError("token_ce_weight 0 skips the token_ce term and with it its KL to the base model "
+                             "(base_kl_weight / base_kl_start_weight): give token_ce_weight > 0, or drop the KL")
 
     def extra_repr(self) -> str:
         return f"token_ce_weight={self.token_ce_weight}"

@@ -152,8 +152,9 @@ class TokenCELoss(Objective):
 
 
 def _kl_weight(name: str, weight: float, self_condition_prob: float) -> float:
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-        raise ValueError(f"{name} (a weight of the KL to the base model) must be a number >= 0, got {weight!r}")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+        raise ValueError(f"{name} (a weight of the KL to the base model) must be a finite number >= 0, "
+                         f"got {weight!r}")
     if weight and self_condition_prob:
         raise ValueError(f"{name} and self_condition_prob cannot be combined: the base model's logits are taken "
                          "at the plain noised state; set one of them to 0")

@@ -178,3 +178,16 @@ def test_the_anchor_pulls_a_fine_tune_back_to_its_base():
     _, anchored = kl_after_training(20.0)
     assert start > 1e-3 and free > start  # the random adapter moved the model; TokenCE alone moves it further
     assert anchored < 0.5 * start and anchored < 0.3 * free  # a detached KL (no gradient) fails this
+
+
+def test_a_mixture_that_skips_token_ce_refuses_its_kl_rather_than_dropping_it():
+    from jointobj.objectives.mixture import MixtureLoss
+
+    with pytest.raises(ValueError, match="token_ce_weight 0 skips the token_ce term"):
+        MixtureLoss(token_ce_weight=0.0, token_ce={"base_kl_start_weight": 100.0})
+    MixtureLoss(token_ce_weight=0.5, token_ce={"base_kl_start_weight": 100.0})  # the main job's: fine
+
+
+def test_an_infinite_weight_is_refused():
+    with pytest.raises(ValueError, match="finite number"):
+        TokenCELoss(base_kl_start_weight=float("inf"))
