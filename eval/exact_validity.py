@@ -21,33 +21,12 @@ import torch
 
 from jointobj import Denoiser
 from jointobj.decoding.decoder_law import DecoderOrder, decoder_blocks
-from jointobj.decoding.sampler import EXCLUDED_LOGIT
 from jointobj.diffusion.batch import answer_batch
 from jointobj.evaluation.benchmark import write_measurements
-from jointobj.evaluation.exact_validity import support_mass
+from jointobj.evaluation.exact_validity import first_step, support_mass
 from jointobj.toysets.builtin import load_toyset
 
 DECODERS = "confidence:tokens_per_step=1,confidence:tokens_per_step=2,threshold:threshold=0.9,l2r:tokens_per_step=1"
-
-
-@torch.no_grad()
-def first_step(denoiser, toyset, decoder: str) -> tuple[list[int], float]:
-    """The answer positions the decoder commits at its first step on the set's one prompt, and the policy's
-    score of the last position it takes minus that of the best position it leaves (its margin)."""
-    order = DecoderOrder.parse(decoder)
-    batch = answer_batch(toyset.prompts[:1], toyset.answers[0][:1])
-    batch = {name: value.to(denoiser.device) for name, value in batch.items()}
-    scorable = ~batch["prompt_mask"]
-    block, _ = decoder_blocks(denoiser, batch, scorable, order)  # [1, l]
-    first = (block[0][scorable[0]] == 0).nonzero().flatten()  # answer columns of step 0
-    state = batch["input_ids"].masked_fill(scorable, denoiser.mask_token_id)
-    logits = denoiser(input_ids=state)[:, scorable[0]].float()  # [1, n, V]
-    logits[..., denoiser.mask_token_id] = EXCLUDED_LOGIT
-    scores = order.policy.for_denoiser(denoiser).scores(logits, None)[0].double()  # [n]
-    taken = torch.zeros_like(scores, dtype=torch.bool)
-    taken[first] = True
-    margin = float(scores[taken].min() - scores[~taken].max()) if (~taken).any() else float("inf")
-    return first.tolist(), margin
 
 
 @torch.no_grad()

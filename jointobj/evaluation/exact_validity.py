@@ -17,8 +17,11 @@ from typing import Sequence
 
 import torch
 
-from jointobj.decoding.decoder_law import decoder_log_likelihood
+from jointobj.decoding.decoder_law import DecoderOrder, decoder_blocks, decoder_log_likelihood
+from jointobj.decoding.sampler import EXCLUDED_LOGIT
 from jointobj.diffusion.batch import answer_batch
+
+MAX_SUPPORT = 5000  # explain_fall scores a set's support only up to this many answers per prompt
 
 
 @torch.no_grad()
@@ -34,3 +37,42 @@ def support_mass(denoiser, toyset, decoders: Sequence[str], max_rows: int | None
         mass += prompt_prob * loglik.exp().sum(0)
         nll -= prompt_prob * (probs.double()[:, None] * loglik).sum(0)
     return [{"decoder": str(name), "mass": float(m), "nll_nats": float(n)} for name, m, n in zip(decoders, mass, nll)]
+
+
+@torch.no_grad()
+def first_step(denoiser, toyset, decoder: "str | DecoderOrder") -> tuple[list[int], float]:
+    """The answer positions the decoder commits at its first step on the set's first prompt, and the policy's
+    score of the last position it takes minus that of the best position it leaves (its margin: a few
+    thousandths is a near-tie, a decision a small change of the model can flip)."""
+    order = DecoderOrder.parse(decoder)
+    batch = answer_batch(toyset.prompts[:1], toyset.answers[0][:1])
+    batch = {name: value.to(denoiser.device) for name, value in batch.items()}
+    scorable = ~batch["prompt_mask"]
+    block, _ = decoder_blocks(denoiser, batch, scorable, order)  # [1, l]
+    first = (block[0][scorable[0]] == 0).nonzero().flatten()  # answer columns of step 0
+    state = batch["input_ids"].masked_fill(scorable, denoiser.mask_token_id)
+    logits = denoiser(input_ids=state)[:, scorable[0]].float()  # [1, n, V]
+    logits[..., denoiser.mask_token_id] = EXCLUDED_LOGIT
+    scores = order.policy.for_denoiser(denoiser).scores(logits, None)[0].double()  # [n]
+    taken = torch.zeros_like(scores, dtype=torch.bool)
+    taken[first] = True
+    margin = float(scores[taken].min() - scores[~taken].max()) if (~taken).any() else float("inf")
+    return first.tolist(), margin
+
+
+def explain_fall(base, tuned, toyset, decoder: "str | DecoderOrder") -> str | None:
+    """For a setting whose sampled validity fell from `base` to `tuned`: both models' exact support mass
+    under the decoder and, on a set with one prompt, whether its first step moved (a flipped near-tie
+    rather than a worse model; eval/exact_validity.py --first-cells then compares every first position).
+    None where the set's support is too large to score (MAX_SUPPORT)."""
+    if max(len(answers) for answers in toyset.answers) > MAX_SUPPORT:
+        return None
+    spec = str(DecoderOrder.parse(decoder))
+    (before,), (after,) = support_mass(base, toyset, [spec]), support_mass(tuned, toyset, [spec])
+    note = f"exact {before['mass']:.3f} -> {after['mass']:.3f}"
+    if len(toyset.prompts) == 1:
+        (was, margin), (now, _) = first_step(base, toyset, spec), first_step(tuned, toyset, spec)
+        if was != now:
+            note += (f"; the first step moved from positions {was} to {now} (the base chose by {margin:.4f}): a "
+                     "near-tie flipped, compare every first position with eval/exact_validity.py --first-cells")
+    return note

@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from jointobj.decoding.decoder_law import parse_decoder_orders
+from jointobj.decoding.budget import ALL
+from jointobj.decoding.decoder_law import DecoderOrder, parse_decoder_orders
+from jointobj.evaluation.exact_validity import explain_fall
 from jointobj.evaluation.frontier import (
     REPORT_GRID,
     TARGET,
@@ -24,6 +26,7 @@ from jointobj.evaluation.metrics import validity_change_z, validity_fell
 from jointobj.evaluation.report import format_table, plot_frontier, write_json
 from jointobj.evaluation.sweep import evaluate, headline
 from jointobj.model.denoiser import Denoiser
+from jointobj.toysets.builtin import load_toyset
 from jointobj.toysets.oracle import OracleDenoiser
 
 __all__ = ["BASELINE_LABEL", "mark_harm", "report_run", "trained_for_points"]
@@ -79,6 +82,7 @@ def report_run(base_dir: str | Path, tuned_dir: str | Path, toysets: Sequence[st
         line.update({f"{row['model']} tok/step": row["tokens_per_step"], f"{row['model']} valid": row["validity"],
                      f"{row['model']} cov": row["coverage"], f"{row['model']} tv": row["tv"],
                      f"{row['model']} nll": row["decoder_nll"], f"{row['model']} n": row["samples"]})
+        line["law"] = decoder_law_of(row)  # the decoder as a DecoderOrder where its law is exact, else None
         if row["model"] == "fine-tuned":
             line["rows/token"] = row["rows_per_token"]
             line["fine-tuned valid 95%"] = f"{row['validity_low']:.3f}-{row['validity_high']:.3f}"  # Wilson
@@ -102,7 +106,7 @@ def report_run(base_dir: str | Path, tuned_dir: str | Path, toysets: Sequence[st
                                               "rows/token", "harm"]))
     print(f"\ndo no harm: {len(harmed)} setting(s) fell by more than 2 standard errors"
           + "".join(f"\n  {h['toyset']} {h['decoder']} {h['setting']}: {h['base valid']:.3f} -> "
-                    f"{h['fine-tuned valid']:.3f}" for h in harmed))
+                    f"{h['fine-tuned valid']:.3f}" + fall_note(h, models) for h in harmed))
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for label in models:
         for head in headline([r for r in rows if r["model"] == label]):
@@ -162,6 +166,24 @@ def trained_for_points(train_for: str | None) -> list[SweepPoint]:
         points.append(SweepPoint(order.policy_name, order.tokens_per_step, tuple(sorted(options.items())),
                                  tuple(options)))
     return points
+
+
+def decoder_law_of(row: Mapping[str, Any]) -> DecoderOrder | None:
+    """A sweep row's decoder as a DecoderOrder (its law exact), or None (random orders, speculative, ...)."""
+    tokens_per_step = row.get("requested_tokens_per_step")
+    tokens_per_step = None if tokens_per_step in (None, ALL) else int(tokens_per_step)
+    try:
+        return DecoderOrder.of_decoder(row["decoder"], tokens_per_step, dict(row.get("options") or {}))
+    except ValueError:
+        return None
+
+
+def fall_note(line: Mapping[str, Any], models: Mapping[str, Any]) -> str:
+    """For a setting that fell, what the decoders' exact laws say (`explain_fall`), where they can."""
+    if line.get("law") is None:
+        return ""
+    note = explain_fall(models["base"], models["fine-tuned"], load_toyset(line["toyset"]), line["law"])
+    return f" ({note})" if note else ""
 
 
 def mark_harm(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from jointobj.decoding import ConfidenceTopK, UnmaskingSampler
-from jointobj.evaluation.exact_validity import support_mass
+from jointobj.decoding.decoder_law import DecoderOrder
+from jointobj.evaluation.exact_validity import explain_fall, first_step, support_mass
 from jointobj.toysets.builtin import load_toyset
 from jointobj.toysets.oracle import OracleDenoiser
 
@@ -77,3 +78,52 @@ def test_the_script_forces_each_first_position_and_agrees_with_the_decoder_where
     # Forced to where the decoder starts anyway, the law is the decoder's own: the same mass.
     assert one["mass_by_first_position"][one["first_positions"][0]] == pytest.approx(one["mass"], rel=1e-6)
     assert one["first_margin"] > 0
+
+
+class Tilted(torch.nn.Module):
+    """The oracle, with one answer position made a little more confident at the fully masked answer only: a
+    model whose confidence decoder starts there, and is exact from the second step on."""
+
+    def __init__(self, toyset, position: int, tilt: float = 0.05):
+        super().__init__()
+        self.oracle, self.position, self.tilt = OracleDenoiser(toyset), position, tilt
+        self.mask_token_id, self.prompt_length = self.oracle.mask_token_id, toyset.prompt_length
+        self.symbol = int(toyset.answers[0][0, position])
+
+    @property
+    def device(self):
+        return self.oracle.device
+
+    def forward(self, input_ids, attention_mask=None):
+        logits = self.oracle(input_ids, attention_mask).clone()  # [b, l, V]
+        start = (input_ids[:, self.prompt_length:] == self.mask_token_id).all(1)  # [b]
+        logits[start, self.prompt_length + self.position, self.symbol] += self.tilt
+        return logits
+
+
+def test_a_fall_from_a_moved_first_step_is_named_as_a_flipped_near_tie():
+    toyset = load_toyset("latin_square_3")
+    base, tuned = Tilted(toyset, 4), Tilted(toyset, 7)
+    note = explain_fall(base, tuned, toyset, "confidence:tokens_per_step=1")
+    assert note.startswith("exact 1.000 -> 1.000")  # exact from the second step on: every path is valid
+    assert "first step moved from positions [4] to [7]" in note and "--first-cells" in note
+    assert first_step(base, toyset, "confidence")[1] > 0  # its margin over the other cells
+    same = explain_fall(base, Tilted(toyset, 4), toyset, "confidence:tokens_per_step=1")
+    assert same == "exact 1.000 -> 1.000"  # the same first step: nothing to name
+
+
+def test_the_report_explains_only_settings_whose_law_is_exact():
+    from jointobj.evaluation.run_report import decoder_law_of, fall_note
+
+    confidence = {"decoder": "confidence", "requested_tokens_per_step": 1, "options": {}}
+    assert str(decoder_law_of(confidence)) == str(DecoderOrder.parse("confidence:tokens_per_step=1"))
+    assert decoder_law_of({"decoder": "confidence", "requested_tokens_per_step": "all", "options": {}}) is not None
+    for other in ({"decoder": "random", "requested_tokens_per_step": 1, "options": {}},
+                  {"decoder": "speculative", "requested_tokens_per_step": 1, "options": {"drafts": 1}},
+                  {"decoder": "confidence", "requested_tokens_per_step": 1, "options": {"temperature": 0.5}}):
+        assert decoder_law_of(other) is None
+    toyset = load_toyset("latin_square_3")
+    models = {"base": Tilted(toyset, 4), "fine-tuned": Tilted(toyset, 7)}
+    line = {"toyset": "latin_square_3", "law": decoder_law_of(confidence)}
+    assert "moved from positions [4] to [7]" in fall_note(line, models)
+    assert fall_note({**line, "law": None}, models) == ""
