@@ -1,4 +1,4 @@
-"""Exact validity of state-determined decoders on a toy set, for several models side by side.
+r"""Exact validity of state-determined decoders on a toy set, for several models side by side.
 
     python eval/exact_validity.py --models base=runs/base,fine-tuned=runs/logsum,TokenCE=runs/logsum/token_ce \
         --toyset latin_square_3 --json runs/exact_validity.json
