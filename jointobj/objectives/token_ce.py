@@ -11,11 +11,12 @@ without grad; see `jointobj.objectives.self_condition`), which soft-state decodi
 
 `base_kl_weight = beta > 0` (a LoRA fine-tune only) keeps the fine-tune near its base model at the
 same noised states: it adds beta * E_t [ w(t) * sum_i 1[x_t^i = M] * KL(p_base(. | x_t) || p(. | x_t)) ],
-normalised as L, where p_base is the denoiser with its adapter off (one more forward, without grad).
+normalised as L, where p_base is the denoiser with its adapter off (one more forward, without grad,
+over every state a KL reads).
 A fine-tune whose other term trains a few states (a decoder's own law) then leaves the marginals of
 every other state, which other decoders rank positions by, where the base had them.
 `base_kl_start_weight = gamma > 0` adds gamma * the same KL (unweighted) at the fully masked answer, the
-state every decoder starts from (one forward with grad and one without more): where the true marginals
+state every decoder starts from (its distinct rows join the TokenCE forward and the base's): where the true marginals
 there tie (an unconditional set's cells), a confidence decoder's first choice is a near-tie that a
 fine-tune otherwise flips onto another path (README, "Do no harm").
 """
@@ -101,21 +102,24 @@ class TokenCELoss(Objective):
     def forward(self, denoiser: nn.Module, batch: Batch, generator: torch.Generator | None = None) -> LossOutput:
         noised = self.corrupt(batch, denoiser.mask_token_id, generator)
         model = self.self_condition.wrap(denoiser, generator)
-        # Only the masked positions' logits, in float32: never a float32 copy of every position's.
-        logits = logits_at(model, noised.masked, input_ids=noised.input_ids,
-                           attention_mask=batch.get("attention_mask"))  # [n, V]
-        output = self.score(logits, batch, noised)
-        output.metrics.update(self.self_condition.metrics(model))
-        if self.base_kl_weight:
-            kl = self.base_kl(denoiser, logits, noised, batch.get("attention_mask"), batch["input_ids"])
-            output.loss = output.loss + self.base_kl_weight * kl
-            output.metrics["base_kl"] = kl.detach()
+        # (state, attention mask, KL weight, metric): the noised batch, and the start states where their KL is on.
+        states = [(noised, batch.get("attention_mask"), self.base_kl_weight, "base_kl")]
         if self.base_kl_start_weight:
-            start, attention = self.start_state(batch, denoiser.mask_token_id)
-            start_logits = logits_at(denoiser, start.masked, input_ids=start.input_ids, attention_mask=attention)
-            kl = self.base_kl(denoiser, start_logits, start, attention, batch["input_ids"])
-            output.loss = output.loss + self.base_kl_start_weight * kl
-            output.metrics["base_kl_start"] = kl.detach()
+            states.append((*self.start_state(batch, denoiser.mask_token_id), self.base_kl_start_weight,
+                           "base_kl_start"))
+        # One forward for every state; only the masked positions' logits, in float32.
+        logits = logits_of_states(model, [(state, mask) for state, mask, _, _ in states])  # [[n_i, V]]
+        output = self.score(logits[0], batch, noised)
+        output.metrics.update(self.self_condition.metrics(model))
+        anchored = [i for i, (_, _, weight, _) in enumerate(states) if weight]
+        if anchored:  # the base: the same states with the adapter off, one forward without grad
+            with torch.no_grad(), denoiser.adapter_disabled():
+                base = logits_of_states(denoiser, [states[i][:2] for i in anchored])
+            for i, base_logits in zip(anchored, base):
+                state, _, weight, name = states[i]
+                kl = self.base_kl(logits[i], base_logits, state, batch["input_ids"])
+                output.loss = output.loss + weight * kl
+                output.metrics[name] = kl.detach()
         return output
 
     @staticmethod
@@ -135,20 +139,32 @@ class TokenCELoss(Objective):
         state = NoisedBatch(start[rows], scorable[rows], ones, counts.float(), scorable.sum().clamp(min=1))
         return state, None if attention is None else attention[rows]
 
-    def base_kl(self, denoiser: nn.Module, logits: torch.Tensor, noised: NoisedBatch,
-                attention_mask: torch.Tensor | None, batch_ids: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def base_kl(logits: torch.Tensor, base_logits: torch.Tensor, noised: NoisedBatch,
+                batch_ids: torch.Tensor) -> torch.Tensor:
         """The weighted KL(p_base || p) at the masked positions, per scorable token (`noised.weight` per row:
-        the ELBO's w(t), or a row's count); `logits [n, V]` are the fine-tune's there, the base's come from the
-        same state with the adapter off (no grad)."""
-        with torch.no_grad(), denoiser.adapter_disabled():
-            base_logits = logits_at(denoiser, noised.masked, input_ids=noised.input_ids,
-                                    attention_mask=attention_mask)  # [n, V]
+        the ELBO's w(t), or a row's count): `logits [n, V]` the fine-tune's there, `base_logits [n, V]` the
+        base's at the same state."""
         base_log_probs = base_logits.float().log_softmax(-1)
         kl = F.kl_div(logits.float().log_softmax(-1), base_log_probs, log_target=True, reduction="none").sum(-1)  # [n]
         row_weight = noised.weight[:, None].expand_as(noised.masked)[noised.masked]  # [n]
         loss = (row_weight * kl).sum() / noised.num_scorable
         check_finite(loss, "token_ce base_kl", batch_ids)
         return loss
+
+
+def logits_of_states(model: nn.Module, states: list[tuple[NoisedBatch, torch.Tensor | None]]) -> list[torch.Tensor]:
+    """[n_i, V] logits of each state's masked positions, from one forward over all their rows (a state's
+    attention mask None: nothing padded)."""
+    if len(states) == 1:
+        (state, attention), = states
+        return [logits_at(model, state.masked, input_ids=state.input_ids, attention_mask=attention)]
+    masks = [attention if attention is not None else torch.ones_like(state.input_ids) for state, attention in states]
+    any_mask = any(attention is not None for _, attention in states)
+    logits = logits_at(model, torch.cat([state.masked for state, _ in states]),
+                       input_ids=torch.cat([state.input_ids for state, _ in states]),
+                       attention_mask=torch.cat(masks) if any_mask else None)  # [sum n_i, V]
+    return list(logits.split([int(state.masked.sum()) for state, _ in states]))
 
 
 def _kl_weight(name: str, weight: float, self_condition_prob: float) -> float:

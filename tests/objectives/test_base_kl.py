@@ -191,3 +191,16 @@ def test_a_mixture_that_skips_token_ce_refuses_its_kl_rather_than_dropping_it():
 def test_an_infinite_weight_is_refused():
     with pytest.raises(ValueError, match="finite number"):
         TokenCELoss(base_kl_start_weight=float("inf"))
+
+
+def test_both_terms_together_are_the_sum_of_each_alone():
+    # Both read their states in one forward of the fine-tune and one of the base; each alone in its own.
+    _, tuned = base_and_tuned(seed=7)
+    batch = padded_batch([9, 6, 8, 9], [2, 1, 3, 2], VOCAB, PAD, pad_to=9, seed=7)
+    batch["input_ids"][3, :2] = batch["input_ids"][0, :2]
+    run = lambda **weights: TokenCELoss(**weights)(tuned, batch, generator=torch.Generator().manual_seed(3))  # noqa: E731
+    both, plain = run(base_kl_weight=2.0, base_kl_start_weight=5.0), run()
+    noised, start = run(base_kl_weight=2.0), run(base_kl_start_weight=5.0)
+    torch.testing.assert_close(both.loss, noised.loss + start.loss - plain.loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both.metrics["base_kl"], noised.metrics["base_kl"], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(both.metrics["base_kl_start"], start.metrics["base_kl_start"], atol=1e-6, rtol=1e-5)
