@@ -127,3 +127,17 @@ def test_the_report_explains_only_settings_whose_law_is_exact():
     line = {"toyset": "latin_square_3", "law": decoder_law_of(confidence)}
     assert "moved from positions [4] to [7]" in fall_note(line, models)
     assert fall_note({**line, "law": None}, models) == ""
+
+
+def test_a_note_that_cannot_be_computed_does_not_stop_the_report():
+    from jointobj.evaluation.run_report import decoder_law_of, fall_note
+
+    class Broken(Tilted):
+        def forward(self, input_ids, attention_mask=None):
+            raise RuntimeError("out of memory")
+
+    toyset = load_toyset("latin_square_3")
+    line = {"toyset": "latin_square_3",
+            "law": decoder_law_of({"decoder": "confidence", "requested_tokens_per_step": 1, "options": {}})}
+    assert fall_note(line, {"base": Broken(toyset, 4), "fine-tuned": Tilted(toyset, 7)}) == \
+        " (no exact figures: out of memory)"
