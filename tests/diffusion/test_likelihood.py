@@ -1,6 +1,5 @@
 """order_log_likelihood: brute-force normalisation, a naive chain rule, chunking, bad input."""
 
-import functools
 import itertools
 import math
 
@@ -9,29 +8,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jointobj import Denoiser
 from jointobj.decoding import build_decoder
 from jointobj.diffusion.likelihood import order_log_likelihood, plan_blocks
 from jointobj.diffusion.orders import ORDERS, OrderProposal, Orders
-from jointobj.model.tiny import tiny_masked_lm
 from jointobj.objectives import LogSumOrdersLoss
 
 from helpers import on_gloo_ranks, padded_batch
-from tiny_models import MixingLM
+from tiny_models import MixingLM, sharp_denoiser
 
 VOCAB, MASK, PAD = 20, 1, 0
-
-
-@functools.cache
-def sharp_denoiser(vocab_size: int, mask: int) -> Denoiser:
-    """A tiny ModernBERT with large random weights, so its conditionals are far from uniform
-    and depend strongly on what is visible (a near-uniform model would sum to 1 even if wrong)."""
-    model = tiny_masked_lm("modernbert", vocab_size=vocab_size, seed=0)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-                module.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(1))
-    return Denoiser(model, mask_token_id=mask).eval()
 
 
 def make_batch(lengths, prompt_lengths, pad_to=None, seed=0):
