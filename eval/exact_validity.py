@@ -21,9 +21,8 @@ import torch
 
 from jointobj import Denoiser
 from jointobj.decoding.decoder_law import DecoderOrder, decoder_blocks
-from jointobj.diffusion.batch import answer_batch
 from jointobj.evaluation.benchmark import write_measurements
-from jointobj.evaluation.exact_validity import first_step, support_mass
+from jointobj.evaluation.exact_validity import first_step, support_batch, support_mass
 from jointobj.toysets.builtin import load_toyset
 
 DECODERS = "confidence:tokens_per_step=1,confidence:tokens_per_step=2,threshold:threshold=0.9,l2r:tokens_per_step=1"
@@ -34,8 +33,7 @@ def mass_by_first_position(denoiser, toyset, decoder: str) -> list[float]:
     """Support mass of a one-token-per-step decoder with its first step forced to each answer position."""
     order = DecoderOrder.parse(decoder)
     policy = order.policy.for_denoiser(denoiser)
-    batch = answer_batch(toyset.prompts[0].expand(len(toyset.answers[0]), -1), toyset.answers[0])
-    batch = {name: value.to(denoiser.device) for name, value in batch.items()}
+    batch = support_batch(toyset, 0, denoiser.device)
     masses = []
     for position in range(toyset.answer_length):
         def choose(logits, eligible, quota, live, position=position):

@@ -18,10 +18,17 @@ from typing import Sequence
 import torch
 
 from jointobj.decoding.decoder_law import DecoderOrder, decoder_blocks, decoder_log_likelihood
-from jointobj.decoding.sampler import EXCLUDED_LOGIT
 from jointobj.diffusion.batch import answer_batch
 
 MAX_SUPPORT = 5000  # explain_fall scores a set's support only up to this many answers per prompt
+
+
+def support_batch(toyset, prompt: int, device: torch.device, rows: int | None = None) -> dict[str, torch.Tensor]:
+    """Prompt `prompt` of the set with each answer of its support (the first `rows` of them), one per row, on
+    `device`: the batch the decoder's law is scored on."""
+    answers = toyset.answers[prompt][:rows]  # [S, la]
+    batch = answer_batch(toyset.prompts[prompt].expand(len(answers), -1), answers)
+    return {name: value.to(device) for name, value in batch.items()}
 
 
 @torch.no_grad()
@@ -30,9 +37,7 @@ def support_mass(denoiser, toyset, decoders: Sequence[str], max_rows: int | None
     the set's own probabilities (its exact cross-entropy, nats per answer)."""
     mass, nll = torch.zeros(len(decoders), dtype=torch.float64), torch.zeros(len(decoders), dtype=torch.float64)
     for p, prompt_prob in enumerate(toyset.prompt_probs.tolist()):
-        answers, probs = toyset.answers[p], toyset.answer_probs[p]  # [S, la], [S]
-        batch = answer_batch(toyset.prompts[p].expand(len(answers), -1), answers)
-        batch = {name: value.to(denoiser.device) for name, value in batch.items()}
+        batch, probs = support_batch(toyset, p, denoiser.device), toyset.answer_probs[p]  # [S, l], [S]
         loglik = decoder_log_likelihood(denoiser, batch, list(decoders), max_rows=max_rows).double().cpu()  # [S, D]
         mass += prompt_prob * loglik.exp().sum(0)
         nll -= prompt_prob * (probs.double()[:, None] * loglik).sum(0)
@@ -45,19 +50,20 @@ def first_step(denoiser, toyset, decoder: "str | DecoderOrder") -> tuple[list[in
     score of the last position it takes minus that of the best position it leaves (its margin: a few
     thousandths is a near-tie, a decision a small change of the model can flip)."""
     order = DecoderOrder.parse(decoder)
-    batch = answer_batch(toyset.prompts[:1], toyset.answers[0][:1])
-    batch = {name: value.to(denoiser.device) for name, value in batch.items()}
-    scorable = ~batch["prompt_mask"]
-    block, _ = decoder_blocks(denoiser, batch, scorable, order)  # [1, l]
-    first = (block[0][scorable[0]] == 0).nonzero().flatten()  # answer columns of step 0
-    state = batch["input_ids"].masked_fill(scorable, denoiser.mask_token_id)
-    logits = denoiser(input_ids=state)[:, scorable[0]].float()  # [1, n, V]
-    logits[..., denoiser.mask_token_id] = EXCLUDED_LOGIT
-    scores = order.policy.for_denoiser(denoiser).scores(logits, None)[0].double()  # [n]
-    taken = torch.zeros_like(scores, dtype=torch.bool)
-    taken[first] = True
+    policy = order.policy.for_denoiser(denoiser)
+    first: dict[str, torch.Tensor] = {}
+
+    def choose(logits, eligible, quota, live):  # the decoder's own step; the first one's scores kept
+        chosen = policy.select(logits, eligible, quota)  # [a, n]
+        if not first:
+            first["scores"], first["taken"] = policy.scores(logits, None)[0].double(), chosen[0]  # [n], [n]
+        return chosen
+
+    batch = support_batch(toyset, 0, denoiser.device, rows=1)
+    decoder_blocks(denoiser, batch, ~batch["prompt_mask"], order, choose=choose)
+    scores, taken = first["scores"], first["taken"]
     margin = float(scores[taken].min() - scores[~taken].max()) if (~taken).any() else float("inf")
-    return first.tolist(), margin
+    return taken.nonzero().flatten().tolist(), margin
 
 
 def explain_fall(base, tuned, toyset, decoder: "str | DecoderOrder") -> str | None:
